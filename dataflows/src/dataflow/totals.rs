@@ -1,0 +1,98 @@
+//! Per (account, UTC day, SKU) totals: the exact sums of the day's breakdown
+//! rows, exchanged by that key.
+//!
+//! Row changes arrive as deltas and are summed per epoch; a total is emitted
+//! when its value changed. A day's totals are forgotten once its last window
+//! is final, having been written with their final value.
+
+use std::collections::BTreeMap;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Operator;
+
+use super::pending::Pending;
+use super::route;
+use crate::fixed::Overflow;
+use crate::rows::{Delta, Progress, TotalKey, TotalRow};
+use crate::time::DAY;
+
+/// Sums row deltas into totals (or an overflow error).
+pub fn totals<'scope>(
+    deltas: StreamVec<'scope, u64, (TotalKey, Delta)>,
+    progress: StreamVec<'scope, u64, Progress>,
+) -> StreamVec<'scope, u64, Result<TotalRow, Overflow>> {
+    let by_key = Exchange::new(|(key, _): &(TotalKey, Delta)| route(key));
+    deltas.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
+        progress,
+        by_key,
+        Pipeline,
+        "Totals",
+        move |_, _| {
+            let mut pending = Pending::<(TotalKey, Delta), Progress>::default();
+            let mut sums: BTreeMap<TotalKey, Delta> = BTreeMap::new();
+            move |(deltas, deltas_frontier), (progress, progress_frontier), output| {
+                let port = output.output_index();
+                deltas.for_each(|cap, data| pending.first(&cap, port, data));
+                progress.for_each(|cap, data| pending.second(&cap, port, data));
+                for (_, mut epoch) in pending.complete(&[deltas_frontier, progress_frontier]) {
+                    let mut session = output.session(&epoch.capability);
+                    epoch.first.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    let mut changes = epoch.first.into_iter().peekable();
+                    while let Some((key, delta)) = changes.next() {
+                        let mut sum = sums.get(&key).copied().unwrap_or_default();
+                        let before = sum;
+                        let mut result = add(&mut sum, delta, &key);
+                        while let Some((_, delta)) = changes.next_if(|(next, _)| *next == key) {
+                            result = result.and_then(|()| add(&mut sum, delta, &key));
+                        }
+                        if let Err(overflow) = result {
+                            session.give(Err(overflow));
+                            continue;
+                        }
+                        if sum == before {
+                            continue;
+                        }
+                        session.give(Ok(TotalRow {
+                            key: key.clone(),
+                            usage: sum.usage,
+                            cost: sum.cost,
+                        }));
+                        if sum == Delta::default() {
+                            sums.remove(&key);
+                        } else {
+                            sums.insert(key, sum);
+                        }
+                    }
+                    if let Some(boundary) = epoch.second.last().and_then(|p| p.final_before) {
+                        sums.retain(|key, _| key.day + DAY > boundary);
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn add(sum: &mut Delta, delta: Delta, key: &TotalKey) -> Result<(), Overflow> {
+    let overflow = || {
+        Overflow::new(format!(
+            "total of account {} for day {}",
+            key.account, key.day
+        ))
+    };
+    sum.usage = sum.usage.checked_add(delta.usage).ok_or_else(overflow)?;
+    sum.cost = sum.cost.checked_add(delta.cost).ok_or_else(overflow)?;
+    Ok(())
+}
+
+impl TotalKey {
+    /// The total a breakdown row counts towards.
+    pub fn of(row: &crate::rows::BreakdownKey) -> TotalKey {
+        TotalKey {
+            account: row.account.clone(),
+            day: crate::time::day_start(row.window_start),
+            sku: row.sku,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Usage per resource: accepted events, exchanged by `(account, resource)`,
+//! become breakdown row changes.
+//!
+//! Per epoch, in this order: insert the epoch's events; move accrual to the
+//! epoch's watermark; recompute the rows those two can have changed (from the
+//! earliest new event, and from the old accrual point, to the newest event or
+//! the new accrual point, for running resources); fold away the windows that became final. Windows
+//! turning final are thus written a last time before their state goes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Operator;
+
+use super::pending::Pending;
+use super::route;
+use crate::event::{Event, ResourceKey};
+use crate::fixed::Overflow;
+use crate::lifecycle::{Resource, RowChange};
+use crate::prices::PriceList;
+use crate::rows::Progress;
+use crate::time::{Millis, window_start};
+
+/// Turns accepted events into row changes (or an overflow error).
+pub fn usage<'scope>(
+    events: StreamVec<'scope, u64, Event>,
+    progress: StreamVec<'scope, u64, Progress>,
+    prices: Arc<PriceList>,
+) -> StreamVec<'scope, u64, Result<RowChange, Overflow>> {
+    let by_resource = Exchange::new(|e: &Event| route(&e.resource));
+    events.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
+        progress,
+        by_resource,
+        Pipeline,
+        "Usage",
+        move |_, _| {
+            let mut pending = Pending::<Event, Progress>::default();
+            let mut resources: BTreeMap<ResourceKey, Resource> = BTreeMap::new();
+            let mut progress = Progress::START;
+            move |(events, events_frontier), (new_progress, progress_frontier), output| {
+                let port = output.output_index();
+                events.for_each(|cap, data| pending.first(&cap, port, data));
+                new_progress.for_each(|cap, data| pending.second(&cap, port, data));
+                for (_, epoch) in pending.complete(&[events_frontier, progress_frontier]) {
+                    let next = epoch.second.last().copied().unwrap_or(progress);
+                    let mut dirty: BTreeMap<ResourceKey, Millis> = BTreeMap::new();
+                    for event in epoch.first {
+                        let key = event.resource.clone();
+                        let from = resources.entry(key.clone()).or_default().insert(event);
+                        let earliest = dirty.entry(key).or_insert(from);
+                        *earliest = (*earliest).min(from);
+                    }
+                    if next.accrued_to > progress.accrued_to {
+                        let from = progress.accrued_to.unwrap_or(Millis::MIN);
+                        for (key, resource) in &resources {
+                            if resource.is_running() {
+                                let earliest = dirty.entry(key.clone()).or_insert(from);
+                                *earliest = (*earliest).min(from);
+                            }
+                        }
+                    }
+                    let mut session = output.session(&epoch.capability);
+                    for (key, from) in dirty {
+                        let resource = resources.get_mut(&key).expect("dirty resources exist");
+                        let Some(from) = resource.clamp_from(from, progress.final_before) else {
+                            continue;
+                        };
+                        let through = next
+                            .accrued_to
+                            .map(|a| window_start(a - 1))
+                            .into_iter()
+                            .chain(resource.last_event_time().map(window_start))
+                            .max()
+                            .unwrap_or(from);
+                        match resource.refresh(&key, from, through, next.accrued_to, &prices) {
+                            Ok(changes) => session.give_iterator(changes.into_iter().map(Ok)),
+                            Err(overflow) => session.give(Err(overflow)),
+                        }
+                    }
+                    if let Some(boundary) = next.final_before
+                        && next.final_before > progress.final_before
+                    {
+                        resources.retain(|_, resource| {
+                            resource.fold(boundary);
+                            !resource.is_dormant()
+                        });
+                    }
+                    progress = next;
+                }
+            }
+        },
+    )
+}
+
+impl Resource {
+    /// The earliest time worth recomputing from: not before the fold boundary
+    /// (those windows are final), nor before the resource's first event when it
+    /// has no folded past. `None` when the resource is empty.
+    pub fn clamp_from(&self, from: Millis, final_before: Option<Millis>) -> Option<Millis> {
+        let floor = match final_before {
+            Some(boundary) if self.has_folded_past() => boundary,
+            _ => window_start(self.first_event_time()?),
+        };
+        Some(from.max(floor))
+    }
+}

@@ -1,0 +1,284 @@
+//! Decode and validate: message bytes to a typed [`Event`], or the reason it is
+//! rejected.
+//!
+//! This is a pure function of the bytes and the price list, so every worker and
+//! every replay judges a message the same way. Arbitrary bytes never panic.
+//! The rules are checked in a fixed order (size, JSON, envelope, type, time,
+//! subject, data, quantities, labels) and the first broken one names the reason.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+
+use crate::event::{Event, EventKind, EventOrder, Meta, Reason, ResourceKey};
+use crate::fixed::{Quantity, QuantityError};
+use crate::prices::{PriceList, SkuKind};
+use crate::time::{self, Rfc3339};
+
+/// Messages larger than this are rejected as `too_large`.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Longest `subject` accepted, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+/// Longest `data.account_id` accepted, in bytes.
+pub const MAX_ACCOUNT_BYTES: usize = 128;
+
+/// A message that is not an acceptable event, with the reason and a detail
+/// saying what was expected and what was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// The contract's reason.
+    pub reason: Reason,
+    /// For the operator reading `rejected_events`.
+    pub detail: String,
+}
+
+fn invalid(reason: Reason, detail: impl Into<String>) -> Invalid {
+    Invalid {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    specversion: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<RawData<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawData<'a> {
+    #[serde(borrow)]
+    account_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    quantities: Option<Pairs<'a>>,
+    #[serde(borrow)]
+    project_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    region: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    labels: Option<Pairs<'a>>,
+}
+
+/// A JSON object of strings, in document order, refusing repeated keys (a map
+/// type would silently keep the last one).
+struct Pairs<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PairsVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for PairsVisitor<'a> {
+            type Value = Pairs<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string values")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Pairs<'a>, M::Error> {
+                let mut pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::new();
+                while let Some((key, value)) = map.next_entry::<Cow<'a, str>, Cow<'a, str>>()? {
+                    if pairs.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!("key {key:?} repeated")));
+                    }
+                    pairs.push((key, value));
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(PairsVisitor(PhantomData))
+    }
+}
+
+/// Decodes and validates one message value against the price list.
+pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(invalid(
+            Reason::TooLarge,
+            format!(
+                "message is {} bytes, at most {MAX_MESSAGE_BYTES}",
+                payload.len()
+            ),
+        ));
+    }
+    let raw: RawEvent = serde_json::from_slice(payload).map_err(|e| {
+        if e.is_data() {
+            invalid(Reason::Schema, e.to_string())
+        } else {
+            invalid(Reason::MalformedJson, e.to_string())
+        }
+    })?;
+
+    let specversion = required(raw.specversion, "specversion")?;
+    if specversion != "1.0" {
+        return Err(invalid(
+            Reason::Schema,
+            format!("specversion must be \"1.0\", found {specversion:?}"),
+        ));
+    }
+    let id = non_empty(raw.id, "id")?;
+    let source = non_empty(raw.source, "source")?;
+    let kind_text = required(raw.kind, "type")?;
+    let kind = EventKind::parse(&kind_text).ok_or_else(|| {
+        invalid(
+            Reason::UnknownType,
+            format!("type {kind_text:?} is not one of the four event types"),
+        )
+    })?;
+    let time_text = required(raw.time, "time")?;
+    let time = time::parse_rfc3339(&time_text).ok_or_else(|| {
+        invalid(
+            Reason::Schema,
+            format!("time must be RFC 3339 with an offset, found {time_text:?}"),
+        )
+    })?;
+    if !(time::EARLIEST..time::LATEST).contains(&time) {
+        return Err(invalid(
+            Reason::OutOfRange,
+            format!("time {time_text} is outside 1970-01-01 .. 2106-01-01"),
+        ));
+    }
+    let subject = required(raw.subject, "subject")?;
+    check_length(&subject, "subject", MAX_SUBJECT_BYTES)?;
+    let data = raw
+        .data
+        .ok_or_else(|| invalid(Reason::Schema, "data: missing"))?;
+    let account = required(data.account_id, "data.account_id")?;
+    check_length(&account, "data.account_id", MAX_ACCOUNT_BYTES)?;
+
+    let quantities = match (kind, data.quantities) {
+        (EventKind::Stopped, _) => Vec::new(),
+        (_, None) => {
+            return Err(invalid(
+                Reason::Schema,
+                format!("data.quantities: missing, required for {}", kind.as_str()),
+            ));
+        }
+        (_, Some(pairs)) => quantities(pairs, kind, time, prices)?,
+    };
+    let labels = match data.labels {
+        None => "{}".to_owned(),
+        Some(Pairs(pairs)) => {
+            let sorted: BTreeMap<Cow<str>, Cow<str>> = pairs.into_iter().collect();
+            serde_json::to_string(&sorted).expect("a map of strings always serializes")
+        }
+    };
+    let meta = Meta {
+        project_id: data.project_id.map(Cow::into_owned).unwrap_or_default(),
+        region: data.region.map(Cow::into_owned).unwrap_or_default(),
+        labels,
+    };
+    Ok(Event {
+        order: EventOrder {
+            time,
+            id: id.into_owned(),
+            source: source.into_owned(),
+        },
+        kind,
+        resource: ResourceKey {
+            account: account.into_owned(),
+            resource: subject.into_owned(),
+        },
+        quantities,
+        meta: Arc::new(meta),
+    })
+}
+
+fn required<'a>(value: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
+    value.ok_or_else(|| invalid(Reason::Schema, format!("{field}: missing")))
+}
+
+fn non_empty<'a>(value: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
+    let value = required(value, field)?;
+    if value.is_empty() {
+        return Err(invalid(
+            Reason::Schema,
+            format!("{field}: must not be empty"),
+        ));
+    }
+    Ok(value)
+}
+
+fn check_length(value: &str, field: &str, max: usize) -> Result<(), Invalid> {
+    if value.is_empty() || value.len() > max {
+        return Err(invalid(
+            Reason::Schema,
+            format!("{field}: must be 1 to {max} bytes, found {}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn quantities(
+    Pairs(pairs): Pairs<'_>,
+    kind: EventKind,
+    time: time::Millis,
+    prices: &PriceList,
+) -> Result<Vec<(crate::prices::SkuId, Quantity)>, Invalid> {
+    let expected = if kind.is_gauge() {
+        SkuKind::Gauge
+    } else {
+        SkuKind::Counter
+    };
+    let window = time::window_start(time);
+    let mut quantities = Vec::with_capacity(pairs.len());
+    for (name, text) in pairs {
+        let (sku_id, sku) = prices.lookup(&name).ok_or_else(|| {
+            invalid(
+                Reason::UnknownSku,
+                format!("sku {name:?} is not in the price list"),
+            )
+        })?;
+        if sku.kind != expected {
+            return Err(invalid(
+                Reason::UnknownSku,
+                format!(
+                    "sku {name:?} is a {:?} but {} carries {:?} SKUs",
+                    sku.kind,
+                    kind.as_str(),
+                    expected
+                ),
+            ));
+        }
+        if sku.price_at(window).is_none() {
+            return Err(invalid(
+                Reason::UnknownSku,
+                format!(
+                    "sku {name:?} has no price in effect at window {}",
+                    Rfc3339(window)
+                ),
+            ));
+        }
+        let quantity = Quantity::parse(&text).map_err(|e| {
+            let (reason, rule) = match e {
+                QuantityError::Syntax => (Reason::Schema, "a decimal string"),
+                QuantityError::Negative => (Reason::NegativeQuantity, "not negative"),
+                QuantityError::Precision => (Reason::Precision, "at most 9 fractional digits"),
+                QuantityError::OutOfRange => (Reason::OutOfRange, "below 10^12"),
+            };
+            invalid(
+                reason,
+                format!("data.quantities.{name} must be {rule}, found {text:?}"),
+            )
+        })?;
+        quantities.push((sku_id, quantity));
+    }
+    quantities.sort_unstable_by_key(|&(sku, _)| sku);
+    Ok(quantities)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+use super::*;
+use crate::prices::PriceList;
+
+fn prices() -> PriceList {
+    PriceList::parse(include_str!("../../../schemas/prices.toml")).unwrap()
+}
+
+const STARTED: &str = r#"{
+  "specversion": "1.0",
+  "id": "01JD8Z6Q4W3V",
+  "source": "compute/eu-central-1",
+  "type": "resource.started",
+  "time": "2026-11-23T10:15:00.250Z",
+  "subject": "vm-8f2a",
+  "data": {
+    "account_id": "acc-000042",
+    "quantities": { "compute.vcpu": "4", "compute.ram_gib": "16" },
+    "project_id": "prj-7",
+    "region": "eu-central-1",
+    "labels": { "team": "ml", "env": "prod" }
+  }
+}"#;
+
+fn reason_of(text: &str) -> Reason {
+    decode(text.as_bytes(), &prices()).unwrap_err().reason
+}
+
+#[test]
+fn decodes_the_contract_example() {
+    let list = prices();
+    let event = decode(STARTED.as_bytes(), &list).unwrap();
+    assert_eq!(event.kind, EventKind::Started);
+    assert_eq!(event.order.id, "01JD8Z6Q4W3V");
+    assert_eq!(
+        Rfc3339(event.time()).to_string(),
+        "2026-11-23T10:15:00.250Z"
+    );
+    assert_eq!(event.resource.account, "acc-000042");
+    assert_eq!(event.resource.resource, "vm-8f2a");
+    assert_eq!(event.meta.labels, r#"{"env":"prod","team":"ml"}"#);
+    let named: Vec<_> = event
+        .quantities
+        .iter()
+        .map(|&(sku, q)| (list.sku(sku).id.as_str(), q.to_string()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("compute.ram_gib", "16.000000000".to_owned()),
+            ("compute.vcpu", "4.000000000".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn optional_fields_default_and_stopped_needs_no_quantities() {
+    let text = r#"{"specversion":"1.0","id":"a","source":"s","type":"resource.stopped",
+        "time":"2026-11-23T10:15:00Z","subject":"vm","data":{"account_id":"acc","project_id":null}}"#;
+    let event = decode(text.as_bytes(), &prices()).unwrap();
+    assert!(event.quantities.is_empty());
+    assert_eq!(
+        *event.meta,
+        Meta {
+            project_id: String::new(),
+            region: String::new(),
+            labels: "{}".into()
+        }
+    );
+}
+
+#[test]
+fn every_reason_is_reachable() {
+    assert_eq!(reason_of("{not json"), Reason::MalformedJson);
+    assert_eq!(
+        reason_of(&format!("{STARTED} trailing")),
+        Reason::MalformedJson
+    );
+    assert_eq!(reason_of("[1,2]"), Reason::Schema);
+    assert_eq!(
+        reason_of(&STARTED.replace("\"1.0\"", "\"0.3\"")),
+        Reason::Schema
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("\"01JD8Z6Q4W3V\"", "42")),
+        Reason::Schema
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("\"01JD8Z6Q4W3V\"", "\"\"")),
+        Reason::Schema
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("\"vm-8f2a\"", &format!("\"{}\"", "v".repeat(257)))),
+        Reason::Schema
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("acc-000042", &"a".repeat(129))),
+        Reason::Schema
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("\"account_id\"", "\"account\"")),
+        Reason::Schema
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("2026-11-23T10:15:00.250Z", "yesterday")),
+        Reason::Schema
+    );
+    assert_eq!(reason_of(&STARTED.replace("\"4\"", "4")), Reason::Schema);
+    assert_eq!(
+        reason_of(&STARTED.replace("\"4\"", "\"4e2\"")),
+        Reason::Schema
+    );
+    assert_eq!(reason_of(&STARTED.replace("\"ml\"", "1")), Reason::Schema);
+    assert_eq!(
+        reason_of(&STARTED.replace("\"compute.ram_gib\"", "\"compute.vcpu\"")),
+        Reason::Schema
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("resource.started", "resource.deleted")),
+        Reason::UnknownType
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("compute.vcpu", "compute.tpu")),
+        Reason::UnknownSku
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("compute.vcpu", "network.egress_gib")),
+        Reason::UnknownSku
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("2026-11-23", "2025-11-23")),
+        Reason::UnknownSku
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("\"4\"", "\"-4\"")),
+        Reason::NegativeQuantity
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("\"4\"", "\"4.0000000001\"")),
+        Reason::Precision
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("\"4\"", "\"1000000000000\"")),
+        Reason::OutOfRange
+    );
+    assert_eq!(
+        reason_of(&STARTED.replace("2026-11-23T10:15:00.250Z", "2106-01-01T00:00:00Z")),
+        Reason::OutOfRange
+    );
+    let large = STARTED.replace("\"ml\"", &format!("\"{}\"", "x".repeat(MAX_MESSAGE_BYTES)));
+    assert_eq!(reason_of(&large), Reason::TooLarge);
+}
+
+#[test]
+fn details_say_what_was_expected_and_found() {
+    let err = decode(
+        STARTED.replace("\"4\"", "\"4.0000000001\"").as_bytes(),
+        &prices(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.detail,
+        "data.quantities.compute.vcpu must be at most 9 fractional digits, found \"4.0000000001\""
+    );
+    let err = decode(
+        STARTED
+            .replace("resource.started", "vm.exploded")
+            .as_bytes(),
+        &prices(),
+    )
+    .unwrap_err();
+    assert!(err.detail.contains("vm.exploded"), "{}", err.detail);
+}
+
+mod arbitrary_bytes {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, &prices());
+        }
+
+        #[test]
+        fn mutated_events_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8)
+        ) {
+            let mut bytes = STARTED.as_bytes().to_vec();
+            for (at, byte, action) in edits {
+                if bytes.is_empty() { break; }
+                let i = at.index(bytes.len());
+                match action {
+                    0 => bytes[i] = byte,
+                    1 => { bytes.remove(i); }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            match decode(&bytes, &prices()) {
+                Ok(event) => prop_assert!(!event.order.id.is_empty()),
+                Err(e) => prop_assert!(!e.detail.is_empty()),
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! What flows in: Kafka messages, and the typed lifecycle events decoded from
+//! them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fixed::Quantity;
+use crate::prices::SkuId;
+use crate::time::Millis;
+
+/// Kafka partition number.
+pub type Partition = u32;
+/// Offset of a message in its partition.
+pub type Offset = i64;
+
+/// One message as read from a partition, in partition order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The partition it was read from.
+    pub partition: Partition,
+    /// Its offset there.
+    pub offset: Offset,
+    /// Its Kafka timestamp (create or append time), the reference for `future`.
+    pub timestamp: Millis,
+    /// The value: one CloudEvent in structured JSON mode, or garbage.
+    pub payload: Vec<u8>,
+}
+
+/// The four event types of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    /// `resource.started`: gauge quantities set from `time` on.
+    Started,
+    /// `resource.resized`: gauge quantities replaced from `time` on.
+    Resized,
+    /// `resource.stopped`: all gauge quantities drop to zero.
+    Stopped,
+    /// `usage.recorded`: counter amounts consumed at `time`.
+    Recorded,
+}
+
+impl EventKind {
+    /// Parses the CloudEvents `type` attribute.
+    pub fn parse(text: &str) -> Option<EventKind> {
+        match text {
+            "resource.started" => Some(EventKind::Started),
+            "resource.resized" => Some(EventKind::Resized),
+            "resource.stopped" => Some(EventKind::Stopped),
+            "usage.recorded" => Some(EventKind::Recorded),
+            _ => None,
+        }
+    }
+
+    /// The CloudEvents `type` attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "resource.started",
+            EventKind::Resized => "resource.resized",
+            EventKind::Stopped => "resource.stopped",
+            EventKind::Recorded => "usage.recorded",
+        }
+    }
+
+    /// Whether this type sets gauge quantities (rather than recording counters).
+    pub fn is_gauge(self) -> bool {
+        !matches!(self, EventKind::Recorded)
+    }
+}
+
+/// Descriptive attributes of a resource that breakdown rows carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Meta {
+    /// `data.project_id`, empty when absent.
+    pub project_id: String,
+    /// `data.region`, empty when absent.
+    pub region: String,
+    /// `data.labels` as compact JSON with sorted keys; `{}` when absent.
+    pub labels: String,
+}
+
+/// A resource: `(data.account_id, subject)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResourceKey {
+    /// The billing account.
+    pub account: String,
+    /// The resource id (`subject`).
+    pub resource: String,
+}
+
+/// The order in which a resource's events apply: `(time, id)` with ids
+/// compared byte-wise, and the source as the last tie-breaker, so that two
+/// sources reusing an id still order the same way on every run.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventOrder {
+    /// Event time.
+    pub time: Millis,
+    /// CloudEvents `id`.
+    pub id: String,
+    /// CloudEvents `source`.
+    pub source: String,
+}
+
+/// A well-formed, validated lifecycle event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its place in its resource's history, and its identity `(source, id)`.
+    pub order: EventOrder,
+    /// Its type.
+    pub kind: EventKind,
+    /// The resource it concerns.
+    pub resource: ResourceKey,
+    /// SKU quantities, sorted by SKU and unique; empty for `resource.stopped`.
+    pub quantities: Vec<(SkuId, Quantity)>,
+    /// Project, region and labels, shared with copies of this event.
+    pub meta: Arc<Meta>,
+}
+
+impl Event {
+    /// Event time.
+    pub fn time(&self) -> Millis {
+        self.order.time
+    }
+}
+
+/// Why an event was rejected: the contract's reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Reason {
+    /// Not JSON.
+    MalformedJson,
+    /// A field missing or of the wrong type or size.
+    Schema,
+    /// A `type` the contract does not define.
+    UnknownType,
+    /// An SKU the price list lacks, has no price for yet, or has of the other kind.
+    UnknownSku,
+    /// A quantity below zero.
+    NegativeQuantity,
+    /// A quantity with more than 9 fractional digits.
+    Precision,
+    /// A quantity of 10^12 or more, or a time outside 1970..2106.
+    OutOfRange,
+    /// A message over 1 MiB.
+    TooLarge,
+    /// More than `allowed_lateness` behind its partition's clock, or aimed at a final window.
+    Late,
+    /// More than `max_future` ahead of its Kafka timestamp.
+    Future,
+}
+
+impl Reason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [Reason; 10] = [
+        Reason::MalformedJson,
+        Reason::Schema,
+        Reason::UnknownType,
+        Reason::UnknownSku,
+        Reason::NegativeQuantity,
+        Reason::Precision,
+        Reason::OutOfRange,
+        Reason::TooLarge,
+        Reason::Late,
+        Reason::Future,
+    ];
+
+    /// The name stored in `rejected_events.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::Schema => "schema",
+            Reason::UnknownType => "unknown_type",
+            Reason::UnknownSku => "unknown_sku",
+            Reason::NegativeQuantity => "negative_quantity",
+            Reason::Precision => "precision",
+            Reason::OutOfRange => "out_of_range",
+            Reason::TooLarge => "too_large",
+            Reason::Late => "late",
+            Reason::Future => "future",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

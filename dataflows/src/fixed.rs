@@ -1,0 +1,240 @@
+//! Exact fixed-point numbers: event quantities at scale 9 and usage/cost at
+//! scale 12.
+//!
+//! Everything that is summed inside the dataflow is an `i128` at a fixed scale
+//! and every operation is checked: a value that does not fit is an error, never
+//! a wrap and never a rounding. `rust_decimal` (28 digits) cannot hold a day of
+//! a 10^12-unit resource in unit-seconds at 12 fractional digits, an `i128`
+//! holds it with room to spare.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Fractional digits of an event quantity.
+pub const QUANTITY_SCALE: u32 = 9;
+/// Fractional digits of usage and cost (ClickHouse `Decimal(38, 12)`).
+pub const AMOUNT_SCALE: u32 = 12;
+/// Quantities must be strictly below this many whole units.
+pub const QUANTITY_LIMIT_UNITS: i128 = 1_000_000_000_000;
+/// Largest magnitude `Decimal(38, 12)` can store, as a scaled integer, plus one.
+pub const DECIMAL38_LIMIT: i128 = 100_000_000_000_000_000_000_000_000_000_000_000_000;
+
+/// A non-negative quantity of an SKU with 9 fractional digits, below 10^12.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Quantity(i128);
+
+/// Why a quantity string was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantityError {
+    /// Not of the form `digits[.digits]` with an optional leading `-`.
+    Syntax,
+    /// Below zero.
+    Negative,
+    /// More than 9 fractional digits.
+    Precision,
+    /// 10^12 or more.
+    OutOfRange,
+}
+
+impl Quantity {
+    /// Zero units.
+    pub const ZERO: Quantity = Quantity(0);
+
+    /// The quantity as an integer count of 10^-9 units.
+    pub fn nanos(self) -> i128 {
+        self.0
+    }
+
+    /// Builds a quantity from 10^-9 units; `None` if negative or too large.
+    pub fn from_nanos(nanos: i128) -> Option<Quantity> {
+        (0..QUANTITY_LIMIT_UNITS * 10i128.pow(QUANTITY_SCALE))
+            .contains(&nanos)
+            .then_some(Quantity(nanos))
+    }
+
+    /// True for zero.
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Parses the contract's decimal string: `-?digits(.digits)?`.
+    ///
+    /// Checks run in a fixed order (syntax, sign, precision, range) so that a
+    /// string breaking several rules always gets the same reason.
+    pub fn parse(text: &str) -> Result<Quantity, QuantityError> {
+        let (negative, unsigned) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (whole, fraction) = match unsigned.split_once('.') {
+            Some((whole, fraction)) => (whole, Some(fraction)),
+            None => (unsigned, None),
+        };
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
+            return Err(QuantityError::Syntax);
+        }
+        let fraction = fraction.unwrap_or("");
+        let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+        if negative && (nonzero(whole) || nonzero(fraction)) {
+            return Err(QuantityError::Negative);
+        }
+        if fraction.len() > QUANTITY_SCALE as usize {
+            return Err(QuantityError::Precision);
+        }
+        let significant = whole.trim_start_matches('0');
+        if significant.len() > 12 {
+            return Err(QuantityError::OutOfRange);
+        }
+        let mut nanos: i128 = 0;
+        for digit in significant.bytes().chain(fraction.bytes()) {
+            nanos = nanos * 10 + i128::from(digit - b'0');
+        }
+        nanos *= 10i128.pow(QUANTITY_SCALE - fraction.len() as u32);
+        Quantity::from_nanos(nanos).ok_or(QuantityError::OutOfRange)
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_scaled(f, self.0, QUANTITY_SCALE)
+    }
+}
+
+/// A usage or cost at 12 fractional digits: what ClickHouse stores as
+/// `Decimal(38, 12)`, and what the `clickhouse` crate maps to `i128`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Amount(i128);
+
+/// An arithmetic result left the range that `Decimal(38, 12)` can store.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("amount overflow: {what} does not fit Decimal(38, 12)")]
+pub struct Overflow {
+    /// What was being computed, for the operator reading the message.
+    pub what: String,
+}
+
+impl Overflow {
+    /// An overflow while computing `what`.
+    pub fn new(what: impl Into<String>) -> Overflow {
+        Overflow { what: what.into() }
+    }
+}
+
+impl Amount {
+    /// Zero.
+    pub const ZERO: Amount = Amount(0);
+
+    /// Builds an amount from its scaled integer, refusing what `Decimal(38, 12)`
+    /// cannot store.
+    pub fn from_scaled(scaled: i128) -> Option<Amount> {
+        (scaled.checked_abs()? < DECIMAL38_LIMIT).then_some(Amount(scaled))
+    }
+
+    /// The scaled integer (value × 10^12).
+    pub fn scaled(self) -> i128 {
+        self.0
+    }
+
+    /// True for zero.
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// `self + other`, or `None` when the sum leaves `Decimal(38, 12)`.
+    pub fn checked_add(self, other: Amount) -> Option<Amount> {
+        Amount::from_scaled(self.0.checked_add(other.0)?)
+    }
+
+    /// `self - other`, or `None` when the difference leaves `Decimal(38, 12)`.
+    pub fn checked_sub(self, other: Amount) -> Option<Amount> {
+        Amount::from_scaled(self.0.checked_sub(other.0)?)
+    }
+
+    /// The exact value as a `rust_decimal`, when it fits its 28 digits.
+    pub fn to_decimal(self) -> Option<rust_decimal::Decimal> {
+        rust_decimal::Decimal::try_from_i128_with_scale(self.0, AMOUNT_SCALE).ok()
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_scaled(f, self.0, AMOUNT_SCALE)
+    }
+}
+
+/// Writes `scaled / 10^scale` exactly, with all `scale` fractional digits.
+fn write_scaled(f: &mut fmt::Formatter<'_>, scaled: i128, scale: u32) -> fmt::Result {
+    let unit = 10u128.pow(scale);
+    let magnitude = scaled.unsigned_abs();
+    let sign = if scaled < 0 { "-" } else { "" };
+    write!(
+        f,
+        "{sign}{}.{:0width$}",
+        magnitude / unit,
+        magnitude % unit,
+        width = scale as usize
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_format() {
+        assert_eq!(Quantity::parse("4").unwrap().nanos(), 4_000_000_000);
+        assert_eq!(Quantity::parse("0.000000001").unwrap().nanos(), 1);
+        assert_eq!(Quantity::parse("007.5").unwrap().nanos(), 7_500_000_000);
+        assert_eq!(Quantity::parse("-0").unwrap(), Quantity::ZERO);
+        assert_eq!(
+            Quantity::parse("999999999999.999999999").unwrap().nanos(),
+            999_999_999_999_999_999_999
+        );
+    }
+
+    #[test]
+    fn refuses_with_the_first_broken_rule() {
+        for bad in ["", "-", ".5", "5.", "1e3", "+1", " 1", "1,5", "0x10", "١"] {
+            assert_eq!(Quantity::parse(bad), Err(QuantityError::Syntax), "{bad:?}");
+        }
+        assert_eq!(Quantity::parse("-1"), Err(QuantityError::Negative));
+        assert_eq!(
+            Quantity::parse("-1.0000000001"),
+            Err(QuantityError::Negative)
+        );
+        assert_eq!(
+            Quantity::parse("1.0000000001"),
+            Err(QuantityError::Precision)
+        );
+        assert_eq!(
+            Quantity::parse("1.0000000000"),
+            Err(QuantityError::Precision)
+        );
+        assert_eq!(
+            Quantity::parse("1000000000000"),
+            Err(QuantityError::OutOfRange)
+        );
+        assert_eq!(
+            Quantity::parse(&"9".repeat(400)),
+            Err(QuantityError::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn amounts_stay_inside_decimal_38_12() {
+        let max = Amount::from_scaled(DECIMAL38_LIMIT - 1).unwrap();
+        assert!(Amount::from_scaled(DECIMAL38_LIMIT).is_none());
+        assert!(max.checked_add(Amount::from_scaled(1).unwrap()).is_none());
+        assert!(Amount::from_scaled(i128::MIN).is_none());
+        assert_eq!(
+            Amount::from_scaled(-1_500_000_000_000).unwrap().to_string(),
+            "-1.500000000000"
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! One resource's history and the breakdown rows it yields.
+//!
+//! A resource keeps the events of its open windows, ordered by `(time, id)`,
+//! plus what the folded past left behind: the gauge quantities in force at the
+//! fold boundary and the latest folded event's metadata. Rows are recomputed
+//! from that state, so they depend only on the set of events and the accrual
+//! point, never on the order the events arrived in.
+//!
+//! Invariant: no event ever arrives before the fold boundary (upstream rejects
+//! events aimed at final windows), so folding loses nothing a row still needs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventKind, EventOrder, Meta, ResourceKey};
+use crate::fixed::{Amount, Overflow, Quantity};
+use crate::prices::{PriceList, SkuId};
+use crate::rate;
+use crate::rows::{BreakdownKey, BreakdownRow, Delta};
+use crate::time::{HOUR, Millis, window_start};
+
+/// The part of an event a resource's history keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    kind: EventKind,
+    quantities: Vec<(SkuId, Quantity)>,
+    meta: Arc<Meta>,
+}
+
+/// What was last emitted for a row of an open window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Emitted {
+    usage: Amount,
+    cost: Amount,
+    meta: Arc<Meta>,
+}
+
+/// A breakdown row that changed, and the change it makes to its day's total.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowChange {
+    /// The row's new value (usage zero when it dropped back to nothing).
+    pub row: BreakdownRow,
+    /// New minus old usage and cost.
+    pub delta: Delta,
+}
+
+/// One resource's state: see the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    base: Vec<(SkuId, Quantity)>,
+    base_meta: Option<Arc<Meta>>,
+    events: BTreeMap<EventOrder, Entry>,
+    emitted: BTreeMap<(Millis, SkuId), Emitted>,
+}
+
+impl Resource {
+    /// Adds an accepted event and returns the earliest time whose rows it can
+    /// change: its own window, the window ending at its time (metadata), and for
+    /// a gauge event the segment it closes, back to the previous gauge event
+    /// (`Millis::MIN` when that segment starts in the folded past).
+    pub fn insert(&mut self, event: Event) -> Millis {
+        let time = event.order.time;
+        let mut earliest = time - 1;
+        if event.kind.is_gauge() {
+            let previous = self
+                .events
+                .range(..&event.order)
+                .rev()
+                .find(|(_, e)| e.kind.is_gauge());
+            earliest = match previous {
+                Some((order, _)) => earliest.min(order.time),
+                None if self.base.is_empty() => earliest,
+                None => Millis::MIN,
+            };
+        }
+        let entry = Entry {
+            kind: event.kind,
+            quantities: event.quantities,
+            meta: event.meta,
+        };
+        self.events.insert(event.order, entry);
+        earliest
+    }
+
+    /// True when the resource can accrue nothing more and has nothing to
+    /// remember: it can be forgotten.
+    pub fn is_dormant(&self) -> bool {
+        self.base.iter().all(|(_, q)| q.is_zero())
+            && self.events.is_empty()
+            && self.emitted.is_empty()
+    }
+
+    /// Time of the earliest event held, if any.
+    pub fn first_event_time(&self) -> Option<Millis> {
+        self.events.keys().next().map(|order| order.time)
+    }
+
+    /// Whether events were folded into the base state.
+    pub fn has_folded_past(&self) -> bool {
+        self.base_meta.is_some()
+    }
+
+    /// Time of the latest event held, if any.
+    pub fn last_event_time(&self) -> Option<Millis> {
+        self.events.keys().next_back().map(|order| order.time)
+    }
+
+    /// Whether a gauge is running at the end of the known history.
+    pub fn is_running(&self) -> bool {
+        let last_gauge = self.events.values().rev().find(|e| e.kind.is_gauge());
+        match last_gauge {
+            Some(entry) => entry.quantities.iter().any(|(_, q)| !q.is_zero()),
+            None => self.base.iter().any(|(_, q)| !q.is_zero()),
+        }
+    }
+
+    /// Recomputes the rows of the windows starting in `from..=through` and
+    /// returns those that changed since last emitted.
+    pub fn refresh(
+        &mut self,
+        key: &ResourceKey,
+        from: Millis,
+        through: Millis,
+        accrued_to: Option<Millis>,
+        prices: &PriceList,
+    ) -> Result<Vec<RowChange>, Overflow> {
+        let mut changes = Vec::new();
+        let mut start = window_start(from);
+        while start <= through {
+            let (usage, meta) = self.window(start, accrued_to)?;
+            let previous: Vec<SkuId> = self
+                .emitted
+                .range((start, SkuId(0))..=(start, SkuId(u16::MAX)))
+                .map(|(&(_, sku), _)| sku)
+                .collect();
+            let mut skus: Vec<SkuId> = usage.keys().copied().chain(previous).collect();
+            skus.sort_unstable();
+            skus.dedup();
+            for sku in skus {
+                let new = usage.get(&sku).copied().unwrap_or(Amount::ZERO);
+                if let Some(change) = self.change(key, start, sku, new, &meta, prices)? {
+                    changes.push(change);
+                }
+            }
+            start += HOUR;
+        }
+        Ok(changes)
+    }
+
+    fn change(
+        &mut self,
+        key: &ResourceKey,
+        window: Millis,
+        sku: SkuId,
+        usage: Amount,
+        meta: &Arc<Meta>,
+        prices: &PriceList,
+    ) -> Result<Option<RowChange>, Overflow> {
+        let old = self.emitted.get(&(window, sku));
+        let unchanged = match old {
+            None => usage.is_zero(),
+            Some(old) => old.usage == usage && (Arc::ptr_eq(&old.meta, meta) || old.meta == *meta),
+        };
+        if unchanged {
+            return Ok(None);
+        }
+        let definition = prices.sku(sku);
+        let price = definition.price_at(window).expect(
+            "decode admits only SKUs priced at their event's window, and prices only start",
+        );
+        let cost = rate::cost(usage, price.unit_price, definition.kind)?;
+        let (old_usage, old_cost) = old.map_or((Amount::ZERO, Amount::ZERO), |o| (o.usage, o.cost));
+        let overflow = || {
+            Overflow::new(format!(
+                "change of row {}/{}/{}",
+                key.account, key.resource, definition.id
+            ))
+        };
+        let delta = Delta {
+            usage: usage.checked_sub(old_usage).ok_or_else(overflow)?,
+            cost: cost.checked_sub(old_cost).ok_or_else(overflow)?,
+        };
+        if usage.is_zero() {
+            self.emitted.remove(&(window, sku));
+        } else {
+            self.emitted.insert(
+                (window, sku),
+                Emitted {
+                    usage,
+                    cost,
+                    meta: Arc::clone(meta),
+                },
+            );
+        }
+        let row = BreakdownRow {
+            key: BreakdownKey {
+                account: key.account.clone(),
+                window_start: window,
+                resource: key.resource.clone(),
+                sku,
+            },
+            meta: Arc::clone(meta),
+            usage,
+            cost,
+        };
+        Ok(Some(RowChange { row, delta }))
+    }
+
+    /// Usage per SKU in the window starting at `start`, and the metadata of the
+    /// latest event at or before its end.
+    ///
+    /// A gauge segment between two gauge events counts in full; the last one,
+    /// open-ended while the resource runs, accrues up to `accrued_to`.
+    fn window(
+        &self,
+        start: Millis,
+        accrued_to: Option<Millis>,
+    ) -> Result<(BTreeMap<SkuId, Amount>, Arc<Meta>), Overflow> {
+        let end = start + HOUR;
+        let overflow = || {
+            Overflow::new(format!(
+                "usage in window starting {}",
+                crate::time::Rfc3339(start)
+            ))
+        };
+        let mut usage: BTreeMap<SkuId, i128> = BTreeMap::new();
+        let mut in_force: &[(SkuId, Quantity)] = &self.base;
+        let mut from = start;
+        let mut closed = false;
+        for (order, entry) in self.events.iter().filter(|(_, e)| e.kind.is_gauge()) {
+            if order.time >= end {
+                closed = true;
+                break;
+            }
+            if order.time > from {
+                accrue(&mut usage, in_force, order.time - from).ok_or_else(overflow)?;
+                from = order.time;
+            }
+            in_force = &entry.quantities;
+        }
+        let until = if closed {
+            end
+        } else {
+            accrued_to.map_or(from, |a| a.clamp(from, end))
+        };
+        accrue(&mut usage, in_force, until - from).ok_or_else(overflow)?;
+        let counters = self
+            .events
+            .iter()
+            .filter(|(o, e)| !e.kind.is_gauge() && (start..end).contains(&o.time));
+        for (_, entry) in counters {
+            for &(sku, quantity) in &entry.quantities {
+                let units = quantity.nanos().checked_mul(1000).ok_or_else(overflow)?;
+                let total = usage.entry(sku).or_default();
+                *total = total.checked_add(units).ok_or_else(overflow)?;
+            }
+        }
+        let usage = usage
+            .into_iter()
+            .map(|(sku, scaled)| {
+                Amount::from_scaled(scaled)
+                    .map(|a| (sku, a))
+                    .ok_or_else(overflow)
+            })
+            .collect::<Result<_, _>>()?;
+        let latest = self
+            .events
+            .iter()
+            .rev()
+            .find(|(order, _)| order.time <= end)
+            .map(|(_, e)| &e.meta);
+        let meta = latest
+            .or(self.base_meta.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        Ok((usage, meta))
+    }
+
+    /// Folds every event before `boundary` into the base state and forgets the
+    /// rows of windows before it, which are final.
+    pub fn fold(&mut self, boundary: Millis) {
+        while let Some(entry) = self.events.first_entry() {
+            if entry.key().time >= boundary {
+                break;
+            }
+            let entry = entry.remove();
+            if entry.kind.is_gauge() {
+                self.base = entry.quantities;
+            }
+            self.base_meta = Some(entry.meta);
+        }
+        self.base.retain(|(_, q)| !q.is_zero());
+        self.emitted = self.emitted.split_off(&(boundary, SkuId(0)));
+    }
+}
+
+/// Adds `quantities × duration_ms` (scale 9 × 10^-3 s = scale 12 unit-seconds).
+fn accrue(
+    usage: &mut BTreeMap<SkuId, i128>,
+    quantities: &[(SkuId, Quantity)],
+    duration_ms: Millis,
+) -> Option<()> {
+    if duration_ms <= 0 {
+        return Some(());
+    }
+    for &(sku, quantity) in quantities {
+        if quantity.is_zero() {
+            continue;
+        }
+        let amount = quantity.nanos().checked_mul(i128::from(duration_ms))?;
+        let total = usage.entry(sku).or_default();
+        *total = total.checked_add(amount)?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! The price list: which SKUs exist, whether each is a gauge or a counter, and
+//! its unit prices over time.
+//!
+//! Loaded once at start and shared read-only by every worker; SKUs are then
+//! referred to by a dense [`SkuId`] (their position in id order), so that all
+//! workers of a cluster that load the same file agree on every id.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::time::{Millis, parse_rfc3339};
+
+/// Whether an SKU's quantities are levels over time or amounts at an instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SkuKind {
+    /// Set by `resource.*` events; usage is the integral over time (unit-seconds),
+    /// priced per unit-hour.
+    Gauge,
+    /// Recorded by `usage.recorded` events; usage is the sum, priced per unit.
+    Counter,
+}
+
+/// Dense index of an SKU in its [`PriceList`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SkuId(pub u16);
+
+/// A unit price from an instant on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Price {
+    /// From when this price applies.
+    pub effective_from: Millis,
+    /// Per unit-hour for gauges, per unit for counters.
+    pub unit_price: Decimal,
+}
+
+/// One SKU of the price list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sku {
+    /// The SKU's name as events spell it, e.g. `compute.vcpu`.
+    pub id: String,
+    /// Gauge or counter.
+    pub kind: SkuKind,
+    /// Unit of usage, e.g. `vcpu` or `GiB`.
+    pub unit: String,
+    /// ISO 4217 currency of the prices.
+    pub currency: String,
+    /// Prices in strictly increasing `effective_from` order.
+    pub prices: Vec<Price>,
+}
+
+impl Sku {
+    /// The price in effect at `time`: the last one whose `effective_from` is
+    /// not after it.
+    pub fn price_at(&self, time: Millis) -> Option<&Price> {
+        let after = self.prices.partition_point(|p| p.effective_from <= time);
+        after.checked_sub(1).map(|i| &self.prices[i])
+    }
+}
+
+/// A validated price list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriceList {
+    /// The file's `version` label, if it has one.
+    pub version: Option<String>,
+    skus: Vec<Sku>,
+    by_id: BTreeMap<String, SkuId>,
+}
+
+/// Why a price list was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PriceListError {
+    /// The file could not be read.
+    #[error("cannot read price list {path}: {source}")]
+    Read {
+        /// The path tried.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML does not have the expected shape.
+    #[error("price list is not valid TOML of the expected shape: {0}")]
+    Syntax(String),
+    /// A value is out of place.
+    #[error("price list, sku {sku:?}: {problem}")]
+    Invalid {
+        /// The SKU concerned (empty when the problem is not about one SKU).
+        sku: String,
+        /// Expected versus found.
+        problem: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceListFile {
+    version: Option<String>,
+    #[serde(default)]
+    sku: Vec<SkuFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkuFile {
+    id: String,
+    kind: SkuKind,
+    unit: String,
+    currency: String,
+    prices: Vec<PriceFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFile {
+    effective_from: String,
+    unit_price: String,
+}
+
+impl PriceList {
+    /// Reads and validates a price list file.
+    pub fn load(path: &Path) -> Result<PriceList, PriceListError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PriceListError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        PriceList::parse(&text)
+    }
+
+    /// Parses and validates price list TOML.
+    pub fn parse(text: &str) -> Result<PriceList, PriceListError> {
+        let file: PriceListFile =
+            toml::from_str(text).map_err(|e| PriceListError::Syntax(e.to_string()))?;
+        let mut skus = Vec::with_capacity(file.sku.len());
+        for sku in file.sku {
+            skus.push(validate_sku(sku)?);
+        }
+        skus.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(pair) = skus.windows(2).find(|pair| pair[0].id == pair[1].id) {
+            return Err(invalid(&pair[0].id, "listed twice"));
+        }
+        if skus.is_empty() {
+            return Err(invalid("", "the list has no [[sku]]"));
+        }
+        if skus.len() > usize::from(u16::MAX) {
+            return Err(invalid(
+                "",
+                format!("{} SKUs, at most {}", skus.len(), u16::MAX),
+            ));
+        }
+        let by_id = skus
+            .iter()
+            .enumerate()
+            .map(|(i, sku)| (sku.id.clone(), SkuId(i as u16)))
+            .collect();
+        Ok(PriceList {
+            version: file.version,
+            skus,
+            by_id,
+        })
+    }
+
+    /// Looks an SKU up by the name events use.
+    pub fn lookup(&self, id: &str) -> Option<(SkuId, &Sku)> {
+        self.by_id.get(id).map(|&sku_id| (sku_id, self.sku(sku_id)))
+    }
+
+    /// The SKU behind an id handed out by this list.
+    pub fn sku(&self, id: SkuId) -> &Sku {
+        &self.skus[usize::from(id.0)]
+    }
+
+    /// All SKUs in id order.
+    pub fn skus(&self) -> impl Iterator<Item = (SkuId, &Sku)> {
+        self.skus
+            .iter()
+            .enumerate()
+            .map(|(i, sku)| (SkuId(i as u16), sku))
+    }
+}
+
+fn invalid(sku: &str, problem: impl Into<String>) -> PriceListError {
+    PriceListError::Invalid {
+        sku: sku.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+fn validate_sku(file: SkuFile) -> Result<Sku, PriceListError> {
+    let id = file.id;
+    if id.is_empty() || id.len() > 128 {
+        return Err(invalid(&id, "id must be 1 to 128 bytes"));
+    }
+    if file.unit.is_empty() {
+        return Err(invalid(&id, "unit must not be empty"));
+    }
+    if file.currency.len() != 3 || !file.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(invalid(
+            &id,
+            format!(
+                "currency must be a 3-letter ISO 4217 code, found {:?}",
+                file.currency
+            ),
+        ));
+    }
+    if file.prices.is_empty() {
+        return Err(invalid(&id, "no prices"));
+    }
+    let mut prices = Vec::with_capacity(file.prices.len());
+    for price in file.prices {
+        let effective_from = parse_rfc3339(&price.effective_from).ok_or_else(|| {
+            invalid(
+                &id,
+                format!(
+                    "effective_from must be RFC 3339 with an offset, found {:?}",
+                    price.effective_from
+                ),
+            )
+        })?;
+        let unit_price: Decimal = price.unit_price.parse().map_err(|_| {
+            invalid(
+                &id,
+                format!(
+                    "unit_price must be a decimal string, found {:?}",
+                    price.unit_price
+                ),
+            )
+        })?;
+        if unit_price.is_sign_negative() && !unit_price.is_zero() {
+            return Err(invalid(
+                &id,
+                format!("unit_price must not be negative, found {unit_price}"),
+            ));
+        }
+        if let Some(last) = prices.last().map(|p: &Price| p.effective_from)
+            && effective_from <= last
+        {
+            return Err(invalid(
+                &id,
+                format!(
+                    "effective_from must strictly increase, found {} after {}",
+                    price.effective_from,
+                    crate::time::Rfc3339(last)
+                ),
+            ));
+        }
+        prices.push(Price {
+            effective_from,
+            unit_price,
+        });
+    }
+    Ok(Sku {
+        id,
+        kind: file.kind,
+        unit: file.unit,
+        currency: file.currency,
+        prices,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIST: &str = r#"
+        version = "2026-11"
+        [[sku]]
+        id = "compute.vcpu"
+        kind = "gauge"
+        unit = "vcpu"
+        currency = "EUR"
+        prices = [
+          { effective_from = "2026-01-01T00:00:00Z", unit_price = "0.0125" },
+          { effective_from = "2026-12-01T00:00:00Z", unit_price = "0.0110" },
+        ]
+        [[sku]]
+        id = "network.egress_gib"
+        kind = "counter"
+        unit = "GiB"
+        currency = "EUR"
+        prices = [{ effective_from = "2026-01-01T00:00:00Z", unit_price = "0.01" }]
+    "#;
+
+    #[test]
+    fn finds_the_price_in_effect() {
+        let list = PriceList::parse(LIST).unwrap();
+        let (_, vcpu) = list.lookup("compute.vcpu").unwrap();
+        let dec1 = parse_rfc3339("2026-12-01T00:00:00Z").unwrap();
+        assert_eq!(
+            vcpu.price_at(dec1).unwrap().unit_price.to_string(),
+            "0.0110"
+        );
+        assert_eq!(
+            vcpu.price_at(dec1 - 1).unwrap().unit_price.to_string(),
+            "0.0125"
+        );
+        assert!(
+            vcpu.price_at(parse_rfc3339("2025-12-31T23:59:59Z").unwrap())
+                .is_none()
+        );
+        assert_eq!(
+            list.lookup("network.egress_gib").unwrap().1.kind,
+            SkuKind::Counter
+        );
+        assert!(list.lookup("gpu").is_none());
+    }
+
+    fn refusal(text: &str) -> String {
+        PriceList::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn refuses_bad_lists_clearly() {
+        let kind = refusal(&LIST.replace("\"counter\"", "\"meter\""));
+        assert!(kind.contains("meter"), "{kind}");
+        let twice = refusal(&LIST.replace("network.egress_gib", "compute.vcpu"));
+        assert!(twice.contains("listed twice"), "{twice}");
+        let unsorted = refusal(&LIST.replace("2026-12-01", "2025-12-01"));
+        assert!(unsorted.contains("strictly increase"), "{unsorted}");
+        let duplicate = refusal(&LIST.replace("2026-12-01", "2026-01-01"));
+        assert!(duplicate.contains("strictly increase"), "{duplicate}");
+        let decimal = refusal(&LIST.replace("0.0125", "zero"));
+        assert!(decimal.contains("decimal string"), "{decimal}");
+        let negative = refusal(&LIST.replace("0.0125", "-0.01"));
+        assert!(negative.contains("negative"), "{negative}");
+        let currency = refusal(&LIST.replace("\"EUR\"", "\"euro\""));
+        assert!(currency.contains("ISO 4217"), "{currency}");
+        assert!(refusal("").contains("no [[sku]]"));
+    }
+}

@@ -1,0 +1,116 @@
+//! Rating: the cost of one breakdown row, rounded exactly once.
+//!
+//! cost = round_half_even(usage × unit_price [÷ 3600 for gauges], 12 digits).
+//! The product of a large usage and a price can exceed `i128`, so it is formed
+//! in 256 bits; the result must fit `Decimal(38, 12)`.
+
+use ethnum::I256;
+use rust_decimal::Decimal;
+
+use crate::fixed::{Amount, Overflow};
+use crate::prices::SkuKind;
+
+/// Seconds in the hour a gauge's unit price is quoted per.
+const SECONDS_PER_HOUR: i128 = 3600;
+
+/// Cost of `usage` (unit-seconds for gauges, units for counters) at `unit_price`.
+pub fn cost(usage: Amount, unit_price: Decimal, kind: SkuKind) -> Result<Amount, Overflow> {
+    let per = match kind {
+        SkuKind::Gauge => SECONDS_PER_HOUR,
+        SkuKind::Counter => 1,
+    };
+    let numerator = I256::from(usage.scaled()) * I256::from(unit_price.mantissa());
+    let denominator = I256::from(10i128.pow(unit_price.scale())) * I256::from(per);
+    let quotient = div_round_half_even(numerator, denominator);
+    i128::try_from(quotient)
+        .ok()
+        .and_then(Amount::from_scaled)
+        .ok_or_else(|| Overflow::new(format!("cost of usage {usage} at unit price {unit_price}")))
+}
+
+/// `numerator / denominator` rounded to the nearest integer, ties to even.
+/// `denominator` must be positive.
+fn div_round_half_even(numerator: I256, denominator: I256) -> I256 {
+    let quotient = numerator.div_euclid(denominator);
+    let remainder = numerator.rem_euclid(denominator);
+    let twice = remainder * 2;
+    if twice > denominator || (twice == denominator && quotient % 2 != 0) {
+        quotient + 1
+    } else {
+        quotient
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amount(text: &str) -> Amount {
+        let d: Decimal = text.parse().unwrap();
+        let scaled = d.mantissa() * 10i128.pow(12 - d.scale());
+        Amount::from_scaled(scaled).unwrap()
+    }
+
+    #[test]
+    fn gauges_are_priced_per_hour() {
+        let four_vcpu_hour = amount("14400");
+        let cost = cost(four_vcpu_hour, "0.0125".parse().unwrap(), SkuKind::Gauge).unwrap();
+        assert_eq!(cost.to_string(), "0.050000000000");
+    }
+
+    #[test]
+    fn rounds_half_to_even_once() {
+        let p: Decimal = "0.5".parse().unwrap();
+        // 1e-12 units × 0.5 = 0.5e-12: a tie, rounds to the even 0.
+        assert_eq!(
+            cost(Amount::from_scaled(1).unwrap(), p, SkuKind::Counter)
+                .unwrap()
+                .scaled(),
+            0
+        );
+        // 3e-12 × 0.5 = 1.5e-12: a tie, rounds to the even 2.
+        assert_eq!(
+            cost(Amount::from_scaled(3).unwrap(), p, SkuKind::Counter)
+                .unwrap()
+                .scaled(),
+            2
+        );
+        // 5e-12 × 0.5 = 2.5e-12 → 2.
+        assert_eq!(
+            cost(Amount::from_scaled(5).unwrap(), p, SkuKind::Counter)
+                .unwrap()
+                .scaled(),
+            2
+        );
+        // 1 unit-second at 1/hour = 0.000277777777777…, rounds up at the 12th digit.
+        let second = cost(amount("1"), Decimal::ONE, SkuKind::Gauge).unwrap();
+        assert_eq!(second.to_string(), "0.000277777778");
+        // Negative deltas round symmetrically around ties too.
+        assert_eq!(
+            cost(Amount::from_scaled(-3).unwrap(), p, SkuKind::Counter)
+                .unwrap()
+                .scaled(),
+            -2
+        );
+    }
+
+    #[test]
+    fn a_day_of_the_largest_resource_is_exact_beyond_rust_decimal() {
+        // 999999999999.999999999 units for a whole day, in unit-seconds at 12
+        // digits: 8.64e28 as a scaled integer, more than rust_decimal holds.
+        let usage = Amount::from_scaled(999_999_999_999_999_999_999 * 86_400_000).unwrap();
+        assert!(usage.to_decimal().is_none());
+        let cost = cost(usage, "0.0125".parse().unwrap(), SkuKind::Gauge).unwrap();
+        assert_eq!(cost.to_string(), "299999999999.999999999700");
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_wrap() {
+        let huge = Amount::from_scaled(crate::fixed::DECIMAL38_LIMIT - 1).unwrap();
+        let err = cost(huge, "1000".parse().unwrap(), SkuKind::Counter).unwrap_err();
+        assert!(
+            err.to_string().contains("does not fit Decimal(38, 12)"),
+            "{err}"
+        );
+    }
+}

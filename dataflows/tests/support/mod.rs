@@ -1,0 +1,271 @@
+//! Shared by the dataflow's tests: events written as the contract shows them,
+//! and the check that the dataflow and the oracle agree.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::json;
+use tally_dataflows::event::{Message, Partition, Reason};
+use tally_dataflows::memory::{self, RunShape};
+use tally_dataflows::oracle;
+use tally_dataflows::prices::PriceList;
+use tally_dataflows::rows::Ledger;
+use tally_dataflows::settings::Settings;
+use tally_dataflows::time::{Millis, parse_rfc3339};
+
+/// The default price list shipped under `schemas/`.
+pub fn prices() -> Arc<PriceList> {
+    Arc::new(
+        PriceList::parse(include_str!("../../../schemas/prices.toml"))
+            .expect("the shipped price list is valid"),
+    )
+}
+
+/// Milliseconds of an RFC 3339 time.
+pub fn at(text: &str) -> Millis {
+    parse_rfc3339(text).unwrap_or_else(|| panic!("bad time {text}"))
+}
+
+/// One event, in the contract's JSON.
+#[derive(Clone, Debug)]
+pub struct Ev {
+    pub kind: &'static str,
+    pub id: String,
+    pub source: String,
+    pub time: Millis,
+    pub account: String,
+    pub subject: String,
+    pub quantities: Vec<(String, String)>,
+    pub project: Option<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+impl Ev {
+    pub fn new(kind: &'static str, id: &str, time: &str, subject: &str) -> Ev {
+        Ev {
+            kind,
+            id: id.into(),
+            source: "compute/eu-central-1".into(),
+            time: at(time),
+            account: "acc-1".into(),
+            subject: subject.into(),
+            quantities: Vec::new(),
+            project: None,
+            labels: Vec::new(),
+        }
+    }
+
+    pub fn q(mut self, sku: &str, quantity: &str) -> Ev {
+        self.quantities.push((sku.into(), quantity.into()));
+        self
+    }
+
+    pub fn account(mut self, account: &str) -> Ev {
+        self.account = account.into();
+        self
+    }
+
+    pub fn project(mut self, project: &str) -> Ev {
+        self.project = Some(project.into());
+        self
+    }
+
+    pub fn json(&self) -> Vec<u8> {
+        let mut data = json!({ "account_id": self.account });
+        if self.kind != "resource.stopped" {
+            let quantities: serde_json::Map<String, serde_json::Value> = self
+                .quantities
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            data["quantities"] = json!(quantities);
+        }
+        if let Some(project) = &self.project {
+            data["project_id"] = json!(project);
+        }
+        if !self.labels.is_empty() {
+            let labels: serde_json::Map<String, serde_json::Value> = self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            data["labels"] = json!(labels);
+        }
+        let time = tally_dataflows::time::Rfc3339(self.time).to_string();
+        serde_json::to_vec(&json!({
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.kind,
+            "time": time,
+            "subject": self.subject,
+            "data": data,
+        }))
+        .unwrap()
+    }
+}
+
+/// Messages in read order, with offsets numbered per partition.
+#[derive(Default)]
+pub struct Topic {
+    pub partitions: Vec<Partition>,
+    pub messages: Vec<Message>,
+    next_offset: BTreeMap<Partition, i64>,
+}
+
+impl Topic {
+    pub fn new(partitions: u32) -> Topic {
+        Topic {
+            partitions: (0..partitions).collect(),
+            ..Topic::default()
+        }
+    }
+
+    /// Appends raw bytes to a partition, stamped with `timestamp`.
+    pub fn raw(&mut self, partition: Partition, timestamp: Millis, payload: Vec<u8>) -> &mut Topic {
+        let offset = self.next_offset.entry(partition).or_default();
+        self.messages.push(Message {
+            partition,
+            offset: *offset,
+            timestamp,
+            payload,
+        });
+        *offset += 1;
+        self
+    }
+
+    /// Appends an event to a partition, stamped with its own time.
+    pub fn send(&mut self, partition: Partition, event: &Ev) -> &mut Topic {
+        self.raw(partition, event.time, event.json())
+    }
+}
+
+/// Shapes every check runs the dataflow under: 1, 2 and 4 workers; one epoch,
+/// an epoch per message, and a few cuts in between.
+pub fn shapes(messages: usize) -> Vec<RunShape> {
+    let mut shapes = Vec::new();
+    for workers in [1, 2, 4] {
+        shapes.push(RunShape {
+            workers,
+            epoch_starts: Vec::new(),
+        });
+        shapes.push(RunShape {
+            workers,
+            epoch_starts: (0..messages).collect(),
+        });
+        shapes.push(RunShape {
+            workers,
+            epoch_starts: (0..messages).step_by(3).collect(),
+        });
+    }
+    shapes
+}
+
+/// Asserts that the dataflow's tables equal the oracle's (rows, totals, each
+/// rejection's partition, offset, reason and payload, the outcome counts and
+/// where progress ended), and returns the oracle's.
+pub fn agree(topic: &Topic, settings: Settings, shapes: &[RunShape]) -> Ledger {
+    let prices = prices();
+    let expected = oracle::run(
+        &topic.partitions,
+        topic.messages.clone(),
+        &prices,
+        &settings,
+    )
+    .expect("no overflow");
+    for shape in shapes {
+        let actual = memory::run(
+            &topic.partitions,
+            topic.messages.clone(),
+            Arc::clone(&prices),
+            settings,
+            shape,
+        )
+        .expect("no overflow");
+        assert_same(&expected, &actual, shape);
+    }
+    expected
+}
+
+/// Like [`agree`] under [`shapes`] with the default settings.
+pub fn check(topic: &Topic) -> Ledger {
+    agree(topic, Settings::default(), &shapes(topic.messages.len()))
+}
+
+fn rejection_view(ledger: &Ledger) -> BTreeMap<(Partition, i64), (Reason, Vec<u8>, bool)> {
+    ledger
+        .rejections
+        .iter()
+        .map(|(k, r)| (*k, (r.reason, r.payload.clone(), r.truncated)))
+        .collect()
+}
+
+pub fn assert_same(expected: &Ledger, actual: &Ledger, shape: &RunShape) {
+    let shape = format!(
+        "{} workers, epochs starting at {:?}",
+        shape.workers, shape.epoch_starts
+    );
+    for (key, row) in &expected.breakdowns {
+        assert_eq!(
+            actual.breakdowns.get(key),
+            Some(row),
+            "breakdown {key:?} under {shape}"
+        );
+    }
+    assert_eq!(
+        expected.breakdowns.len(),
+        actual.breakdowns.len(),
+        "extra breakdown rows under {shape}: {:?}",
+        actual
+            .breakdowns
+            .keys()
+            .filter(|k| !expected.breakdowns.contains_key(k))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(expected.totals, actual.totals, "totals under {shape}");
+    assert_eq!(
+        rejection_view(expected),
+        rejection_view(actual),
+        "rejections under {shape}"
+    );
+    assert_eq!(expected.outcomes, actual.outcomes, "outcomes under {shape}");
+    assert_eq!(expected.progress, actual.progress, "progress under {shape}");
+}
+
+/// Usage and cost of a breakdown row, as decimal strings.
+pub fn row(
+    ledger: &Ledger,
+    account: &str,
+    window: &str,
+    resource: &str,
+    sku: &str,
+) -> Option<(String, String)> {
+    let prices = prices();
+    let (sku_id, _) = prices.lookup(sku).expect("known sku");
+    ledger
+        .breakdowns
+        .iter()
+        .find(|(k, _)| {
+            k.account == account
+                && k.window_start == at(window)
+                && k.resource == resource
+                && k.sku == sku_id
+        })
+        .map(|(_, r)| (r.usage.to_string(), r.cost.to_string()))
+}
+
+/// Usage and cost of a total row, as decimal strings.
+pub fn total(ledger: &Ledger, account: &str, day: &str, sku: &str) -> Option<(String, String)> {
+    let prices = prices();
+    let (sku_id, _) = prices.lookup(sku).expect("known sku");
+    ledger
+        .totals
+        .iter()
+        .find(|(k, _)| k.account == account && k.day == at(day) && k.sku == sku_id)
+        .map(|(_, r)| (r.usage.to_string(), r.cost.to_string()))
+}
+
+pub fn pair(usage: &str, cost: &str) -> Option<(String, String)> {
+    Some((usage.to_owned(), cost.to_owned()))
+}
