@@ -1,1 +1,48 @@
-fn main() {}
+//! Hot paths of the billing core on a generated workload: decode + validate,
+//! and the whole dataflow (judge, dedup, usage, totals) on 1 and 2 workers.
+//!
+//! `cargo bench --bench pipeline`; figures go to BENCHMARKS.md.
+
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tally::workload::{Generator, Workload};
+use tally_dataflows::decode::decode;
+use tally_dataflows::memory::{self, RunShape};
+use tally_dataflows::prices::PriceList;
+use tally_dataflows::settings::Settings;
+
+fn prices() -> Arc<PriceList> {
+    Arc::new(PriceList::parse(include_str!("../schemas/prices.toml")).expect("shipped price list"))
+}
+
+fn decode_validate(c: &mut Criterion) {
+    let prices = prices();
+    let messages = Generator::new(Workload { events: 20_000, ..Workload::default() }).messages();
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(messages.len() as u64));
+    group.bench_function("decode_validate", |b| {
+        b.iter(|| messages.iter().filter(|m| decode(&m.payload, &prices).is_ok()).count())
+    });
+    group.finish();
+}
+
+fn dataflow(c: &mut Criterion) {
+    let prices = prices();
+    let workload = Workload { events: 200_000, fleet: 20_000, accounts: 2_000, partitions: 8, ..Workload::default() };
+    let messages = Generator::new(workload.clone()).messages();
+    let partitions: Vec<u32> = (0..workload.partitions).collect();
+    let mut group = c.benchmark_group("dataflow");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(messages.len() as u64));
+    for workers in [1, 2] {
+        let shape = RunShape { workers, epoch_starts: (0..messages.len()).step_by(20_000).collect() };
+        group.bench_function(format!("{workers}_workers"), |b| {
+            b.iter(|| memory::run(&partitions, messages.clone(), Arc::clone(&prices), Settings::default(), &shape))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_validate, dataflow);
+criterion_main!(benches);

@@ -1,1 +1,103 @@
-fn main() {}
+//! The `tally` command line.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tally::workload::{Generator, Workload};
+use tally_dataflows::time::{Millis, parse_duration, parse_rfc3339};
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Exactly-once stream processor for cloud billing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Produce a realistic synthetic workload, seeded and reproducible.
+    Gen(GenArgs),
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Write the messages as JSON Lines (partition, key, timestamp, value) to this file.
+    #[arg(long, env = "TALLY_GEN_OUT")]
+    out: PathBuf,
+    /// Messages to produce.
+    #[arg(long, default_value_t = 100_000, env = "TALLY_GEN_EVENTS")]
+    events: u64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1, env = "TALLY_GEN_SEED")]
+    seed: u64,
+    /// Billing accounts.
+    #[arg(long, default_value_t = 200, env = "TALLY_GEN_ACCOUNTS")]
+    accounts: u32,
+    /// Resources running at any time.
+    #[arg(long, default_value_t = 2_000, env = "TALLY_GEN_FLEET")]
+    fleet: u32,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4, env = "TALLY_GEN_PARTITIONS")]
+    partitions: u32,
+    /// Event time of the first event (RFC 3339).
+    #[arg(long, default_value = "2026-11-23T00:00:00Z", value_parser = rfc3339, env = "TALLY_GEN_START")]
+    start: Millis,
+    /// Mean time between counter records of a running resource.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "TALLY_GEN_COUNTER_INTERVAL")]
+    counter_interval: Millis,
+    /// Fraction of events delivered twice.
+    #[arg(long, default_value_t = 0.02, env = "TALLY_GEN_DUPLICATE_RATE")]
+    duplicate_rate: f64,
+    /// Fraction of events delivered after the allowed lateness.
+    #[arg(long, default_value_t = 0.002, env = "TALLY_GEN_LATE_RATE")]
+    late_rate: f64,
+    /// Fraction of broken messages.
+    #[arg(long, default_value_t = 0.001, env = "TALLY_GEN_MALFORMED_RATE")]
+    malformed_rate: f64,
+}
+
+fn rfc3339(text: &str) -> Result<Millis, String> {
+    parse_rfc3339(text).ok_or_else(|| format!("expected an RFC 3339 time with an offset, found {text:?}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Gen(args) => generate(args),
+    }
+}
+
+fn generate(args: GenArgs) -> anyhow::Result<()> {
+    let workload = Workload {
+        seed: args.seed,
+        events: args.events,
+        accounts: args.accounts,
+        fleet: args.fleet,
+        partitions: args.partitions,
+        start: args.start,
+        counter_interval: args.counter_interval,
+        duplicate_rate: args.duplicate_rate,
+        late_rate: args.late_rate,
+        malformed_rate: args.malformed_rate,
+        ..Workload::default()
+    };
+    let file = std::fs::File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut out = BufWriter::new(file);
+    let step = (args.events / 10).max(1);
+    for (i, produced) in Generator::new(workload).enumerate() {
+        let line = serde_json::json!({
+            "partition": produced.partition,
+            "key": produced.key,
+            "timestamp": produced.timestamp,
+            "value": produced.payload,
+        });
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+        if (i as u64 + 1).is_multiple_of(step) {
+            eprintln!("tally gen: {} of {} messages", i as u64 + 1, args.events);
+        }
+    }
+    out.flush().with_context(|| format!("cannot write {}", args.out.display()))?;
+    Ok(())
+}

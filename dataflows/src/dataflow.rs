@@ -23,12 +23,12 @@ use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
-use timely::dataflow::operators::{Concat, ConnectLoop, Feedback};
+use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
 
 use crate::fixed::Overflow;
 use crate::judge::SourceItem;
 use crate::prices::PriceList;
-use crate::rows::{BreakdownRow, Outcomes, Progress, Rejection, TotalKey, TotalRow};
+use crate::rows::{BreakdownRow, Outcomes, Progress, Rejection, TotalRow};
 use crate::settings::Settings;
 
 mod dedup;
@@ -39,6 +39,7 @@ mod usage;
 
 use dedup::Deduped;
 use partitions::Judged;
+use usage::UsageOut;
 
 /// The streams a billing dataflow produces on each worker.
 pub struct Streams<'scope> {
@@ -70,11 +71,7 @@ pub fn billing<'scope>(
             Judged::Clock(_) => (2, judged),
         })
         .into_iter();
-    let (candidates, rejected, clocks) = (
-        judged.next().unwrap(),
-        judged.next().unwrap(),
-        judged.next().unwrap(),
-    );
+    let (candidates, rejected, clocks) = (judged.next().unwrap(), judged.next().unwrap(), judged.next().unwrap());
     let candidates = candidates.flat_map(|j| match j {
         Judged::Candidate(candidate) => Some(candidate),
         _ => None,
@@ -100,11 +97,7 @@ pub fn billing<'scope>(
             Deduped::Outcomes(_) => (2, d),
         })
         .into_iter();
-    let (accepted, late, outcomes) = (
-        deduped.next().unwrap(),
-        deduped.next().unwrap(),
-        deduped.next().unwrap(),
-    );
+    let (accepted, late, outcomes) = (deduped.next().unwrap(), deduped.next().unwrap(), deduped.next().unwrap());
     let accepted = accepted.flat_map(|d| match d {
         Deduped::Accepted(event) => Some(event),
         _ => None,
@@ -118,16 +111,28 @@ pub fn billing<'scope>(
         _ => None,
     });
 
-    let changes = usage::usage(accepted, progress.clone(), prices);
-    let change_errors = changes.clone().flat_map(Result::err);
-    let changes = changes.flat_map(Result::ok);
-    let deltas = changes
-        .clone()
-        .map(|change| (TotalKey::of(&change.row.key), change.delta));
-    let breakdowns = changes.map(|change| change.row);
-    let totals = totals::totals(deltas, progress.clone());
-    let total_errors = totals.clone().flat_map(Result::err);
-    let totals = totals.flat_map(Result::ok);
+    let mut usage = usage::usage(accepted, progress.clone(), prices)
+        .partition(3, |out| match out {
+            UsageOut::Row(_) => (0, out),
+            UsageOut::Delta(..) => (1, out),
+            UsageOut::Overflow(_) => (2, out),
+        })
+        .into_iter();
+    let (breakdowns, deltas, usage_errors) = (usage.next().unwrap(), usage.next().unwrap(), usage.next().unwrap());
+    let breakdowns = breakdowns.flat_map(|out| match out {
+        UsageOut::Row(row) => Some(row),
+        _ => None,
+    });
+    let deltas = deltas.flat_map(|out| match out {
+        UsageOut::Delta(key, delta) => Some((key, delta)),
+        _ => None,
+    });
+    let usage_errors = usage_errors.flat_map(|out| match out {
+        UsageOut::Overflow(overflow) => Some(overflow),
+        _ => None,
+    });
+    let (totals, total_errors) =
+        totals::totals(deltas, progress.clone()).ok_err::<Vec<TotalRow>, _, Vec<Overflow>, _, _>(|result| result);
 
     Streams {
         breakdowns,
@@ -135,7 +140,7 @@ pub fn billing<'scope>(
         rejections: rejected.concat(late),
         progress,
         outcomes,
-        errors: change_errors.concat(total_errors),
+        errors: usage_errors.concat(total_errors),
     }
 }
 

@@ -38,10 +38,7 @@ pub struct Invalid {
 }
 
 fn invalid(reason: Reason, detail: impl Into<String>) -> Invalid {
-    Invalid {
-        reason,
-        detail: detail.into(),
-    }
+    Invalid { reason, detail: detail.into() }
 }
 
 #[derive(Deserialize)]
@@ -108,64 +105,39 @@ pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
     if payload.len() > MAX_MESSAGE_BYTES {
         return Err(invalid(
             Reason::TooLarge,
-            format!(
-                "message is {} bytes, at most {MAX_MESSAGE_BYTES}",
-                payload.len()
-            ),
+            format!("message is {} bytes, at most {MAX_MESSAGE_BYTES}", payload.len()),
         ));
     }
     let raw: RawEvent = serde_json::from_slice(payload).map_err(|e| {
-        if e.is_data() {
-            invalid(Reason::Schema, e.to_string())
-        } else {
-            invalid(Reason::MalformedJson, e.to_string())
-        }
+        if e.is_data() { invalid(Reason::Schema, e.to_string()) } else { invalid(Reason::MalformedJson, e.to_string()) }
     })?;
 
     let specversion = required(raw.specversion, "specversion")?;
     if specversion != "1.0" {
-        return Err(invalid(
-            Reason::Schema,
-            format!("specversion must be \"1.0\", found {specversion:?}"),
-        ));
+        return Err(invalid(Reason::Schema, format!("specversion must be \"1.0\", found {specversion:?}")));
     }
     let id = non_empty(raw.id, "id")?;
     let source = non_empty(raw.source, "source")?;
     let kind_text = required(raw.kind, "type")?;
     let kind = EventKind::parse(&kind_text).ok_or_else(|| {
-        invalid(
-            Reason::UnknownType,
-            format!("type {kind_text:?} is not one of the four event types"),
-        )
+        invalid(Reason::UnknownType, format!("type {kind_text:?} is not one of the four event types"))
     })?;
     let time_text = required(raw.time, "time")?;
-    let time = time::parse_rfc3339(&time_text).ok_or_else(|| {
-        invalid(
-            Reason::Schema,
-            format!("time must be RFC 3339 with an offset, found {time_text:?}"),
-        )
-    })?;
+    let time = time::parse_rfc3339(&time_text)
+        .ok_or_else(|| invalid(Reason::Schema, format!("time must be RFC 3339 with an offset, found {time_text:?}")))?;
     if !(time::EARLIEST..time::LATEST).contains(&time) {
-        return Err(invalid(
-            Reason::OutOfRange,
-            format!("time {time_text} is outside 1970-01-01 .. 2106-01-01"),
-        ));
+        return Err(invalid(Reason::OutOfRange, format!("time {time_text} is outside 1970-01-01 .. 2106-01-01")));
     }
     let subject = required(raw.subject, "subject")?;
     check_length(&subject, "subject", MAX_SUBJECT_BYTES)?;
-    let data = raw
-        .data
-        .ok_or_else(|| invalid(Reason::Schema, "data: missing"))?;
+    let data = raw.data.ok_or_else(|| invalid(Reason::Schema, "data: missing"))?;
     let account = required(data.account_id, "data.account_id")?;
     check_length(&account, "data.account_id", MAX_ACCOUNT_BYTES)?;
 
     let quantities = match (kind, data.quantities) {
         (EventKind::Stopped, _) => Vec::new(),
         (_, None) => {
-            return Err(invalid(
-                Reason::Schema,
-                format!("data.quantities: missing, required for {}", kind.as_str()),
-            ));
+            return Err(invalid(Reason::Schema, format!("data.quantities: missing, required for {}", kind.as_str())));
         }
         (_, Some(pairs)) => quantities(pairs, kind, time, prices)?,
     };
@@ -182,16 +154,9 @@ pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
         labels,
     };
     Ok(Event {
-        order: EventOrder {
-            time,
-            id: id.into_owned(),
-            source: source.into_owned(),
-        },
+        order: EventOrder { time, id: id.into_owned(), source: source.into_owned() },
         kind,
-        resource: ResourceKey {
-            account: account.into_owned(),
-            resource: subject.into_owned(),
-        },
+        resource: ResourceKey { account: account.into_owned(), resource: subject.into_owned() },
         quantities,
         meta: Arc::new(meta),
     })
@@ -204,20 +169,14 @@ fn required<'a>(value: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>
 fn non_empty<'a>(value: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
     let value = required(value, field)?;
     if value.is_empty() {
-        return Err(invalid(
-            Reason::Schema,
-            format!("{field}: must not be empty"),
-        ));
+        return Err(invalid(Reason::Schema, format!("{field}: must not be empty")));
     }
     Ok(value)
 }
 
 fn check_length(value: &str, field: &str, max: usize) -> Result<(), Invalid> {
     if value.is_empty() || value.len() > max {
-        return Err(invalid(
-            Reason::Schema,
-            format!("{field}: must be 1 to {max} bytes, found {}", value.len()),
-        ));
+        return Err(invalid(Reason::Schema, format!("{field}: must be 1 to {max} bytes, found {}", value.len())));
     }
     Ok(())
 }
@@ -228,38 +187,23 @@ fn quantities(
     time: time::Millis,
     prices: &PriceList,
 ) -> Result<Vec<(crate::prices::SkuId, Quantity)>, Invalid> {
-    let expected = if kind.is_gauge() {
-        SkuKind::Gauge
-    } else {
-        SkuKind::Counter
-    };
+    let expected = if kind.is_gauge() { SkuKind::Gauge } else { SkuKind::Counter };
     let window = time::window_start(time);
     let mut quantities = Vec::with_capacity(pairs.len());
     for (name, text) in pairs {
-        let (sku_id, sku) = prices.lookup(&name).ok_or_else(|| {
-            invalid(
-                Reason::UnknownSku,
-                format!("sku {name:?} is not in the price list"),
-            )
-        })?;
+        let (sku_id, sku) = prices
+            .lookup(&name)
+            .ok_or_else(|| invalid(Reason::UnknownSku, format!("sku {name:?} is not in the price list")))?;
         if sku.kind != expected {
             return Err(invalid(
                 Reason::UnknownSku,
-                format!(
-                    "sku {name:?} is a {:?} but {} carries {:?} SKUs",
-                    sku.kind,
-                    kind.as_str(),
-                    expected
-                ),
+                format!("sku {name:?} is a {:?} but {} carries {:?} SKUs", sku.kind, kind.as_str(), expected),
             ));
         }
         if sku.price_at(window).is_none() {
             return Err(invalid(
                 Reason::UnknownSku,
-                format!(
-                    "sku {name:?} has no price in effect at window {}",
-                    Rfc3339(window)
-                ),
+                format!("sku {name:?} has no price in effect at window {}", Rfc3339(window)),
             ));
         }
         let quantity = Quantity::parse(&text).map_err(|e| {
@@ -269,10 +213,7 @@ fn quantities(
                 QuantityError::Precision => (Reason::Precision, "at most 9 fractional digits"),
                 QuantityError::OutOfRange => (Reason::OutOfRange, "below 10^12"),
             };
-            invalid(
-                reason,
-                format!("data.quantities.{name} must be {rule}, found {text:?}"),
-            )
+            invalid(reason, format!("data.quantities.{name} must be {rule}, found {text:?}"))
         })?;
         quantities.push((sku_id, quantity));
     }

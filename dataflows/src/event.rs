@@ -102,6 +102,13 @@ pub struct EventOrder {
     pub source: String,
 }
 
+impl EventOrder {
+    /// The least order at `time`: every event at `time` sorts at or after it.
+    pub fn first_at(time: Millis) -> EventOrder {
+        EventOrder { time, id: String::new(), source: String::new() }
+    }
+}
+
 /// A well-formed, validated lifecycle event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

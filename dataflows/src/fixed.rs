@@ -21,9 +21,7 @@ pub const QUANTITY_LIMIT_UNITS: i128 = 1_000_000_000_000;
 pub const DECIMAL38_LIMIT: i128 = 100_000_000_000_000_000_000_000_000_000_000_000_000;
 
 /// A non-negative quantity of an SKU with 9 fractional digits, below 10^12.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Quantity(i128);
 
 /// Why a quantity string was refused.
@@ -50,9 +48,7 @@ impl Quantity {
 
     /// Builds a quantity from 10^-9 units; `None` if negative or too large.
     pub fn from_nanos(nanos: i128) -> Option<Quantity> {
-        (0..QUANTITY_LIMIT_UNITS * 10i128.pow(QUANTITY_SCALE))
-            .contains(&nanos)
-            .then_some(Quantity(nanos))
+        (0..QUANTITY_LIMIT_UNITS * 10i128.pow(QUANTITY_SCALE)).contains(&nanos).then_some(Quantity(nanos))
     }
 
     /// True for zero.
@@ -106,9 +102,7 @@ impl fmt::Display for Quantity {
 
 /// A usage or cost at 12 fractional digits: what ClickHouse stores as
 /// `Decimal(38, 12)`, and what the `clickhouse` crate maps to `i128`.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Amount(i128);
 
 /// An arithmetic result left the range that `Decimal(38, 12)` can store.
@@ -173,13 +167,7 @@ fn write_scaled(f: &mut fmt::Formatter<'_>, scaled: i128, scale: u32) -> fmt::Re
     let unit = 10u128.pow(scale);
     let magnitude = scaled.unsigned_abs();
     let sign = if scaled < 0 { "-" } else { "" };
-    write!(
-        f,
-        "{sign}{}.{:0width$}",
-        magnitude / unit,
-        magnitude % unit,
-        width = scale as usize
-    )
+    write!(f, "{sign}{}.{:0width$}", magnitude / unit, magnitude % unit, width = scale as usize)
 }
 
 #[cfg(test)]
@@ -192,10 +180,7 @@ mod tests {
         assert_eq!(Quantity::parse("0.000000001").unwrap().nanos(), 1);
         assert_eq!(Quantity::parse("007.5").unwrap().nanos(), 7_500_000_000);
         assert_eq!(Quantity::parse("-0").unwrap(), Quantity::ZERO);
-        assert_eq!(
-            Quantity::parse("999999999999.999999999").unwrap().nanos(),
-            999_999_999_999_999_999_999
-        );
+        assert_eq!(Quantity::parse("999999999999.999999999").unwrap().nanos(), 999_999_999_999_999_999_999);
     }
 
     #[test]
@@ -204,26 +189,11 @@ mod tests {
             assert_eq!(Quantity::parse(bad), Err(QuantityError::Syntax), "{bad:?}");
         }
         assert_eq!(Quantity::parse("-1"), Err(QuantityError::Negative));
-        assert_eq!(
-            Quantity::parse("-1.0000000001"),
-            Err(QuantityError::Negative)
-        );
-        assert_eq!(
-            Quantity::parse("1.0000000001"),
-            Err(QuantityError::Precision)
-        );
-        assert_eq!(
-            Quantity::parse("1.0000000000"),
-            Err(QuantityError::Precision)
-        );
-        assert_eq!(
-            Quantity::parse("1000000000000"),
-            Err(QuantityError::OutOfRange)
-        );
-        assert_eq!(
-            Quantity::parse(&"9".repeat(400)),
-            Err(QuantityError::OutOfRange)
-        );
+        assert_eq!(Quantity::parse("-1.0000000001"), Err(QuantityError::Negative));
+        assert_eq!(Quantity::parse("1.0000000001"), Err(QuantityError::Precision));
+        assert_eq!(Quantity::parse("1.0000000000"), Err(QuantityError::Precision));
+        assert_eq!(Quantity::parse("1000000000000"), Err(QuantityError::OutOfRange));
+        assert_eq!(Quantity::parse(&"9".repeat(400)), Err(QuantityError::OutOfRange));
     }
 
     #[test]
@@ -232,9 +202,6 @@ mod tests {
         assert!(Amount::from_scaled(DECIMAL38_LIMIT).is_none());
         assert!(max.checked_add(Amount::from_scaled(1).unwrap()).is_none());
         assert!(Amount::from_scaled(i128::MIN).is_none());
-        assert_eq!(
-            Amount::from_scaled(-1_500_000_000_000).unwrap().to_string(),
-            "-1.500000000000"
-        );
+        assert_eq!(Amount::from_scaled(-1_500_000_000_000).unwrap().to_string(), "-1.500000000000");
     }
 }

@@ -134,10 +134,7 @@ impl PartitionClock {
         }
         let late = behind > settings.allowed_lateness;
         if !late && final_before.is_some_and(|f| time < f) {
-            let detail = format!(
-                "time {} is in a window that is already final",
-                Rfc3339(time)
-            );
+            let detail = format!("time {} is in a window that is already final", Rfc3339(time));
             return Verdict::Rejected(Rejection::of(message, Reason::Late, detail));
         }
         let (partition, offset) = (message.partition, message.offset);
@@ -145,30 +142,19 @@ impl PartitionClock {
             let detail = behind_clock(time, self.clock, "allowed_lateness");
             Box::new(LateCopy { message, detail })
         });
-        Verdict::Candidate(Candidate {
-            event,
-            partition,
-            offset,
-            late,
-        })
+        Verdict::Candidate(Candidate { event, partition, offset, late })
     }
 }
 
 fn behind_clock(time: Millis, clock: Option<Millis>, bound: &str) -> String {
     let clock = clock.map_or_else(|| "none".to_owned(), |c| Rfc3339(c).to_string());
-    format!(
-        "time {} is more than {bound} behind its partition's clock {clock}",
-        Rfc3339(time)
-    )
+    format!("time {} is more than {bound} behind its partition's clock {clock}", Rfc3339(time))
 }
 
 /// The watermark after `reports`: the minimum clock of the partitions that
 /// hold it back, never moving backwards from `previous`. An active partition
 /// without a clock yet keeps it where it was.
-pub fn watermark<'a>(
-    clocks: impl IntoIterator<Item = &'a PartitionClock>,
-    previous: Option<Millis>,
-) -> Option<Millis> {
+pub fn watermark<'a>(clocks: impl IntoIterator<Item = &'a PartitionClock>, previous: Option<Millis>) -> Option<Millis> {
     let mut minimum: Option<Millis> = None;
     for partition in clocks {
         match (partition.state, partition.clock) {

@@ -64,22 +64,14 @@ impl Resource {
         let time = event.order.time;
         let mut earliest = time - 1;
         if event.kind.is_gauge() {
-            let previous = self
-                .events
-                .range(..&event.order)
-                .rev()
-                .find(|(_, e)| e.kind.is_gauge());
+            let previous = self.events.range(..&event.order).rev().find(|(_, e)| e.kind.is_gauge());
             earliest = match previous {
                 Some((order, _)) => earliest.min(order.time),
                 None if self.base.is_empty() => earliest,
                 None => Millis::MIN,
             };
         }
-        let entry = Entry {
-            kind: event.kind,
-            quantities: event.quantities,
-            meta: event.meta,
-        };
+        let entry = Entry { kind: event.kind, quantities: event.quantities, meta: event.meta };
         self.events.insert(event.order, entry);
         earliest
     }
@@ -87,9 +79,7 @@ impl Resource {
     /// True when the resource can accrue nothing more and has nothing to
     /// remember: it can be forgotten.
     pub fn is_dormant(&self) -> bool {
-        self.base.iter().all(|(_, q)| q.is_zero())
-            && self.events.is_empty()
-            && self.emitted.is_empty()
+        self.base.iter().all(|(_, q)| q.is_zero()) && self.events.is_empty() && self.emitted.is_empty()
     }
 
     /// Time of the earliest event held, if any.
@@ -130,11 +120,8 @@ impl Resource {
         let mut start = window_start(from);
         while start <= through {
             let (usage, meta) = self.window(start, accrued_to)?;
-            let previous: Vec<SkuId> = self
-                .emitted
-                .range((start, SkuId(0))..=(start, SkuId(u16::MAX)))
-                .map(|(&(_, sku), _)| sku)
-                .collect();
+            let previous: Vec<SkuId> =
+                self.emitted.range((start, SkuId(0))..=(start, SkuId(u16::MAX))).map(|(&(_, sku), _)| sku).collect();
             let mut skus: Vec<SkuId> = usage.keys().copied().chain(previous).collect();
             skus.sort_unstable();
             skus.dedup();
@@ -167,17 +154,12 @@ impl Resource {
             return Ok(None);
         }
         let definition = prices.sku(sku);
-        let price = definition.price_at(window).expect(
-            "decode admits only SKUs priced at their event's window, and prices only start",
-        );
+        let price = definition
+            .price_at(window)
+            .expect("decode admits only SKUs priced at their event's window, and prices only start");
         let cost = rate::cost(usage, price.unit_price, definition.kind)?;
         let (old_usage, old_cost) = old.map_or((Amount::ZERO, Amount::ZERO), |o| (o.usage, o.cost));
-        let overflow = || {
-            Overflow::new(format!(
-                "change of row {}/{}/{}",
-                key.account, key.resource, definition.id
-            ))
-        };
+        let overflow = || Overflow::new(format!("change of row {}/{}/{}", key.account, key.resource, definition.id));
         let delta = Delta {
             usage: usage.checked_sub(old_usage).ok_or_else(overflow)?,
             cost: cost.checked_sub(old_cost).ok_or_else(overflow)?,
@@ -185,14 +167,7 @@ impl Resource {
         if usage.is_zero() {
             self.emitted.remove(&(window, sku));
         } else {
-            self.emitted.insert(
-                (window, sku),
-                Emitted {
-                    usage,
-                    cost,
-                    meta: Arc::clone(meta),
-                },
-            );
+            self.emitted.insert((window, sku), Emitted { usage, cost, meta: Arc::clone(meta) });
         }
         let row = BreakdownRow {
             key: BreakdownKey {
@@ -219,62 +194,37 @@ impl Resource {
         accrued_to: Option<Millis>,
     ) -> Result<(BTreeMap<SkuId, Amount>, Arc<Meta>), Overflow> {
         let end = start + HOUR;
-        let overflow = || {
-            Overflow::new(format!(
-                "usage in window starting {}",
-                crate::time::Rfc3339(start)
-            ))
-        };
+        let overflow = || Overflow::new(format!("usage in window starting {}", crate::time::Rfc3339(start)));
         let mut usage: BTreeMap<SkuId, i128> = BTreeMap::new();
-        let mut in_force: &[(SkuId, Quantity)] = &self.base;
+        let gauge_before = self.events.range(..EventOrder::first_at(start)).rev().find(|(_, e)| e.kind.is_gauge());
+        let mut in_force: &[(SkuId, Quantity)] = gauge_before.map_or(&self.base, |(_, e)| &e.quantities);
         let mut from = start;
-        let mut closed = false;
-        for (order, entry) in self.events.iter().filter(|(_, e)| e.kind.is_gauge()) {
-            if order.time >= end {
-                closed = true;
-                break;
+        for (order, entry) in self.events.range(EventOrder::first_at(start)..EventOrder::first_at(end)) {
+            if entry.kind.is_gauge() {
+                if order.time > from {
+                    accrue(&mut usage, in_force, order.time - from).ok_or_else(overflow)?;
+                    from = order.time;
+                }
+                in_force = &entry.quantities;
+            } else {
+                for &(sku, quantity) in &entry.quantities {
+                    let units = quantity.nanos().checked_mul(1000).ok_or_else(overflow)?;
+                    let total = usage.entry(sku).or_default();
+                    *total = total.checked_add(units).ok_or_else(overflow)?;
+                }
             }
-            if order.time > from {
-                accrue(&mut usage, in_force, order.time - from).ok_or_else(overflow)?;
-                from = order.time;
-            }
-            in_force = &entry.quantities;
         }
-        let until = if closed {
-            end
-        } else {
-            accrued_to.map_or(from, |a| a.clamp(from, end))
-        };
+        // A later gauge event closes the last segment; otherwise the resource
+        // is still running and accrues up to `accrued_to`.
+        let closed = self.events.range(EventOrder::first_at(end)..).any(|(_, e)| e.kind.is_gauge());
+        let until = if closed { end } else { accrued_to.map_or(from, |a| a.clamp(from, end)) };
         accrue(&mut usage, in_force, until - from).ok_or_else(overflow)?;
-        let counters = self
-            .events
-            .iter()
-            .filter(|(o, e)| !e.kind.is_gauge() && (start..end).contains(&o.time));
-        for (_, entry) in counters {
-            for &(sku, quantity) in &entry.quantities {
-                let units = quantity.nanos().checked_mul(1000).ok_or_else(overflow)?;
-                let total = usage.entry(sku).or_default();
-                *total = total.checked_add(units).ok_or_else(overflow)?;
-            }
-        }
         let usage = usage
             .into_iter()
-            .map(|(sku, scaled)| {
-                Amount::from_scaled(scaled)
-                    .map(|a| (sku, a))
-                    .ok_or_else(overflow)
-            })
+            .map(|(sku, scaled)| Amount::from_scaled(scaled).map(|a| (sku, a)).ok_or_else(overflow))
             .collect::<Result<_, _>>()?;
-        let latest = self
-            .events
-            .iter()
-            .rev()
-            .find(|(order, _)| order.time <= end)
-            .map(|(_, e)| &e.meta);
-        let meta = latest
-            .or(self.base_meta.as_ref())
-            .cloned()
-            .unwrap_or_default();
+        let latest = self.events.iter().rev().find(|(order, _)| order.time <= end).map(|(_, e)| &e.meta);
+        let meta = latest.or(self.base_meta.as_ref()).cloned().unwrap_or_default();
         Ok((usage, meta))
     }
 
@@ -297,11 +247,7 @@ impl Resource {
 }
 
 /// Adds `quantities × duration_ms` (scale 9 × 10^-3 s = scale 12 unit-seconds).
-fn accrue(
-    usage: &mut BTreeMap<SkuId, i128>,
-    quantities: &[(SkuId, Quantity)],
-    duration_ms: Millis,
-) -> Option<()> {
+fn accrue(usage: &mut BTreeMap<SkuId, i128>, quantities: &[(SkuId, Quantity)], duration_ms: Millis) -> Option<()> {
     if duration_ms <= 0 {
         return Some(());
     }

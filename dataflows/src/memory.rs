@@ -60,33 +60,20 @@ pub fn run(
         let mut input = InputHandleVec::<u64, SourceItem>::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let streams = billing(scope.input_from(&mut input), Arc::clone(&prices), settings);
-            collect(streams.breakdowns, &sink, |c, t, rows| {
-                c.breakdowns.extend(rows.iter().map(|r| (t, r.clone())))
-            });
-            collect(streams.totals, &sink, |c, t, rows| {
-                c.totals.extend(rows.iter().map(|r| (t, r.clone())))
-            });
-            collect(streams.rejections, &sink, |c, _, rows| {
-                c.rejections.extend(rows.iter().cloned())
-            });
-            collect(streams.errors, &sink, |c, _, rows| {
-                c.errors.extend(rows.iter().cloned())
-            });
+            collect(streams.breakdowns, &sink, |c, t, rows| c.breakdowns.extend(rows.iter().map(|r| (t, r.clone()))));
+            collect(streams.totals, &sink, |c, t, rows| c.totals.extend(rows.iter().map(|r| (t, r.clone()))));
+            collect(streams.rejections, &sink, |c, _, rows| c.rejections.extend(rows.iter().cloned()));
+            collect(streams.errors, &sink, |c, _, rows| c.errors.extend(rows.iter().cloned()));
             collect(streams.outcomes, &sink, |c, _, rows| {
                 for o in rows {
                     c.outcomes.accepted += o.accepted;
                     c.outcomes.duplicates += o.duplicates;
                 }
             });
-            collect(streams.progress, &sink, |c, t, rows| {
-                c.progress.extend(rows.iter().map(|p| (t, *p)))
-            });
+            collect(streams.progress, &sink, |c, t, rows| c.progress.extend(rows.iter().map(|p| (t, *p))));
         });
         for &partition in partitions.iter().filter(|&&p| mine(p)) {
-            input.send(SourceItem::Status {
-                partition,
-                state: PartitionState::Active,
-            });
+            input.send(SourceItem::Status { partition, state: PartitionState::Active });
         }
         let mut epoch = 0;
         for (i, message) in messages.iter().enumerate() {
@@ -100,24 +87,17 @@ pub fn run(
         }
         input.advance_to(epoch + 1);
         for &partition in partitions.iter().filter(|&&p| mine(p)) {
-            input.send(SourceItem::Status {
-                partition,
-                state: PartitionState::Exhausted,
-            });
+            input.send(SourceItem::Status { partition, state: PartitionState::Exhausted });
         }
         input.close();
-        while worker.step() {}
+        while worker.step_or_park(None) {}
     })
     .expect("timely workers start")
     .join()
     .into_iter()
     .for_each(|result| result.expect("a billing worker panicked"));
 
-    let collected = std::mem::take(
-        &mut *collected
-            .lock()
-            .expect("no worker panicked holding the lock"),
-    );
+    let collected = std::mem::take(&mut *collected.lock().expect("no worker panicked holding the lock"));
     if let Some(error) = collected.errors.first().cloned() {
         return Err(error);
     }
@@ -126,10 +106,7 @@ pub fn run(
 
 /// Keeps the last upsert of every key, as `FINAL` does, and drops zero usage.
 fn materialize(collected: Collected) -> Ledger {
-    let mut ledger = Ledger {
-        outcomes: collected.outcomes,
-        ..Ledger::default()
-    };
+    let mut ledger = Ledger { outcomes: collected.outcomes, ..Ledger::default() };
     let mut breakdowns = collected.breakdowns;
     breakdowns.sort_by_key(|(epoch, _)| *epoch);
     for (_, row) in breakdowns {
@@ -143,15 +120,9 @@ fn materialize(collected: Collected) -> Ledger {
     }
     ledger.totals.retain(|_, row| !row.usage.is_zero());
     for rejection in collected.rejections {
-        ledger
-            .rejections
-            .insert((rejection.partition, rejection.offset), rejection);
+        ledger.rejections.insert((rejection.partition, rejection.offset), rejection);
     }
-    ledger.progress = collected
-        .progress
-        .iter()
-        .max_by_key(|(epoch, _)| *epoch)
-        .map(|(_, p)| *p);
+    ledger.progress = collected.progress.iter().max_by_key(|(epoch, _)| *epoch).map(|(_, p)| *p);
     ledger
 }
 
@@ -164,11 +135,7 @@ fn collect<'scope, D: Clone + 'static>(
     stream.sink(Pipeline, "Collect", move |(input, _)| {
         input.for_each(|cap, data| {
             if let Some(&epoch) = cap.least() {
-                add(
-                    &mut sink.lock().expect("no worker panicked holding the lock"),
-                    epoch,
-                    data,
-                );
+                add(&mut sink.lock().expect("no worker panicked holding the lock"), epoch, data);
             }
         });
     });

@@ -8,6 +8,7 @@
 //! the usage integral are written again here, the simple way.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
 
 use crate::decode::decode;
@@ -28,17 +29,13 @@ pub fn run(
     settings: &Settings,
 ) -> Result<Ledger, Overflow> {
     let mut ledger = Ledger::default();
-    let mut clocks: BTreeMap<Partition, Option<Millis>> =
-        partitions.iter().map(|&p| (p, None)).collect();
+    let mut clocks: BTreeMap<Partition, Option<Millis>> = partitions.iter().map(|&p| (p, None)).collect();
     let mut seen: BTreeMap<(String, String), Millis> = BTreeMap::new();
     let mut history: BTreeMap<ResourceKey, Vec<Event>> = BTreeMap::new();
 
     for message in messages {
         let mut reject = |message: Message, reason: Reason, detail: String| {
-            ledger.rejections.insert(
-                (message.partition, message.offset),
-                Rejection::of(message, reason, detail),
-            );
+            ledger.rejections.insert((message.partition, message.offset), Rejection::of(message, reason, detail));
         };
         let event = match decode(&message.payload, prices) {
             Ok(event) => event,
@@ -49,11 +46,7 @@ pub fn run(
         };
         let time = event.time();
         if time > message.timestamp + settings.max_future {
-            reject(
-                message,
-                Reason::Future,
-                "ahead of its message timestamp".into(),
-            );
+            reject(message, Reason::Future, "ahead of its message timestamp".into());
             continue;
         }
         let clock = clocks.entry(message.partition).or_default();
@@ -69,17 +62,16 @@ pub fn run(
             seen.retain(|_, &mut t| t >= watermark - settings.dedup_horizon);
         }
         let identity = (event.order.source.clone(), event.order.id.clone());
-        if seen.contains_key(&identity) {
-            ledger.outcomes.duplicates += 1;
-        } else if behind > settings.allowed_lateness {
-            reject(message, Reason::Late, "behind its partition's clock".into());
-        } else {
-            seen.insert(identity, time);
-            ledger.outcomes.accepted += 1;
-            history
-                .entry(event.resource.clone())
-                .or_default()
-                .push(event);
+        match seen.entry(identity) {
+            Entry::Occupied(_) => ledger.outcomes.duplicates += 1,
+            Entry::Vacant(_) if behind > settings.allowed_lateness => {
+                reject(message, Reason::Late, "behind its partition's clock".into());
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(time);
+                ledger.outcomes.accepted += 1;
+                history.entry(event.resource.clone()).or_default().push(event);
+            }
         }
     }
 
@@ -101,17 +93,10 @@ pub fn run(
         }
     }
     for row in ledger.breakdowns.values() {
-        let key = TotalKey {
-            account: row.key.account.clone(),
-            day: day_start(row.key.window_start),
-            sku: row.key.sku,
-        };
+        let key = TotalKey { account: row.key.account.clone(), day: day_start(row.key.window_start), sku: row.key.sku };
         let overflow = || Overflow::new(format!("total of {}", row.key.account));
-        let total = ledger.totals.entry(key.clone()).or_insert(TotalRow {
-            key,
-            usage: Amount::ZERO,
-            cost: Amount::ZERO,
-        });
+        let total =
+            ledger.totals.entry(key.clone()).or_insert(TotalRow { key, usage: Amount::ZERO, cost: Amount::ZERO });
         total.usage = total.usage.checked_add(row.usage).ok_or_else(overflow)?;
         total.cost = total.cost.checked_add(row.cost).ok_or_else(overflow)?;
     }
@@ -121,10 +106,7 @@ pub fn run(
 /// Usage per (window, SKU) as scaled integers: gauge segments between
 /// consecutive gauge events, the last one running to the accrual point, split
 /// at hour boundaries; counter amounts in the window of their time.
-fn usage_by_window(
-    events: &[Event],
-    accrued_to: Option<Millis>,
-) -> BTreeMap<(Millis, SkuId), i128> {
+fn usage_by_window(events: &[Event], accrued_to: Option<Millis>) -> BTreeMap<(Millis, SkuId), i128> {
     let mut usage = BTreeMap::new();
     let gauges: Vec<&Event> = events.iter().filter(|e| e.kind.is_gauge()).collect();
     for (i, event) in gauges.iter().enumerate() {
@@ -138,8 +120,7 @@ fn usage_by_window(
             let window = window_start(from);
             let to = end.min(window + HOUR);
             for &(sku, quantity) in &event.quantities {
-                *usage.entry((window, sku)).or_default() +=
-                    quantity.nanos() * i128::from(to - from);
+                *usage.entry((window, sku)).or_default() += quantity.nanos() * i128::from(to - from);
             }
             from = to;
         }
@@ -160,17 +141,10 @@ fn rated_row(
     events: &[Event],
     prices: &PriceList,
 ) -> Result<BreakdownRow, Overflow> {
-    let usage = Amount::from_scaled(scaled).ok_or_else(|| {
-        Overflow::new(format!(
-            "usage of {} at {}",
-            resource.resource,
-            Rfc3339(window)
-        ))
-    })?;
+    let usage = Amount::from_scaled(scaled)
+        .ok_or_else(|| Overflow::new(format!("usage of {} at {}", resource.resource, Rfc3339(window))))?;
     let definition = prices.sku(sku);
-    let price = definition
-        .price_at(window)
-        .expect("decode admits only priced SKUs");
+    let price = definition.price_at(window).expect("decode admits only priced SKUs");
     let meta: Arc<Meta> = events
         .iter()
         .rev()

@@ -122,17 +122,14 @@ struct PriceFile {
 impl PriceList {
     /// Reads and validates a price list file.
     pub fn load(path: &Path) -> Result<PriceList, PriceListError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PriceListError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PriceListError::Read { path: path.display().to_string(), source })?;
         PriceList::parse(&text)
     }
 
     /// Parses and validates price list TOML.
     pub fn parse(text: &str) -> Result<PriceList, PriceListError> {
-        let file: PriceListFile =
-            toml::from_str(text).map_err(|e| PriceListError::Syntax(e.to_string()))?;
+        let file: PriceListFile = toml::from_str(text).map_err(|e| PriceListError::Syntax(e.to_string()))?;
         let mut skus = Vec::with_capacity(file.sku.len());
         for sku in file.sku {
             skus.push(validate_sku(sku)?);
@@ -145,21 +142,10 @@ impl PriceList {
             return Err(invalid("", "the list has no [[sku]]"));
         }
         if skus.len() > usize::from(u16::MAX) {
-            return Err(invalid(
-                "",
-                format!("{} SKUs, at most {}", skus.len(), u16::MAX),
-            ));
+            return Err(invalid("", format!("{} SKUs, at most {}", skus.len(), u16::MAX)));
         }
-        let by_id = skus
-            .iter()
-            .enumerate()
-            .map(|(i, sku)| (sku.id.clone(), SkuId(i as u16)))
-            .collect();
-        Ok(PriceList {
-            version: file.version,
-            skus,
-            by_id,
-        })
+        let by_id = skus.iter().enumerate().map(|(i, sku)| (sku.id.clone(), SkuId(i as u16))).collect();
+        Ok(PriceList { version: file.version, skus, by_id })
     }
 
     /// Looks an SKU up by the name events use.
@@ -174,18 +160,12 @@ impl PriceList {
 
     /// All SKUs in id order.
     pub fn skus(&self) -> impl Iterator<Item = (SkuId, &Sku)> {
-        self.skus
-            .iter()
-            .enumerate()
-            .map(|(i, sku)| (SkuId(i as u16), sku))
+        self.skus.iter().enumerate().map(|(i, sku)| (SkuId(i as u16), sku))
     }
 }
 
 fn invalid(sku: &str, problem: impl Into<String>) -> PriceListError {
-    PriceListError::Invalid {
-        sku: sku.to_owned(),
-        problem: problem.into(),
-    }
+    PriceListError::Invalid { sku: sku.to_owned(), problem: problem.into() }
 }
 
 fn validate_sku(file: SkuFile) -> Result<Sku, PriceListError> {
@@ -197,13 +177,7 @@ fn validate_sku(file: SkuFile) -> Result<Sku, PriceListError> {
         return Err(invalid(&id, "unit must not be empty"));
     }
     if file.currency.len() != 3 || !file.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(invalid(
-            &id,
-            format!(
-                "currency must be a 3-letter ISO 4217 code, found {:?}",
-                file.currency
-            ),
-        ));
+        return Err(invalid(&id, format!("currency must be a 3-letter ISO 4217 code, found {:?}", file.currency)));
     }
     if file.prices.is_empty() {
         return Err(invalid(&id, "no prices"));
@@ -211,28 +185,14 @@ fn validate_sku(file: SkuFile) -> Result<Sku, PriceListError> {
     let mut prices = Vec::with_capacity(file.prices.len());
     for price in file.prices {
         let effective_from = parse_rfc3339(&price.effective_from).ok_or_else(|| {
-            invalid(
-                &id,
-                format!(
-                    "effective_from must be RFC 3339 with an offset, found {:?}",
-                    price.effective_from
-                ),
-            )
+            invalid(&id, format!("effective_from must be RFC 3339 with an offset, found {:?}", price.effective_from))
         })?;
-        let unit_price: Decimal = price.unit_price.parse().map_err(|_| {
-            invalid(
-                &id,
-                format!(
-                    "unit_price must be a decimal string, found {:?}",
-                    price.unit_price
-                ),
-            )
-        })?;
+        let unit_price: Decimal = price
+            .unit_price
+            .parse()
+            .map_err(|_| invalid(&id, format!("unit_price must be a decimal string, found {:?}", price.unit_price)))?;
         if unit_price.is_sign_negative() && !unit_price.is_zero() {
-            return Err(invalid(
-                &id,
-                format!("unit_price must not be negative, found {unit_price}"),
-            ));
+            return Err(invalid(&id, format!("unit_price must not be negative, found {unit_price}")));
         }
         if let Some(last) = prices.last().map(|p: &Price| p.effective_from)
             && effective_from <= last
@@ -246,18 +206,9 @@ fn validate_sku(file: SkuFile) -> Result<Sku, PriceListError> {
                 ),
             ));
         }
-        prices.push(Price {
-            effective_from,
-            unit_price,
-        });
+        prices.push(Price { effective_from, unit_price });
     }
-    Ok(Sku {
-        id,
-        kind: file.kind,
-        unit: file.unit,
-        currency: file.currency,
-        prices,
-    })
+    Ok(Sku { id, kind: file.kind, unit: file.unit, currency: file.currency, prices })
 }
 
 #[cfg(test)]
@@ -288,22 +239,10 @@ mod tests {
         let list = PriceList::parse(LIST).unwrap();
         let (_, vcpu) = list.lookup("compute.vcpu").unwrap();
         let dec1 = parse_rfc3339("2026-12-01T00:00:00Z").unwrap();
-        assert_eq!(
-            vcpu.price_at(dec1).unwrap().unit_price.to_string(),
-            "0.0110"
-        );
-        assert_eq!(
-            vcpu.price_at(dec1 - 1).unwrap().unit_price.to_string(),
-            "0.0125"
-        );
-        assert!(
-            vcpu.price_at(parse_rfc3339("2025-12-31T23:59:59Z").unwrap())
-                .is_none()
-        );
-        assert_eq!(
-            list.lookup("network.egress_gib").unwrap().1.kind,
-            SkuKind::Counter
-        );
+        assert_eq!(vcpu.price_at(dec1).unwrap().unit_price.to_string(), "0.0110");
+        assert_eq!(vcpu.price_at(dec1 - 1).unwrap().unit_price.to_string(), "0.0125");
+        assert!(vcpu.price_at(parse_rfc3339("2025-12-31T23:59:59Z").unwrap()).is_none());
+        assert_eq!(list.lookup("network.egress_gib").unwrap().1.kind, SkuKind::Counter);
         assert!(list.lookup("gpu").is_none());
     }
 

@@ -34,11 +34,7 @@ fn div_round_half_even(numerator: I256, denominator: I256) -> I256 {
     let quotient = numerator.div_euclid(denominator);
     let remainder = numerator.rem_euclid(denominator);
     let twice = remainder * 2;
-    if twice > denominator || (twice == denominator && quotient % 2 != 0) {
-        quotient + 1
-    } else {
-        quotient
-    }
+    if twice > denominator || (twice == denominator && quotient % 2 != 0) { quotient + 1 } else { quotient }
 }
 
 #[cfg(test)]
@@ -62,36 +58,16 @@ mod tests {
     fn rounds_half_to_even_once() {
         let p: Decimal = "0.5".parse().unwrap();
         // 1e-12 units × 0.5 = 0.5e-12: a tie, rounds to the even 0.
-        assert_eq!(
-            cost(Amount::from_scaled(1).unwrap(), p, SkuKind::Counter)
-                .unwrap()
-                .scaled(),
-            0
-        );
+        assert_eq!(cost(Amount::from_scaled(1).unwrap(), p, SkuKind::Counter).unwrap().scaled(), 0);
         // 3e-12 × 0.5 = 1.5e-12: a tie, rounds to the even 2.
-        assert_eq!(
-            cost(Amount::from_scaled(3).unwrap(), p, SkuKind::Counter)
-                .unwrap()
-                .scaled(),
-            2
-        );
+        assert_eq!(cost(Amount::from_scaled(3).unwrap(), p, SkuKind::Counter).unwrap().scaled(), 2);
         // 5e-12 × 0.5 = 2.5e-12 → 2.
-        assert_eq!(
-            cost(Amount::from_scaled(5).unwrap(), p, SkuKind::Counter)
-                .unwrap()
-                .scaled(),
-            2
-        );
+        assert_eq!(cost(Amount::from_scaled(5).unwrap(), p, SkuKind::Counter).unwrap().scaled(), 2);
         // 1 unit-second at 1/hour = 0.000277777777777…, rounds up at the 12th digit.
         let second = cost(amount("1"), Decimal::ONE, SkuKind::Gauge).unwrap();
         assert_eq!(second.to_string(), "0.000277777778");
         // Negative deltas round symmetrically around ties too.
-        assert_eq!(
-            cost(Amount::from_scaled(-3).unwrap(), p, SkuKind::Counter)
-                .unwrap()
-                .scaled(),
-            -2
-        );
+        assert_eq!(cost(Amount::from_scaled(-3).unwrap(), p, SkuKind::Counter).unwrap().scaled(), -2);
     }
 
     #[test]
@@ -108,9 +84,6 @@ mod tests {
     fn overflow_is_an_error_not_a_wrap() {
         let huge = Amount::from_scaled(crate::fixed::DECIMAL38_LIMIT - 1).unwrap();
         let err = cost(huge, "1000".parse().unwrap(), SkuKind::Counter).unwrap_err();
-        assert!(
-            err.to_string().contains("does not fit Decimal(38, 12)"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("does not fit Decimal(38, 12)"), "{err}");
     }
 }

@@ -126,11 +126,7 @@ pub struct Progress {
 
 impl Progress {
     /// Nothing known yet.
-    pub const START: Progress = Progress {
-        watermark: None,
-        accrued_to: None,
-        final_before: None,
-    };
+    pub const START: Progress = Progress { watermark: None, accrued_to: None, final_before: None };
 }
 
 /// Counts of what became of the events an epoch read, beyond rejections.

@@ -26,11 +26,7 @@ impl Default for Settings {
 
 impl Settings {
     /// Settings with the contract's default dedup horizon: lateness + 1 day.
-    pub fn new(
-        allowed_lateness: Millis,
-        max_future: Millis,
-        accrual_granularity: Millis,
-    ) -> Settings {
+    pub fn new(allowed_lateness: Millis, max_future: Millis, accrual_granularity: Millis) -> Settings {
         Settings {
             allowed_lateness,
             max_future,
@@ -45,10 +41,7 @@ impl Settings {
             return Err("allowed_lateness and max_future must not be negative".into());
         }
         if self.accrual_granularity <= 0 || HOUR % self.accrual_granularity != 0 {
-            return Err(format!(
-                "accrual_granularity must divide one hour, found {} ms",
-                self.accrual_granularity
-            ));
+            return Err(format!("accrual_granularity must divide one hour, found {} ms", self.accrual_granularity));
         }
         if self.dedup_horizon < self.allowed_lateness {
             return Err("the dedup horizon must be at least the allowed lateness".into());

@@ -41,9 +41,7 @@ pub fn day_start(time: Millis) -> Millis {
 /// Parses an RFC 3339 timestamp with an offset and truncates it to the
 /// millisecond (towards the past).
 pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.timestamp_millis())
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
 }
 
 /// Parses a duration such as `1h`, `30s` or `1m 30s`.
@@ -80,14 +78,8 @@ mod tests {
     #[test]
     fn windows_and_days_are_utc() {
         let t = parse_rfc3339("2026-11-23T10:15:00.250Z").unwrap();
-        assert_eq!(
-            Rfc3339(window_start(t)).to_string(),
-            "2026-11-23T10:00:00.000Z"
-        );
-        assert_eq!(
-            Rfc3339(day_start(t)).to_string(),
-            "2026-11-23T00:00:00.000Z"
-        );
+        assert_eq!(Rfc3339(window_start(t)).to_string(), "2026-11-23T10:00:00.000Z");
+        assert_eq!(Rfc3339(day_start(t)).to_string(), "2026-11-23T00:00:00.000Z");
         assert_eq!(window_start(HOUR), HOUR);
     }
 

@@ -19,29 +19,14 @@ const EGRESS: &str = "network.egress_gib";
 fn a_gauge_integrates_across_hour_boundaries() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T10:30:00Z", "vm").q(VCPU, "4"),
-        )
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T10:30:00Z", "vm").q(VCPU, "4"))
         .send(0, &Ev::new(STOPPED, "e2", "2026-11-23T12:15:00Z", "vm"));
     let ledger = check(&topic);
     // 4 vCPU × 30 min, × 60 min, × 15 min; 0.0125 EUR per vCPU-hour.
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        pair("7200.000000000000", "0.025000000000")
-    );
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "vm", VCPU),
-        pair("14400.000000000000", "0.050000000000")
-    );
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T12:00:00Z", "vm", VCPU),
-        pair("3600.000000000000", "0.012500000000")
-    );
-    assert_eq!(
-        total(&ledger, "acc-1", "2026-11-23T00:00:00Z", VCPU),
-        pair("25200.000000000000", "0.087500000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), pair("7200.000000000000", "0.025000000000"));
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "vm", VCPU), pair("14400.000000000000", "0.050000000000"));
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T12:00:00Z", "vm", VCPU), pair("3600.000000000000", "0.012500000000"));
+    assert_eq!(total(&ledger, "acc-1", "2026-11-23T00:00:00Z", VCPU), pair("25200.000000000000", "0.087500000000"));
     assert_eq!(ledger.breakdowns.len(), 3);
 }
 
@@ -49,27 +34,13 @@ fn a_gauge_integrates_across_hour_boundaries() {
 fn a_resize_replaces_the_whole_map() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm")
-                .q(VCPU, "2")
-                .q(RAM, "8"),
-        )
-        .send(
-            0,
-            &Ev::new(RESIZED, "e2", "2026-11-23T10:30:00Z", "vm").q(VCPU, "4"),
-        )
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "2").q(RAM, "8"))
+        .send(0, &Ev::new(RESIZED, "e2", "2026-11-23T10:30:00Z", "vm").q(VCPU, "4"))
         .send(0, &Ev::new(STOPPED, "e3", "2026-11-23T11:00:00Z", "vm"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        pair("10800.000000000000", "0.037500000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), pair("10800.000000000000", "0.037500000000"));
     // RAM left out of the resize drops to zero: 8 GiB × 30 min at 0.0017.
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", RAM),
-        pair("14400.000000000000", "0.006800000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", RAM), pair("14400.000000000000", "0.006800000000"));
 }
 
 #[test]
@@ -77,21 +48,12 @@ fn stop_without_anything_running_adds_nothing_and_second_start_resizes() {
     let mut topic = Topic::new(1);
     topic
         .send(0, &Ev::new(STOPPED, "e0", "2026-11-23T09:50:00Z", "vm"))
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "2"),
-        )
-        .send(
-            0,
-            &Ev::new(STARTED, "e2", "2026-11-23T10:30:00Z", "vm").q(VCPU, "4"),
-        )
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "2"))
+        .send(0, &Ev::new(STARTED, "e2", "2026-11-23T10:30:00Z", "vm").q(VCPU, "4"))
         .send(0, &Ev::new(STOPPED, "e3", "2026-11-23T10:45:00Z", "vm"))
         .send(0, &Ev::new(STOPPED, "e4", "2026-11-23T10:50:00Z", "vm"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        pair("7200.000000000000", "0.025000000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), pair("7200.000000000000", "0.025000000000"));
     assert_eq!(ledger.breakdowns.len(), 1);
 }
 
@@ -99,110 +61,56 @@ fn stop_without_anything_running_adds_nothing_and_second_start_resizes() {
 fn a_resize_while_stopped_starts_the_resource() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(RESIZED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "3"),
-        )
+        .send(0, &Ev::new(RESIZED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "3"))
         .send(0, &Ev::new(STOPPED, "e2", "2026-11-23T10:20:00Z", "vm"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        pair("3600.000000000000", "0.012500000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), pair("3600.000000000000", "0.012500000000"));
 }
 
 #[test]
 fn running_resources_accrue_to_the_watermark_at_the_granularity() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "1"),
-        )
-        .send(
-            0,
-            &Ev::new(RECORDED, "e2", "2026-11-23T10:37:30Z", "other").q(EGRESS, "1"),
-        );
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "1"))
+        .send(0, &Ev::new(RECORDED, "e2", "2026-11-23T10:37:30Z", "other").q(EGRESS, "1"));
     let ledger = check(&topic);
     // The watermark is 10:37:30; accrual stops at the whole minute, 10:37.
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        pair("2220.000000000000", "0.007708333333")
-    );
-    assert_eq!(
-        ledger.progress.unwrap().accrued_to,
-        Some(at("2026-11-23T10:37:00Z"))
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), pair("2220.000000000000", "0.007708333333"));
+    assert_eq!(ledger.progress.unwrap().accrued_to, Some(at("2026-11-23T10:37:00Z")));
 }
 
 #[test]
 fn the_watermark_is_the_slowest_partition() {
     let mut topic = Topic::new(2);
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "1"),
-        )
-        .send(
-            1,
-            &Ev::new(RECORDED, "e2", "2026-11-23T10:10:00Z", "x").q(EGRESS, "1"),
-        )
-        .send(
-            0,
-            &Ev::new(RECORDED, "e3", "2026-11-23T10:50:00Z", "y").q(EGRESS, "1"),
-        );
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "1"))
+        .send(1, &Ev::new(RECORDED, "e2", "2026-11-23T10:10:00Z", "x").q(EGRESS, "1"))
+        .send(0, &Ev::new(RECORDED, "e3", "2026-11-23T10:50:00Z", "y").q(EGRESS, "1"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        pair("600.000000000000", "0.002083333333")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), pair("600.000000000000", "0.002083333333"));
 }
 
 #[test]
 fn an_empty_partition_does_not_hold_a_drain_back() {
     let mut topic = Topic::new(3);
     topic
-        .send(
-            1,
-            &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "1"),
-        )
-        .send(
-            1,
-            &Ev::new(RECORDED, "e2", "2026-11-23T10:30:00Z", "x").q(EGRESS, "1"),
-        );
+        .send(1, &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "1"))
+        .send(1, &Ev::new(RECORDED, "e2", "2026-11-23T10:30:00Z", "x").q(EGRESS, "1"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        pair("1800.000000000000", "0.006250000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), pair("1800.000000000000", "0.006250000000"));
 }
 
 #[test]
 fn a_window_is_rated_at_the_price_in_effect_at_its_start() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-30T23:30:00Z", "vm").q(VCPU, "1"),
-        )
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-30T23:30:00Z", "vm").q(VCPU, "1"))
         .send(0, &Ev::new(STOPPED, "e2", "2026-12-01T00:30:00Z", "vm"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-30T23:00:00Z", "vm", VCPU),
-        pair("1800.000000000000", "0.006250000000")
-    );
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-12-01T00:00:00Z", "vm", VCPU),
-        pair("1800.000000000000", "0.005500000000")
-    );
-    assert_eq!(
-        total(&ledger, "acc-1", "2026-11-30T00:00:00Z", VCPU),
-        pair("1800.000000000000", "0.006250000000")
-    );
-    assert_eq!(
-        total(&ledger, "acc-1", "2026-12-01T00:00:00Z", VCPU),
-        pair("1800.000000000000", "0.005500000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-30T23:00:00Z", "vm", VCPU), pair("1800.000000000000", "0.006250000000"));
+    assert_eq!(row(&ledger, "acc-1", "2026-12-01T00:00:00Z", "vm", VCPU), pair("1800.000000000000", "0.005500000000"));
+    assert_eq!(total(&ledger, "acc-1", "2026-11-30T00:00:00Z", VCPU), pair("1800.000000000000", "0.006250000000"));
+    assert_eq!(total(&ledger, "acc-1", "2026-12-01T00:00:00Z", VCPU), pair("1800.000000000000", "0.005500000000"));
 }
 
 #[test]
@@ -210,26 +118,14 @@ fn each_row_is_rounded_half_even_once_and_totals_sum_the_rows() {
     let mut topic = Topic::new(1);
     // 1 vCPU for 1 ms: 0.001 vCPU-s × 0.0125 / 3600 = 0.00000000347222…
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "a").q(VCPU, "1"),
-        )
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "a").q(VCPU, "1"))
         .send(0, &Ev::new(STOPPED, "e2", "2026-11-23T10:00:00.001Z", "a"))
-        .send(
-            0,
-            &Ev::new(STARTED, "e3", "2026-11-23T10:00:00Z", "b").q(VCPU, "1"),
-        )
+        .send(0, &Ev::new(STARTED, "e3", "2026-11-23T10:00:00Z", "b").q(VCPU, "1"))
         .send(0, &Ev::new(STOPPED, "e4", "2026-11-23T10:00:00.001Z", "b"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "a", VCPU),
-        pair("0.001000000000", "0.000000003472")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "a", VCPU), pair("0.001000000000", "0.000000003472"));
     // The total is the sum of the rounded rows, not the rounded sum (…6944).
-    assert_eq!(
-        total(&ledger, "acc-1", "2026-11-23T00:00:00Z", VCPU),
-        pair("0.002000000000", "0.000000006944")
-    );
+    assert_eq!(total(&ledger, "acc-1", "2026-11-23T00:00:00Z", VCPU), pair("0.002000000000", "0.000000006944"));
 }
 
 #[test]
@@ -237,80 +133,38 @@ fn events_at_the_same_millisecond_apply_in_id_order() {
     let mut topic = Topic::new(2);
     // "a" (stop) applies before "b" (resize): the resource runs from 10:30.
     topic
-        .send(
-            1,
-            &Ev::new(RESIZED, "b", "2026-11-23T10:30:00Z", "vm").q(VCPU, "8"),
-        )
+        .send(1, &Ev::new(RESIZED, "b", "2026-11-23T10:30:00Z", "vm").q(VCPU, "8"))
         .send(0, &Ev::new(STOPPED, "a", "2026-11-23T10:30:00Z", "vm"))
         .send(0, &Ev::new(STOPPED, "c", "2026-11-23T10:45:00Z", "vm"))
-        .send(
-            1,
-            &Ev::new(RECORDED, "d", "2026-11-23T10:45:00Z", "x").q(EGRESS, "1"),
-        );
+        .send(1, &Ev::new(RECORDED, "d", "2026-11-23T10:45:00Z", "x").q(EGRESS, "1"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        pair("7200.000000000000", "0.025000000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), pair("7200.000000000000", "0.025000000000"));
 }
 
 #[test]
 fn an_event_on_an_hour_boundary_belongs_to_the_window_it_starts() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T11:00:00Z", "vm").q(VCPU, "1"),
-        )
-        .send(
-            0,
-            &Ev::new(RECORDED, "e2", "2026-11-23T12:00:00Z", "vm").q(EGRESS, "2.5"),
-        )
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T11:00:00Z", "vm").q(VCPU, "1"))
+        .send(0, &Ev::new(RECORDED, "e2", "2026-11-23T12:00:00Z", "vm").q(EGRESS, "2.5"))
         .send(0, &Ev::new(STOPPED, "e3", "2026-11-23T12:00:00Z", "vm"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU),
-        None
-    );
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "vm", VCPU),
-        pair("3600.000000000000", "0.012500000000")
-    );
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T12:00:00Z", "vm", EGRESS),
-        pair("2.500000000000", "0.025000000000")
-    );
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T12:00:00Z", "vm", VCPU),
-        None
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "vm", VCPU), None);
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "vm", VCPU), pair("3600.000000000000", "0.012500000000"));
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T12:00:00Z", "vm", EGRESS), pair("2.500000000000", "0.025000000000"));
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T12:00:00Z", "vm", VCPU), None);
 }
 
 #[test]
 fn counters_sum_within_their_window() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(RECORDED, "e1", "2026-11-23T10:05:00Z", "lb").q(EGRESS, "1.5"),
-        )
-        .send(
-            0,
-            &Ev::new(RECORDED, "e2", "2026-11-23T10:55:00Z", "lb").q(EGRESS, "0.000000001"),
-        )
-        .send(
-            0,
-            &Ev::new(RECORDED, "e3", "2026-11-23T11:05:00Z", "lb").q(EGRESS, "3"),
-        );
+        .send(0, &Ev::new(RECORDED, "e1", "2026-11-23T10:05:00Z", "lb").q(EGRESS, "1.5"))
+        .send(0, &Ev::new(RECORDED, "e2", "2026-11-23T10:55:00Z", "lb").q(EGRESS, "0.000000001"))
+        .send(0, &Ev::new(RECORDED, "e3", "2026-11-23T11:05:00Z", "lb").q(EGRESS, "3"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb", EGRESS),
-        pair("1.500000001000", "0.015000000010")
-    );
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "lb", EGRESS),
-        pair("3.000000000000", "0.030000000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb", EGRESS), pair("1.500000001000", "0.015000000010"));
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "lb", EGRESS), pair("3.000000000000", "0.030000000000"));
 }
 
 #[test]
@@ -319,10 +173,7 @@ fn duplicates_count_once_wherever_they_land() {
     let event = Ev::new(RECORDED, "e1", "2026-11-23T10:05:00Z", "lb").q(EGRESS, "1");
     topic.send(0, &event).send(0, &event).send(1, &event);
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb", EGRESS),
-        pair("1.000000000000", "0.010000000000")
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb", EGRESS), pair("1.000000000000", "0.010000000000"));
     assert_eq!(ledger.outcomes.accepted, 1);
     assert_eq!(ledger.outcomes.duplicates, 2);
     assert!(ledger.rejections.is_empty());
@@ -332,27 +183,12 @@ fn duplicates_count_once_wherever_they_land() {
 fn late_is_more_than_allowed_lateness_behind_the_partition_clock() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(RECORDED, "e1", "2026-11-23T12:00:00Z", "lb").q(EGRESS, "1"),
-        )
-        .send(
-            0,
-            &Ev::new(RECORDED, "e2", "2026-11-23T11:00:00Z", "lb").q(EGRESS, "2"),
-        )
-        .send(
-            0,
-            &Ev::new(RECORDED, "e3", "2026-11-23T10:59:59.999Z", "lb").q(EGRESS, "4"),
-        );
+        .send(0, &Ev::new(RECORDED, "e1", "2026-11-23T12:00:00Z", "lb").q(EGRESS, "1"))
+        .send(0, &Ev::new(RECORDED, "e2", "2026-11-23T11:00:00Z", "lb").q(EGRESS, "2"))
+        .send(0, &Ev::new(RECORDED, "e3", "2026-11-23T10:59:59.999Z", "lb").q(EGRESS, "4"));
     let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "lb", EGRESS),
-        pair("2.000000000000", "0.020000000000")
-    );
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb", EGRESS),
-        None
-    );
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "lb", EGRESS), pair("2.000000000000", "0.020000000000"));
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb", EGRESS), None);
     assert_eq!(ledger.rejections[&(0, 2)].reason, Reason::Late);
     assert_eq!(ledger.rejections.len(), 1);
 }
@@ -363,10 +199,7 @@ fn a_late_repeat_of_a_counted_event_is_a_duplicate() {
     let event = Ev::new(RECORDED, "e1", "2026-11-23T10:00:00Z", "lb").q(EGRESS, "1");
     topic
         .send(0, &event)
-        .send(
-            0,
-            &Ev::new(RECORDED, "e2", "2026-11-23T14:00:00Z", "lb").q(EGRESS, "1"),
-        )
+        .send(0, &Ev::new(RECORDED, "e2", "2026-11-23T14:00:00Z", "lb").q(EGRESS, "1"))
         .send(0, &event);
     let ledger = check(&topic);
     assert!(ledger.rejections.is_empty());
@@ -377,26 +210,13 @@ fn a_late_repeat_of_a_counted_event_is_a_duplicate() {
 fn future_is_more_than_max_future_ahead_of_the_message_timestamp() {
     let mut topic = Topic::new(1);
     let stamp = at("2026-11-23T10:00:00Z");
-    topic
-        .raw(
-            0,
-            stamp,
-            Ev::new(RECORDED, "e1", "2026-11-23T11:00:00Z", "lb")
-                .q(EGRESS, "1")
-                .json(),
-        )
-        .raw(
-            0,
-            stamp,
-            Ev::new(RECORDED, "e2", "2026-11-23T11:00:00.001Z", "lb")
-                .q(EGRESS, "1")
-                .json(),
-        );
-    let ledger = check(&topic);
-    assert_eq!(
-        row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "lb", EGRESS),
-        pair("1.000000000000", "0.010000000000")
+    topic.raw(0, stamp, Ev::new(RECORDED, "e1", "2026-11-23T11:00:00Z", "lb").q(EGRESS, "1").json()).raw(
+        0,
+        stamp,
+        Ev::new(RECORDED, "e2", "2026-11-23T11:00:00.001Z", "lb").q(EGRESS, "1").json(),
     );
+    let ledger = check(&topic);
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T11:00:00Z", "lb", EGRESS), pair("1.000000000000", "0.010000000000"));
     assert_eq!(ledger.rejections[&(0, 1)].reason, Reason::Future);
 }
 
@@ -404,35 +224,13 @@ fn future_is_more_than_max_future_ahead_of_the_message_timestamp() {
 fn rows_carry_the_metadata_of_the_latest_event_at_or_before_the_window_end() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm")
-                .q(VCPU, "1")
-                .project("p1"),
-        )
-        .send(
-            0,
-            &Ev::new(RESIZED, "e2", "2026-11-23T11:00:00Z", "vm")
-                .q(VCPU, "1")
-                .project("p2"),
-        )
-        .send(
-            0,
-            &Ev::new(RESIZED, "e3", "2026-11-23T11:30:00Z", "vm")
-                .q(VCPU, "1")
-                .project("p3"),
-        )
-        .send(
-            0,
-            &Ev::new(STOPPED, "e4", "2026-11-23T13:00:00Z", "vm").project("p4"),
-        );
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T10:00:00Z", "vm").q(VCPU, "1").project("p1"))
+        .send(0, &Ev::new(RESIZED, "e2", "2026-11-23T11:00:00Z", "vm").q(VCPU, "1").project("p2"))
+        .send(0, &Ev::new(RESIZED, "e3", "2026-11-23T11:30:00Z", "vm").q(VCPU, "1").project("p3"))
+        .send(0, &Ev::new(STOPPED, "e4", "2026-11-23T13:00:00Z", "vm").project("p4"));
     let ledger = check(&topic);
     let project = |window: &str| {
-        ledger
-            .breakdowns
-            .iter()
-            .find(|(k, _)| k.window_start == at(window))
-            .map(|(_, r)| r.meta.project_id.clone())
+        ledger.breakdowns.iter().find(|(k, _)| k.window_start == at(window)).map(|(_, r)| r.meta.project_id.clone())
     };
     assert_eq!(project("2026-11-23T10:00:00Z").as_deref(), Some("p2"));
     assert_eq!(project("2026-11-23T11:00:00Z").as_deref(), Some("p3"));
@@ -445,30 +243,12 @@ fn bad_input_is_rejected_with_its_reason_and_payload() {
     let stamp = at("2026-11-23T10:00:00Z");
     topic
         .raw(0, stamp, b"{oops".to_vec())
-        .raw(
-            0,
-            stamp,
-            Ev::new("resource.exploded", "e1", "2026-11-23T10:00:00Z", "vm").json(),
-        )
-        .raw(
-            0,
-            stamp,
-            Ev::new(STARTED, "e2", "2026-11-23T10:00:00Z", "vm")
-                .q("compute.tpu", "1")
-                .json(),
-        )
+        .raw(0, stamp, Ev::new("resource.exploded", "e1", "2026-11-23T10:00:00Z", "vm").json())
+        .raw(0, stamp, Ev::new(STARTED, "e2", "2026-11-23T10:00:00Z", "vm").q("compute.tpu", "1").json())
         .raw(0, stamp, vec![b' '; (1 << 20) + 10]);
     let ledger = check(&topic);
     let reasons: Vec<Reason> = ledger.rejections.values().map(|r| r.reason).collect();
-    assert_eq!(
-        reasons,
-        [
-            Reason::MalformedJson,
-            Reason::UnknownType,
-            Reason::UnknownSku,
-            Reason::TooLarge
-        ]
-    );
+    assert_eq!(reasons, [Reason::MalformedJson, Reason::UnknownType, Reason::UnknownSku, Reason::TooLarge]);
     assert_eq!(ledger.rejections[&(0, 0)].payload, b"{oops");
     assert!(ledger.rejections[&(0, 3)].truncated);
     assert_eq!(ledger.rejections[&(0, 3)].payload.len(), 1 << 20);
@@ -478,17 +258,11 @@ fn bad_input_is_rejected_with_its_reason_and_payload() {
 fn a_day_of_the_largest_quantity_is_exact() {
     let mut topic = Topic::new(1);
     topic
-        .send(
-            0,
-            &Ev::new(STARTED, "e1", "2026-11-23T00:00:00Z", "vm").q(VCPU, "999999999999.999999999"),
-        )
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T00:00:00Z", "vm").q(VCPU, "999999999999.999999999"))
         .send(0, &Ev::new(STOPPED, "e2", "2026-11-24T00:00:00Z", "vm"));
     let ledger = check(&topic);
     assert_eq!(
         total(&ledger, "acc-1", "2026-11-23T00:00:00Z", VCPU),
-        pair(
-            "86399999999999999.999913600000",
-            "299999999999.999999999712"
-        )
+        pair("86399999999999999.999913600000", "299999999999.999999999712")
     );
 }

@@ -57,10 +57,7 @@ impl Seen {
 
     fn forget_before(&mut self, time: Millis) {
         let kept = self.by_time.split_off(&time);
-        for identity in std::mem::replace(&mut self.by_time, kept)
-            .into_values()
-            .flatten()
-        {
+        for identity in std::mem::replace(&mut self.by_time, kept).into_values().flatten() {
             self.times.remove(&identity);
         }
     }
@@ -72,8 +69,7 @@ pub fn dedup<'scope>(
     progress: StreamVec<'scope, u64, Progress>,
     settings: Settings,
 ) -> StreamVec<'scope, u64, Deduped> {
-    let by_identity =
-        Exchange::new(|c: &Candidate| route(&(&c.event.order.source, &c.event.order.id)));
+    let by_identity = Exchange::new(|c: &Candidate| route(&(&c.event.order.source, &c.event.order.id)));
     candidates.binary_frontier::<_, CapacityContainerBuilder<Vec<Deduped>>, _, _, _, _>(
         progress,
         by_identity,
@@ -89,9 +85,7 @@ pub fn dedup<'scope>(
                 for (_, mut epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
                     let mut session = output.session(&epoch.capability);
                     let mut outcomes = Outcomes::default();
-                    epoch
-                        .first
-                        .sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
+                    epoch.first.sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
                     for candidate in epoch.first {
                         let order = &candidate.event.order;
                         let identity = (order.source.clone(), order.id.clone());
@@ -99,11 +93,7 @@ pub fn dedup<'scope>(
                             outcomes.duplicates += 1;
                         } else if let Some(late) = candidate.late {
                             let late = *late;
-                            session.give(Deduped::Rejected(Rejection::of(
-                                late.message,
-                                Reason::Late,
-                                late.detail,
-                            )));
+                            session.give(Deduped::Rejected(Rejection::of(late.message, Reason::Late, late.detail)));
                         } else {
                             seen.insert(identity, candidate.event.time());
                             outcomes.accepted += 1;

@@ -74,19 +74,10 @@ pub fn judge<'scope>(
                                 if clock.state == PartitionState::Idle {
                                     clock.state = PartitionState::Active;
                                 }
-                                session.give(
-                                    match clock.judge(
-                                        message,
-                                        &prices,
-                                        &settings,
-                                        progress.final_before,
-                                    ) {
-                                        Verdict::Rejected(rejection) => Judged::Rejected(rejection),
-                                        Verdict::Candidate(candidate) => {
-                                            Judged::Candidate(candidate)
-                                        }
-                                    },
-                                );
+                                session.give(match clock.judge(message, &prices, &settings, progress.final_before) {
+                                    Verdict::Rejected(rejection) => Judged::Rejected(rejection),
+                                    Verdict::Candidate(candidate) => Judged::Candidate(candidate),
+                                });
                                 touched.push(partition);
                             }
                         }
@@ -94,10 +85,7 @@ pub fn judge<'scope>(
                     touched.sort_unstable();
                     touched.dedup();
                     for partition in touched {
-                        session.give(Judged::Clock(ClockReport {
-                            partition,
-                            clock: clocks[&partition],
-                        }));
+                        session.give(Judged::Clock(ClockReport { partition, clock: clocks[&partition] }));
                     }
                 }
             }
@@ -111,29 +99,22 @@ pub fn watermark<'scope>(
     reports: StreamVec<'scope, u64, ClockReport>,
     settings: Settings,
 ) -> StreamVec<'scope, u64, Progress> {
-    reports.unary_frontier::<CapacityContainerBuilder<Vec<Progress>>, _, _, _>(
-        Pipeline,
-        "Watermark",
-        move |_, _| {
-            let mut pending = Pending::<ClockReport, ()>::default();
-            let mut clocks: BTreeMap<Partition, PartitionClock> = BTreeMap::new();
-            let mut progress = Progress::START;
-            move |(reports, frontier), output| {
-                let port = output.output_index();
-                reports.for_each(|cap, data| pending.first(&cap, port, data));
-                for (_, epoch) in pending.complete(&[frontier]) {
-                    for report in epoch.first {
-                        clocks.insert(report.partition, report.clock);
-                    }
-                    progress = Progress::at(
-                        crate::judge::watermark(clocks.values(), progress.watermark),
-                        &settings,
-                    );
-                    output.session(&epoch.capability).give(progress);
+    reports.unary_frontier::<CapacityContainerBuilder<Vec<Progress>>, _, _, _>(Pipeline, "Watermark", move |_, _| {
+        let mut pending = Pending::<ClockReport, ()>::default();
+        let mut clocks: BTreeMap<Partition, PartitionClock> = BTreeMap::new();
+        let mut progress = Progress::START;
+        move |(reports, frontier), output| {
+            let port = output.output_index();
+            reports.for_each(|cap, data| pending.first(&cap, port, data));
+            for (_, epoch) in pending.complete(&[frontier]) {
+                for report in epoch.first {
+                    clocks.insert(report.partition, report.clock);
                 }
+                progress = Progress::at(crate::judge::watermark(clocks.values(), progress.watermark), &settings);
+                output.session(&epoch.capability).give(progress);
             }
-        },
-    )
+        }
+    })
 }
 
 impl Progress {
@@ -141,13 +122,11 @@ impl Progress {
     pub fn at(watermark: Option<Millis>, settings: &Settings) -> Progress {
         Progress {
             watermark,
-            accrued_to: watermark
-                .map(|w| w.div_euclid(settings.accrual_granularity) * settings.accrual_granularity),
+            accrued_to: watermark.map(|w| w.div_euclid(settings.accrual_granularity) * settings.accrual_granularity),
             // Final once the watermark is *past* window end + lateness: an event
             // exactly `allowed_lateness` behind its clock is still on time, and
             // may be the latest event at the end of the window before it.
-            final_before: watermark
-                .map(|w| window_start(w.saturating_sub(settings.allowed_lateness) - 1)),
+            final_before: watermark.map(|w| window_start(w.saturating_sub(settings.allowed_lateness) - 1)),
         }
     }
 }

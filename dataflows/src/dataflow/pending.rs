@@ -27,18 +27,12 @@ pub struct Pending<A, B> {
 
 impl<A, B> Default for Pending<A, B> {
     fn default() -> Self {
-        Pending {
-            epochs: BTreeMap::new(),
-        }
+        Pending { epochs: BTreeMap::new() }
     }
 }
 
 impl<A, B> Pending<A, B> {
-    fn epoch(
-        &mut self,
-        capability: &InputCapability<u64>,
-        port: usize,
-    ) -> Option<&mut Epoch<A, B>> {
+    fn epoch(&mut self, capability: &InputCapability<u64>, port: usize) -> Option<&mut Epoch<A, B>> {
         let time = *capability.least()?;
         Some(self.epochs.entry(time).or_insert_with(|| Epoch {
             capability: capability.delayed(&time, port),

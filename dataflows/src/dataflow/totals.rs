@@ -54,11 +54,7 @@ pub fn totals<'scope>(
                         if sum == before {
                             continue;
                         }
-                        session.give(Ok(TotalRow {
-                            key: key.clone(),
-                            usage: sum.usage,
-                            cost: sum.cost,
-                        }));
+                        session.give(Ok(TotalRow { key: key.clone(), usage: sum.usage, cost: sum.cost }));
                         if sum == Delta::default() {
                             sums.remove(&key);
                         } else {
@@ -75,12 +71,7 @@ pub fn totals<'scope>(
 }
 
 fn add(sum: &mut Delta, delta: Delta, key: &TotalKey) -> Result<(), Overflow> {
-    let overflow = || {
-        Overflow::new(format!(
-            "total of account {} for day {}",
-            key.account, key.day
-        ))
-    };
+    let overflow = || Overflow::new(format!("total of account {} for day {}", key.account, key.day));
     sum.usage = sum.usage.checked_add(delta.usage).ok_or_else(overflow)?;
     sum.cost = sum.cost.checked_add(delta.cost).ok_or_else(overflow)?;
     Ok(())
@@ -89,10 +80,6 @@ fn add(sum: &mut Delta, delta: Delta, key: &TotalKey) -> Result<(), Overflow> {
 impl TotalKey {
     /// The total a breakdown row counts towards.
     pub fn of(row: &crate::rows::BreakdownKey) -> TotalKey {
-        TotalKey {
-            account: row.account.clone(),
-            day: crate::time::day_start(row.window_start),
-            sku: row.sku,
-        }
+        TotalKey { account: row.account.clone(), day: crate::time::day_start(row.window_start), sku: row.sku }
     }
 }

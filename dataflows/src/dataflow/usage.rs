@@ -21,15 +21,26 @@ use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
 use crate::lifecycle::{Resource, RowChange};
 use crate::prices::PriceList;
-use crate::rows::Progress;
+use crate::rows::{BreakdownRow, Delta, Progress, TotalKey};
 use crate::time::{Millis, window_start};
 
-/// Turns accepted events into row changes (or an overflow error).
+/// What the usage stage emits.
+#[derive(Clone, Debug)]
+pub enum UsageOut {
+    /// A breakdown row's new value.
+    Row(BreakdownRow),
+    /// The change it makes to its day's total.
+    Delta(TotalKey, Delta),
+    /// Arithmetic left `Decimal(38, 12)`: the pipeline must stop.
+    Overflow(Overflow),
+}
+
+/// Turns accepted events into row changes and total deltas.
 pub fn usage<'scope>(
     events: StreamVec<'scope, u64, Event>,
     progress: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
-) -> StreamVec<'scope, u64, Result<RowChange, Overflow>> {
+) -> StreamVec<'scope, u64, UsageOut> {
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
     events.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
         progress,
@@ -76,8 +87,13 @@ pub fn usage<'scope>(
                             .max()
                             .unwrap_or(from);
                         match resource.refresh(&key, from, through, next.accrued_to, &prices) {
-                            Ok(changes) => session.give_iterator(changes.into_iter().map(Ok)),
-                            Err(overflow) => session.give(Err(overflow)),
+                            Ok(changes) => {
+                                for RowChange { row, delta } in changes {
+                                    session.give(UsageOut::Delta(TotalKey::of(&row.key), delta));
+                                    session.give(UsageOut::Row(row));
+                                }
+                            }
+                            Err(overflow) => session.give(UsageOut::Overflow(overflow)),
                         }
                     }
                     if let Some(boundary) = next.final_before

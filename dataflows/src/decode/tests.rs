@@ -31,25 +31,12 @@ fn decodes_the_contract_example() {
     let event = decode(STARTED.as_bytes(), &list).unwrap();
     assert_eq!(event.kind, EventKind::Started);
     assert_eq!(event.order.id, "01JD8Z6Q4W3V");
-    assert_eq!(
-        Rfc3339(event.time()).to_string(),
-        "2026-11-23T10:15:00.250Z"
-    );
+    assert_eq!(Rfc3339(event.time()).to_string(), "2026-11-23T10:15:00.250Z");
     assert_eq!(event.resource.account, "acc-000042");
     assert_eq!(event.resource.resource, "vm-8f2a");
     assert_eq!(event.meta.labels, r#"{"env":"prod","team":"ml"}"#);
-    let named: Vec<_> = event
-        .quantities
-        .iter()
-        .map(|&(sku, q)| (list.sku(sku).id.as_str(), q.to_string()))
-        .collect();
-    assert_eq!(
-        named,
-        [
-            ("compute.ram_gib", "16.000000000".to_owned()),
-            ("compute.vcpu", "4.000000000".to_owned())
-        ]
-    );
+    let named: Vec<_> = event.quantities.iter().map(|&(sku, q)| (list.sku(sku).id.as_str(), q.to_string())).collect();
+    assert_eq!(named, [("compute.ram_gib", "16.000000000".to_owned()), ("compute.vcpu", "4.000000000".to_owned())]);
 }
 
 #[test]
@@ -58,116 +45,42 @@ fn optional_fields_default_and_stopped_needs_no_quantities() {
         "time":"2026-11-23T10:15:00Z","subject":"vm","data":{"account_id":"acc","project_id":null}}"#;
     let event = decode(text.as_bytes(), &prices()).unwrap();
     assert!(event.quantities.is_empty());
-    assert_eq!(
-        *event.meta,
-        Meta {
-            project_id: String::new(),
-            region: String::new(),
-            labels: "{}".into()
-        }
-    );
+    assert_eq!(*event.meta, Meta { project_id: String::new(), region: String::new(), labels: "{}".into() });
 }
 
 #[test]
 fn every_reason_is_reachable() {
     assert_eq!(reason_of("{not json"), Reason::MalformedJson);
-    assert_eq!(
-        reason_of(&format!("{STARTED} trailing")),
-        Reason::MalformedJson
-    );
+    assert_eq!(reason_of(&format!("{STARTED} trailing")), Reason::MalformedJson);
     assert_eq!(reason_of("[1,2]"), Reason::Schema);
-    assert_eq!(
-        reason_of(&STARTED.replace("\"1.0\"", "\"0.3\"")),
-        Reason::Schema
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("\"01JD8Z6Q4W3V\"", "42")),
-        Reason::Schema
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("\"01JD8Z6Q4W3V\"", "\"\"")),
-        Reason::Schema
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("\"vm-8f2a\"", &format!("\"{}\"", "v".repeat(257)))),
-        Reason::Schema
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("acc-000042", &"a".repeat(129))),
-        Reason::Schema
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("\"account_id\"", "\"account\"")),
-        Reason::Schema
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("2026-11-23T10:15:00.250Z", "yesterday")),
-        Reason::Schema
-    );
+    assert_eq!(reason_of(&STARTED.replace("\"1.0\"", "\"0.3\"")), Reason::Schema);
+    assert_eq!(reason_of(&STARTED.replace("\"01JD8Z6Q4W3V\"", "42")), Reason::Schema);
+    assert_eq!(reason_of(&STARTED.replace("\"01JD8Z6Q4W3V\"", "\"\"")), Reason::Schema);
+    assert_eq!(reason_of(&STARTED.replace("\"vm-8f2a\"", &format!("\"{}\"", "v".repeat(257)))), Reason::Schema);
+    assert_eq!(reason_of(&STARTED.replace("acc-000042", &"a".repeat(129))), Reason::Schema);
+    assert_eq!(reason_of(&STARTED.replace("\"account_id\"", "\"account\"")), Reason::Schema);
+    assert_eq!(reason_of(&STARTED.replace("2026-11-23T10:15:00.250Z", "yesterday")), Reason::Schema);
     assert_eq!(reason_of(&STARTED.replace("\"4\"", "4")), Reason::Schema);
-    assert_eq!(
-        reason_of(&STARTED.replace("\"4\"", "\"4e2\"")),
-        Reason::Schema
-    );
+    assert_eq!(reason_of(&STARTED.replace("\"4\"", "\"4e2\"")), Reason::Schema);
     assert_eq!(reason_of(&STARTED.replace("\"ml\"", "1")), Reason::Schema);
-    assert_eq!(
-        reason_of(&STARTED.replace("\"compute.ram_gib\"", "\"compute.vcpu\"")),
-        Reason::Schema
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("resource.started", "resource.deleted")),
-        Reason::UnknownType
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("compute.vcpu", "compute.tpu")),
-        Reason::UnknownSku
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("compute.vcpu", "network.egress_gib")),
-        Reason::UnknownSku
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("2026-11-23", "2025-11-23")),
-        Reason::UnknownSku
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("\"4\"", "\"-4\"")),
-        Reason::NegativeQuantity
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("\"4\"", "\"4.0000000001\"")),
-        Reason::Precision
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("\"4\"", "\"1000000000000\"")),
-        Reason::OutOfRange
-    );
-    assert_eq!(
-        reason_of(&STARTED.replace("2026-11-23T10:15:00.250Z", "2106-01-01T00:00:00Z")),
-        Reason::OutOfRange
-    );
+    assert_eq!(reason_of(&STARTED.replace("\"compute.ram_gib\"", "\"compute.vcpu\"")), Reason::Schema);
+    assert_eq!(reason_of(&STARTED.replace("resource.started", "resource.deleted")), Reason::UnknownType);
+    assert_eq!(reason_of(&STARTED.replace("compute.vcpu", "compute.tpu")), Reason::UnknownSku);
+    assert_eq!(reason_of(&STARTED.replace("compute.vcpu", "network.egress_gib")), Reason::UnknownSku);
+    assert_eq!(reason_of(&STARTED.replace("2026-11-23", "2025-11-23")), Reason::UnknownSku);
+    assert_eq!(reason_of(&STARTED.replace("\"4\"", "\"-4\"")), Reason::NegativeQuantity);
+    assert_eq!(reason_of(&STARTED.replace("\"4\"", "\"4.0000000001\"")), Reason::Precision);
+    assert_eq!(reason_of(&STARTED.replace("\"4\"", "\"1000000000000\"")), Reason::OutOfRange);
+    assert_eq!(reason_of(&STARTED.replace("2026-11-23T10:15:00.250Z", "2106-01-01T00:00:00Z")), Reason::OutOfRange);
     let large = STARTED.replace("\"ml\"", &format!("\"{}\"", "x".repeat(MAX_MESSAGE_BYTES)));
     assert_eq!(reason_of(&large), Reason::TooLarge);
 }
 
 #[test]
 fn details_say_what_was_expected_and_found() {
-    let err = decode(
-        STARTED.replace("\"4\"", "\"4.0000000001\"").as_bytes(),
-        &prices(),
-    )
-    .unwrap_err();
-    assert_eq!(
-        err.detail,
-        "data.quantities.compute.vcpu must be at most 9 fractional digits, found \"4.0000000001\""
-    );
-    let err = decode(
-        STARTED
-            .replace("resource.started", "vm.exploded")
-            .as_bytes(),
-        &prices(),
-    )
-    .unwrap_err();
+    let err = decode(STARTED.replace("\"4\"", "\"4.0000000001\"").as_bytes(), &prices()).unwrap_err();
+    assert_eq!(err.detail, "data.quantities.compute.vcpu must be at most 9 fractional digits, found \"4.0000000001\"");
+    let err = decode(STARTED.replace("resource.started", "vm.exploded").as_bytes(), &prices()).unwrap_err();
     assert!(err.detail.contains("vm.exploded"), "{}", err.detail);
 }
 
@@ -202,5 +115,24 @@ mod arbitrary_bytes {
                 Err(e) => prop_assert!(!e.detail.is_empty()),
             }
         }
+    }
+}
+
+#[test]
+fn the_published_schema_names_what_the_decoder_checks() {
+    let schema: serde_json::Value = serde_json::from_str(include_str!("../../../schemas/event.v1.json")).unwrap();
+    let types: Vec<&str> =
+        schema["properties"]["type"]["enum"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    for kind in [EventKind::Started, EventKind::Resized, EventKind::Stopped, EventKind::Recorded] {
+        assert!(types.contains(&kind.as_str()), "{kind:?} missing from the schema");
+    }
+    assert_eq!(types.len(), 4);
+    let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let example: serde_json::Value = serde_json::from_str(STARTED).unwrap();
+    for field in required {
+        let mut without = example.clone();
+        without.as_object_mut().unwrap().remove(field);
+        let err = decode(without.to_string().as_bytes(), &prices()).unwrap_err();
+        assert_eq!(err.reason, Reason::Schema, "removing {field}");
     }
 }

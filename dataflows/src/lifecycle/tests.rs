@@ -11,95 +11,38 @@ fn at(text: &str) -> Millis {
 }
 
 fn key() -> ResourceKey {
-    ResourceKey {
-        account: "acc".into(),
-        resource: "vm".into(),
-    }
+    ResourceKey { account: "acc".into(), resource: "vm".into() }
 }
 
 fn event(prices: &PriceList, id: &str, time: &str, kind: EventKind, vcpu: Option<&str>) -> Event {
     let (sku, _) = prices.lookup("compute.vcpu").unwrap();
     Event {
-        order: EventOrder {
-            time: at(time),
-            id: id.into(),
-            source: "s".into(),
-        },
+        order: EventOrder { time: at(time), id: id.into(), source: "s".into() },
         kind,
         resource: key(),
-        quantities: vcpu
-            .map(|q| vec![(sku, Quantity::parse(q).unwrap())])
-            .unwrap_or_default(),
-        meta: Arc::new(Meta {
-            project_id: id.into(),
-            ..Meta::default()
-        }),
+        quantities: vcpu.map(|q| vec![(sku, Quantity::parse(q).unwrap())]).unwrap_or_default(),
+        meta: Arc::new(Meta { project_id: id.into(), ..Meta::default() }),
     }
 }
 
 fn usage_of(changes: &[RowChange]) -> Vec<(Millis, String)> {
-    changes
-        .iter()
-        .map(|c| (c.row.key.window_start, c.row.usage.to_string()))
-        .collect()
+    changes.iter().map(|c| (c.row.key.window_start, c.row.usage.to_string())).collect()
 }
 
 #[test]
 fn refresh_emits_only_changed_rows_and_corrections_to_zero() {
     let prices = prices();
     let mut resource = Resource::default();
-    resource.insert(event(
-        &prices,
-        "a",
-        "2026-11-23T10:00:00Z",
-        EventKind::Started,
-        Some("1"),
-    ));
+    resource.insert(event(&prices, "a", "2026-11-23T10:00:00Z", EventKind::Started, Some("1")));
     let (from, through) = (at("2026-11-23T10:00:00Z"), at("2026-11-23T10:00:00Z"));
-    let first = resource
-        .refresh(
-            &key(),
-            from,
-            through,
-            Some(at("2026-11-23T10:30:00Z")),
-            &prices,
-        )
-        .unwrap();
+    let first = resource.refresh(&key(), from, through, Some(at("2026-11-23T10:30:00Z")), &prices).unwrap();
     assert_eq!(usage_of(&first), [(from, "1800.000000000000".to_owned())]);
-    let again = resource
-        .refresh(
-            &key(),
-            from,
-            through,
-            Some(at("2026-11-23T10:30:00Z")),
-            &prices,
-        )
-        .unwrap();
+    let again = resource.refresh(&key(), from, through, Some(at("2026-11-23T10:30:00Z")), &prices).unwrap();
     assert!(again.is_empty(), "an unchanged row is not emitted again");
     // A stop arriving out of order at the start takes the usage back to zero.
-    resource.insert(event(
-        &prices,
-        "0",
-        "2026-11-23T10:00:00Z",
-        EventKind::Stopped,
-        None,
-    ));
-    resource.insert(event(
-        &prices,
-        "b",
-        "2026-11-23T10:00:00Z",
-        EventKind::Stopped,
-        None,
-    ));
-    let corrected = resource
-        .refresh(
-            &key(),
-            from,
-            through,
-            Some(at("2026-11-23T10:30:00Z")),
-            &prices,
-        )
-        .unwrap();
+    resource.insert(event(&prices, "0", "2026-11-23T10:00:00Z", EventKind::Stopped, None));
+    resource.insert(event(&prices, "b", "2026-11-23T10:00:00Z", EventKind::Stopped, None));
+    let corrected = resource.refresh(&key(), from, through, Some(at("2026-11-23T10:30:00Z")), &prices).unwrap();
     assert_eq!(usage_of(&corrected), [(from, "0.000000000000".to_owned())]);
     assert_eq!(corrected[0].delta.usage.to_string(), "-1800.000000000000");
     assert!(corrected[0].delta.cost.scaled() < 0);
@@ -123,18 +66,11 @@ fn folding_keeps_what_later_windows_need_and_forgets_the_rest() {
     assert_eq!(folded.first_event_time(), Some(at("2026-11-23T11:40:00Z")));
     let window = at("2026-11-23T11:00:00Z");
     let accrued = Some(at("2026-11-23T12:00:00Z"));
-    let from_folded = folded
-        .refresh(&key(), window, window, accrued, &prices)
-        .unwrap();
-    let from_whole = whole
-        .refresh(&key(), window, window, accrued, &prices)
-        .unwrap();
+    let from_folded = folded.refresh(&key(), window, window, accrued, &prices).unwrap();
+    let from_whole = whole.refresh(&key(), window, window, accrued, &prices).unwrap();
     assert_eq!(from_folded, from_whole);
     // 3 vCPU × 40 min + 5 vCPU × 20 min.
-    assert_eq!(
-        usage_of(&from_folded),
-        [(window, "13200.000000000000".to_owned())]
-    );
+    assert_eq!(usage_of(&from_folded), [(window, "13200.000000000000".to_owned())]);
     assert_eq!(from_folded[0].row.meta.project_id, "c");
 }
 
@@ -142,20 +78,8 @@ fn folding_keeps_what_later_windows_need_and_forgets_the_rest() {
 fn a_stopped_resource_becomes_dormant_once_folded() {
     let prices = prices();
     let mut resource = Resource::default();
-    resource.insert(event(
-        &prices,
-        "a",
-        "2026-11-23T08:10:00Z",
-        EventKind::Started,
-        Some("2"),
-    ));
-    resource.insert(event(
-        &prices,
-        "b",
-        "2026-11-23T08:20:00Z",
-        EventKind::Stopped,
-        None,
-    ));
+    resource.insert(event(&prices, "a", "2026-11-23T08:10:00Z", EventKind::Started, Some("2")));
+    resource.insert(event(&prices, "b", "2026-11-23T08:20:00Z", EventKind::Stopped, None));
     assert!(!resource.is_running());
     resource.fold(at("2026-11-23T09:00:00Z"));
     assert!(resource.is_dormant());

@@ -16,10 +16,7 @@ use tally_dataflows::time::{Millis, parse_rfc3339};
 
 /// The default price list shipped under `schemas/`.
 pub fn prices() -> Arc<PriceList> {
-    Arc::new(
-        PriceList::parse(include_str!("../../../schemas/prices.toml"))
-            .expect("the shipped price list is valid"),
-    )
+    Arc::new(PriceList::parse(include_str!("../../../schemas/prices.toml")).expect("the shipped price list is valid"))
 }
 
 /// Milliseconds of an RFC 3339 time.
@@ -74,22 +71,16 @@ impl Ev {
     pub fn json(&self) -> Vec<u8> {
         let mut data = json!({ "account_id": self.account });
         if self.kind != "resource.stopped" {
-            let quantities: serde_json::Map<String, serde_json::Value> = self
-                .quantities
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
+            let quantities: serde_json::Map<String, serde_json::Value> =
+                self.quantities.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             data["quantities"] = json!(quantities);
         }
         if let Some(project) = &self.project {
             data["project_id"] = json!(project);
         }
         if !self.labels.is_empty() {
-            let labels: serde_json::Map<String, serde_json::Value> = self
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
+            let labels: serde_json::Map<String, serde_json::Value> =
+                self.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             data["labels"] = json!(labels);
         }
         let time = tally_dataflows::time::Rfc3339(self.time).to_string();
@@ -116,21 +107,13 @@ pub struct Topic {
 
 impl Topic {
     pub fn new(partitions: u32) -> Topic {
-        Topic {
-            partitions: (0..partitions).collect(),
-            ..Topic::default()
-        }
+        Topic { partitions: (0..partitions).collect(), ..Topic::default() }
     }
 
     /// Appends raw bytes to a partition, stamped with `timestamp`.
     pub fn raw(&mut self, partition: Partition, timestamp: Millis, payload: Vec<u8>) -> &mut Topic {
         let offset = self.next_offset.entry(partition).or_default();
-        self.messages.push(Message {
-            partition,
-            offset: *offset,
-            timestamp,
-            payload,
-        });
+        self.messages.push(Message { partition, offset: *offset, timestamp, payload });
         *offset += 1;
         self
     }
@@ -146,18 +129,9 @@ impl Topic {
 pub fn shapes(messages: usize) -> Vec<RunShape> {
     let mut shapes = Vec::new();
     for workers in [1, 2, 4] {
-        shapes.push(RunShape {
-            workers,
-            epoch_starts: Vec::new(),
-        });
-        shapes.push(RunShape {
-            workers,
-            epoch_starts: (0..messages).collect(),
-        });
-        shapes.push(RunShape {
-            workers,
-            epoch_starts: (0..messages).step_by(3).collect(),
-        });
+        shapes.push(RunShape { workers, epoch_starts: Vec::new() });
+        shapes.push(RunShape { workers, epoch_starts: (0..messages).collect() });
+        shapes.push(RunShape { workers, epoch_starts: (0..messages).step_by(3).collect() });
     }
     shapes
 }
@@ -167,22 +141,10 @@ pub fn shapes(messages: usize) -> Vec<RunShape> {
 /// where progress ended), and returns the oracle's.
 pub fn agree(topic: &Topic, settings: Settings, shapes: &[RunShape]) -> Ledger {
     let prices = prices();
-    let expected = oracle::run(
-        &topic.partitions,
-        topic.messages.clone(),
-        &prices,
-        &settings,
-    )
-    .expect("no overflow");
+    let expected = oracle::run(&topic.partitions, topic.messages.clone(), &prices, &settings).expect("no overflow");
     for shape in shapes {
-        let actual = memory::run(
-            &topic.partitions,
-            topic.messages.clone(),
-            Arc::clone(&prices),
-            settings,
-            shape,
-        )
-        .expect("no overflow");
+        let actual = memory::run(&topic.partitions, topic.messages.clone(), Arc::clone(&prices), settings, shape)
+            .expect("no overflow");
         assert_same(&expected, &actual, shape);
     }
     expected
@@ -194,63 +156,35 @@ pub fn check(topic: &Topic) -> Ledger {
 }
 
 fn rejection_view(ledger: &Ledger) -> BTreeMap<(Partition, i64), (Reason, Vec<u8>, bool)> {
-    ledger
-        .rejections
-        .iter()
-        .map(|(k, r)| (*k, (r.reason, r.payload.clone(), r.truncated)))
-        .collect()
+    ledger.rejections.iter().map(|(k, r)| (*k, (r.reason, r.payload.clone(), r.truncated))).collect()
 }
 
 pub fn assert_same(expected: &Ledger, actual: &Ledger, shape: &RunShape) {
-    let shape = format!(
-        "{} workers, epochs starting at {:?}",
-        shape.workers, shape.epoch_starts
-    );
+    let shape = format!("{} workers, epochs starting at {:?}", shape.workers, shape.epoch_starts);
     for (key, row) in &expected.breakdowns {
-        assert_eq!(
-            actual.breakdowns.get(key),
-            Some(row),
-            "breakdown {key:?} under {shape}"
-        );
+        assert_eq!(actual.breakdowns.get(key), Some(row), "breakdown {key:?} under {shape}");
     }
     assert_eq!(
         expected.breakdowns.len(),
         actual.breakdowns.len(),
         "extra breakdown rows under {shape}: {:?}",
-        actual
-            .breakdowns
-            .keys()
-            .filter(|k| !expected.breakdowns.contains_key(k))
-            .collect::<Vec<_>>()
+        actual.breakdowns.keys().filter(|k| !expected.breakdowns.contains_key(k)).collect::<Vec<_>>()
     );
     assert_eq!(expected.totals, actual.totals, "totals under {shape}");
-    assert_eq!(
-        rejection_view(expected),
-        rejection_view(actual),
-        "rejections under {shape}"
-    );
+    assert_eq!(rejection_view(expected), rejection_view(actual), "rejections under {shape}");
     assert_eq!(expected.outcomes, actual.outcomes, "outcomes under {shape}");
     assert_eq!(expected.progress, actual.progress, "progress under {shape}");
 }
 
 /// Usage and cost of a breakdown row, as decimal strings.
-pub fn row(
-    ledger: &Ledger,
-    account: &str,
-    window: &str,
-    resource: &str,
-    sku: &str,
-) -> Option<(String, String)> {
+pub fn row(ledger: &Ledger, account: &str, window: &str, resource: &str, sku: &str) -> Option<(String, String)> {
     let prices = prices();
     let (sku_id, _) = prices.lookup(sku).expect("known sku");
     ledger
         .breakdowns
         .iter()
         .find(|(k, _)| {
-            k.account == account
-                && k.window_start == at(window)
-                && k.resource == resource
-                && k.sku == sku_id
+            k.account == account && k.window_start == at(window) && k.resource == resource && k.sku == sku_id
         })
         .map(|(_, r)| (r.usage.to_string(), r.cost.to_string()))
 }
