@@ -1,9 +1,18 @@
 //! tally: an exactly-once stream processor for cloud billing.
 //!
 //! The billing semantics live in the `tally-dataflows` crate; this crate holds
-//! the edges around it. For now: the synthetic workload generator ([`workload`]).
+//! the edges around it and the process: data flows [`source`] → dataflow →
+//! [`sink`], tied together by [`run`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
+pub mod config;
+pub mod logging;
+pub mod migrate;
+pub mod produce;
+pub mod run;
+pub mod sink;
+pub mod source;
 pub mod workload;

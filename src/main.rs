@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tally::cluster::Cluster;
+use tally::config::Overrides;
+use tally::run::Mode;
 use tally::workload::{Generator, Workload};
 use tally_dataflows::time::{Millis, parse_duration, parse_rfc3339};
 
@@ -17,6 +20,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A worker process: Kafka → dataflow → ClickHouse.
+    Run {
+        #[command(flatten)]
+        config: Overrides,
+        #[command(flatten)]
+        cluster: Cluster,
+        /// Stop once every partition is read up to the end offsets found at
+        /// start and everything is written.
+        #[arg(long, env = "TALLY_DRAIN")]
+        drain: bool,
+    },
+    /// Create the configured database if missing and apply the ClickHouse DDL.
+    Migrate {
+        #[command(flatten)]
+        config: Overrides,
+    },
     /// Produce a realistic synthetic workload, seeded and reproducible.
     Gen(GenArgs),
 }
@@ -24,8 +43,13 @@ enum Command {
 #[derive(clap::Args)]
 struct GenArgs {
     /// Write the messages as JSON Lines (partition, key, timestamp, value) to this file.
-    #[arg(long, env = "TALLY_GEN_OUT")]
-    out: PathBuf,
+    #[arg(long, env = "TALLY_GEN_OUT", required_unless_present = "kafka", conflicts_with = "kafka")]
+    out: Option<PathBuf>,
+    /// Produce the messages to the configured Kafka topic (created when missing).
+    #[arg(long)]
+    kafka: bool,
+    #[command(flatten)]
+    config: Overrides,
     /// Messages to produce.
     #[arg(long, default_value_t = 100_000, env = "TALLY_GEN_EVENTS")]
     events: u64,
@@ -63,7 +87,22 @@ fn rfc3339(text: &str) -> Result<Millis, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    tally::logging::init();
     match Cli::parse().command {
+        Command::Run { config, cluster, drain } => {
+            let mode = if drain { Mode::Drain } else { Mode::Live };
+            tally::run::run(config.load()?, &cluster, mode)
+        }
+        Command::Migrate { config } => {
+            let config = config.load()?;
+            let applied = tally::migrate::migrate(&config.clickhouse)?;
+            if applied.is_empty() {
+                eprintln!("tally migrate: database {} is up to date", config.clickhouse.database);
+            } else {
+                eprintln!("tally migrate: applied {} to database {}", applied.join(", "), config.clickhouse.database);
+            }
+            Ok(())
+        }
         Command::Gen(args) => generate(args),
     }
 }
@@ -82,7 +121,16 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
         malformed_rate: args.malformed_rate,
         ..Workload::default()
     };
-    let file = std::fs::File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    if args.kafka {
+        let config = args.config.load()?;
+        let (brokers, topic) = (&config.kafka.brokers, &config.kafka.topic);
+        tally::produce::ensure_topic(brokers, topic, args.partitions)?;
+        let sent = tally::produce::produce(brokers, topic, Generator::new(workload), args.events)?;
+        eprintln!("tally gen: {sent} messages produced to {topic} at {brokers}");
+        return Ok(());
+    }
+    let path = args.out.expect("clap requires --out without --kafka");
+    let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = BufWriter::new(file);
     let step = (args.events / 10).max(1);
     for (i, produced) in Generator::new(workload).enumerate() {
@@ -98,6 +146,6 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
             eprintln!("tally gen: {} of {} messages", i as u64 + 1, args.events);
         }
     }
-    out.flush().with_context(|| format!("cannot write {}", args.out.display()))?;
+    out.flush().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

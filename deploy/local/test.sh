@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, doc tests, then every test of the
-# workspace. This is what CI runs (.ci/run).
+# workspace against the real broker and ClickHouse, which it starts first.
+# This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+
+deploy/local/up.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Installs what is missing and starts, on loopback, the services tally needs:
+# ClickHouse (Debian's clickhouse-server) and a Kafka-protocol broker (nisshi,
+# built from crates.io). Idempotent: services already answering are left alone.
+# Fresh Debian 12, as root, no Docker, no systemd.
+#
+#   TALLY_LOCAL_DIR   state folder (default ~/.tally-local): binaries, data, logs
+#   TALLY_BROKER_STORAGE  memory (default, fast) or sqlite (survives kill -9)
+set -euo pipefail
+
+STATE="${TALLY_LOCAL_DIR:-$HOME/.tally-local}"
+STORAGE="${TALLY_BROKER_STORAGE:-memory}"
+NISSHI_VERSION=0.8.1
+mkdir -p "$STATE/bin" "$STATE/log"
+
+say() { printf 'up.sh: %s\n' "$*" >&2; }
+
+wait_for() { # name, seconds, command...
+  local name=$1 seconds=$2
+  shift 2
+  for _ in $(seq 1 $((seconds * 5))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  say "$name did not answer within ${seconds}s; its log is under $STATE/log"
+  return 1
+}
+
+clickhouse_answers() { curl -sf http://127.0.0.1:8123/ping >/dev/null; }
+broker_answers() { (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; }
+
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+start_clickhouse() {
+  if clickhouse_answers; then
+    say "ClickHouse already answers on 127.0.0.1:8123"
+    return
+  fi
+  command -v curl >/dev/null || apt_install curl
+  if ! command -v clickhouse-server >/dev/null; then
+    say "installing clickhouse-server (Debian package)"
+    apt_install clickhouse-server clickhouse-client
+  fi
+  local dir="$STATE/clickhouse"
+  mkdir -p "$dir/data/tmp" "$dir/data/user_files" "$dir/data/format_schemas" "$dir/log"
+  sed -e "s|/var/lib/clickhouse/|$dir/data/|g" \
+      -e "s|/var/log/clickhouse-server/|$dir/log/|g" \
+      -e '/<listen_host>::1<\/listen_host>/d' \
+      -e 's|<!-- <timezone>Europe/Moscow</timezone> -->|<timezone>UTC</timezone>|' \
+      /etc/clickhouse-server/config.xml > "$dir/config.xml"
+  cp /etc/clickhouse-server/users.xml "$dir/users.xml"
+  say "starting ClickHouse (data in $dir)"
+  (cd "$dir" && setsid nohup clickhouse-server --config-file="$dir/config.xml" \
+      >"$STATE/log/clickhouse.out" 2>&1 < /dev/null & echo $! > "$STATE/clickhouse.pid")
+  wait_for ClickHouse 60 clickhouse_answers
+}
+
+install_broker() {
+  if [ -x "$STATE/bin/nisshi" ]; then return; fi
+  command -v cc >/dev/null || apt_install build-essential
+  say "building nisshi $NISSHI_VERSION from crates.io (about 15 minutes on 2 cores, once)"
+  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
+    --no-default-features --features dynostore,libsql --root "$STATE" >"$STATE/log/nisshi-install.log" 2>&1 \
+    || { say "building nisshi failed, see $STATE/log/nisshi-install.log"; exit 1; }
+}
+
+start_broker() {
+  if broker_answers; then
+    say "broker already answers on 127.0.0.1:9092"
+    return
+  fi
+  install_broker
+  local dir="$STATE/broker" engine
+  mkdir -p "$dir"
+  case "$STORAGE" in
+    memory) engine="memory://nisshi/" ;;
+    # nisshi takes sqlite paths relative to its working directory.
+    sqlite) engine="sqlite://nisshi.db" ;;
+    *) say "TALLY_BROKER_STORAGE must be memory or sqlite, found $STORAGE"; exit 2 ;;
+  esac
+  say "starting nisshi broker ($STORAGE storage)"
+  (cd "$dir" && setsid nohup "$STATE/bin/nisshi" broker \
+      --listener-url tcp://127.0.0.1:9092 \
+      --advertised-listener-url tcp://127.0.0.1:9092 \
+      --group-initial-rebalance-delay 0s \
+      --storage-engine "$engine" \
+      >"$STATE/log/broker.out" 2>&1 < /dev/null & echo $! > "$STATE/broker.pid")
+  wait_for broker 60 broker_answers
+}
+
+start_clickhouse
+start_broker
+echo "clickhouse http://127.0.0.1:8123"
+echo "kafka 127.0.0.1:9092"

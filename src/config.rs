@@ -1,0 +1,345 @@
+//! Configuration in layers: built-in defaults, then the TOML file
+//! (`--config`), then `TALLY_SECTION_KEY` environment variables, then flags.
+//!
+//! Every key of the file has a flag and a variable; clap reads both (a flag
+//! wins over its variable) and whatever they set overrides the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tally_dataflows::prices::PriceList;
+use tally_dataflows::settings::Settings;
+use tally_dataflows::time::{Millis, parse_duration};
+
+/// The price list compiled into the binary, used when no file is configured.
+pub const DEFAULT_PRICES: &str = include_str!("../schemas/prices.toml");
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[kafka]`
+    pub kafka: Kafka,
+    /// `[clickhouse]`
+    pub clickhouse: ClickHouse,
+    /// `[pricing]`
+    pub pricing: Pricing,
+    /// `[time]`
+    pub time: Time,
+    /// `[checkpoint]`
+    pub checkpoint: Checkpoint,
+    /// `[metrics]`
+    pub metrics: Metrics,
+    /// Where the file was read from, to resolve relative paths in it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[kafka]`: the event bus.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kafka {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic of resource events.
+    pub topic: String,
+}
+
+/// `[clickhouse]`: the billing warehouse.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouse {
+    /// HTTP endpoint.
+    pub url: String,
+    /// Database holding the tables (created by `tally migrate`).
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+}
+
+/// `[pricing]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pricing {
+    /// Price list file; the built-in list when absent.
+    pub file: Option<PathBuf>,
+}
+
+/// `[time]`: the contract's time rules, as durations (`1h`, `30s`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Time {
+    /// How far behind its partition's clock an event may be.
+    pub allowed_lateness: String,
+    /// After how long without a message a partition stops holding the watermark.
+    pub idle_timeout: String,
+    /// Step to which running resources accrue.
+    pub accrual_granularity: String,
+    /// How far ahead of its Kafka timestamp an event may be.
+    pub max_future: String,
+}
+
+/// `[checkpoint]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Where checkpoints go.
+    pub url: String,
+    /// Epoch length: how often rows are committed to ClickHouse.
+    pub interval: String,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Prometheus endpoint address.
+    pub listen: String,
+}
+
+impl Default for Kafka {
+    fn default() -> Kafka {
+        Kafka { brokers: "127.0.0.1:9092".into(), topic: "resource-events".into() }
+    }
+}
+
+impl Default for ClickHouse {
+    fn default() -> ClickHouse {
+        ClickHouse {
+            url: "http://127.0.0.1:8123".into(),
+            database: "tally".into(),
+            user: "default".into(),
+            password: String::new(),
+        }
+    }
+}
+
+impl Default for Time {
+    fn default() -> Time {
+        Time {
+            allowed_lateness: "1h".into(),
+            idle_timeout: "30s".into(),
+            accrual_granularity: "1m".into(),
+            max_future: "1h".into(),
+        }
+    }
+}
+
+impl Default for Checkpoint {
+    fn default() -> Checkpoint {
+        Checkpoint { url: "file://./state".into(), interval: "10s".into() }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its place.
+        message: String,
+    },
+    /// A value is out of place.
+    #[error("config key {key}: {message}")]
+    Invalid {
+        /// `section.key`.
+        key: &'static str,
+        /// Expected versus found.
+        message: String,
+    },
+    /// The price list is unusable.
+    #[error(transparent)]
+    Prices(#[from] tally_dataflows::prices::PriceListError),
+}
+
+/// Every key as a flag with its environment variable, for the commands that
+/// read the configuration.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Configuration file (TOML).
+    #[arg(long, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "TALLY_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic of resource events.
+    #[arg(long, env = "TALLY_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// ClickHouse HTTP URL.
+    #[arg(long, env = "TALLY_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database.
+    #[arg(long, env = "TALLY_CLICKHOUSE_DATABASE")]
+    pub clickhouse_database: Option<String>,
+    /// ClickHouse user.
+    #[arg(long, env = "TALLY_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+    /// ClickHouse password.
+    #[arg(long, env = "TALLY_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+    /// Price list file.
+    #[arg(long, env = "TALLY_PRICING_FILE")]
+    pub pricing_file: Option<PathBuf>,
+    /// Allowed lateness, e.g. `1h`.
+    #[arg(long, env = "TALLY_TIME_ALLOWED_LATENESS")]
+    pub time_allowed_lateness: Option<String>,
+    /// Idle timeout of a partition, e.g. `30s`.
+    #[arg(long, env = "TALLY_TIME_IDLE_TIMEOUT")]
+    pub time_idle_timeout: Option<String>,
+    /// Accrual granularity, e.g. `1m`.
+    #[arg(long, env = "TALLY_TIME_ACCRUAL_GRANULARITY")]
+    pub time_accrual_granularity: Option<String>,
+    /// Max future, e.g. `1h`.
+    #[arg(long, env = "TALLY_TIME_MAX_FUTURE")]
+    pub time_max_future: Option<String>,
+    /// Checkpoint store URL.
+    #[arg(long, env = "TALLY_CHECKPOINT_URL")]
+    pub checkpoint_url: Option<String>,
+    /// Checkpoint (epoch) interval, e.g. `10s`.
+    #[arg(long, env = "TALLY_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<String>,
+    /// Metrics listen address.
+    #[arg(long, env = "TALLY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+impl Overrides {
+    /// Reads the file (if any) and applies the environment and flags over it.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            None => Config::default(),
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let mut config: Config = toml::from_str(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?;
+                config.source = Some(path.clone());
+                config
+            }
+        };
+        let set = |target: &mut String, value: &Option<String>| {
+            if let Some(value) = value {
+                target.clone_from(value);
+            }
+        };
+        set(&mut config.kafka.brokers, &self.kafka_brokers);
+        set(&mut config.kafka.topic, &self.kafka_topic);
+        set(&mut config.clickhouse.url, &self.clickhouse_url);
+        set(&mut config.clickhouse.database, &self.clickhouse_database);
+        set(&mut config.clickhouse.user, &self.clickhouse_user);
+        set(&mut config.clickhouse.password, &self.clickhouse_password);
+        set(&mut config.time.allowed_lateness, &self.time_allowed_lateness);
+        set(&mut config.time.idle_timeout, &self.time_idle_timeout);
+        set(&mut config.time.accrual_granularity, &self.time_accrual_granularity);
+        set(&mut config.time.max_future, &self.time_max_future);
+        set(&mut config.checkpoint.url, &self.checkpoint_url);
+        set(&mut config.checkpoint.interval, &self.checkpoint_interval);
+        set(&mut config.metrics.listen, &self.metrics_listen);
+        if let Some(file) = &self.pricing_file {
+            config.pricing.file = Some(file.clone());
+        }
+        if config.kafka.topic.is_empty() {
+            return Err(ConfigError::Invalid { key: "kafka.topic", message: "must not be empty".into() });
+        }
+        Ok(config)
+    }
+}
+
+fn duration(key: &'static str, text: &str) -> Result<Millis, ConfigError> {
+    parse_duration(text).map_err(|message| ConfigError::Invalid { key, message })
+}
+
+impl Config {
+    /// The time rules.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let settings = Settings::new(
+            duration("time.allowed_lateness", &self.time.allowed_lateness)?,
+            duration("time.max_future", &self.time.max_future)?,
+            duration("time.accrual_granularity", &self.time.accrual_granularity)?,
+        );
+        settings.validate().map_err(|message| ConfigError::Invalid { key: "time", message })?;
+        Ok(settings)
+    }
+
+    /// After how long without a message a partition is idle.
+    pub fn idle_timeout(&self) -> Result<Millis, ConfigError> {
+        duration("time.idle_timeout", &self.time.idle_timeout)
+    }
+
+    /// How long an epoch lasts.
+    pub fn epoch_interval(&self) -> Result<Millis, ConfigError> {
+        let interval = duration("checkpoint.interval", &self.checkpoint.interval)?;
+        if interval <= 0 {
+            return Err(ConfigError::Invalid { key: "checkpoint.interval", message: "must be positive".into() });
+        }
+        Ok(interval)
+    }
+
+    /// The price list: the configured file, or the built-in one.
+    pub fn prices(&self) -> Result<PriceList, ConfigError> {
+        match &self.pricing.file {
+            None => Ok(PriceList::parse(DEFAULT_PRICES)?),
+            Some(file) => Ok(PriceList::load(&self.resolve(file))?),
+        }
+    }
+
+    /// A path from the file: as given when it exists, else beside the file.
+    fn resolve(&self, path: &Path) -> PathBuf {
+        match &self.source {
+            Some(source) if path.is_relative() && !path.exists() => {
+                source.parent().map_or_else(|| path.to_path_buf(), |dir| dir.join(path))
+            }
+            _ => path.to_path_buf(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_environment_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("tally-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tally.toml");
+        std::fs::write(&file, "[kafka]\ntopic = \"from-file\"\n[time]\nallowed_lateness = \"2h\"\n").unwrap();
+        let overrides =
+            Overrides { config: Some(file), kafka_brokers: Some("10.0.0.1:9092".into()), ..Overrides::default() };
+        let config = overrides.load().unwrap();
+        assert_eq!(config.kafka.topic, "from-file");
+        assert_eq!(config.kafka.brokers, "10.0.0.1:9092");
+        assert_eq!(config.settings().unwrap().allowed_lateness, 2 * tally_dataflows::time::HOUR);
+        assert_eq!(config.clickhouse.database, "tally");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let config = Config { time: Time { accrual_granularity: "7s".into(), ..Time::default() }, ..Config::default() };
+        assert!(config.settings().unwrap_err().to_string().contains("accrual_granularity must divide one hour"));
+        let config = Config { time: Time { max_future: "soon".into(), ..Time::default() }, ..Config::default() };
+        assert!(config.settings().unwrap_err().to_string().contains("time.max_future"));
+        let text = "[kafka]\ntopik = \"x\"\n";
+        assert!(toml::from_str::<Config>(text).unwrap_err().to_string().contains("topik"));
+    }
+}

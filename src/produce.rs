@@ -1,0 +1,109 @@
+//! Producing a workload to Kafka (`tally gen --kafka`): creates the topic with
+//! the workload's partitions when it is missing, then sends every message to
+//! its partition with its key and timestamp.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use std::sync::Mutex;
+
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+
+use crate::workload::Produced;
+
+/// Why producing failed.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka at {brokers}: {what}: {source}")]
+pub struct ProduceError {
+    brokers: String,
+    what: &'static str,
+    source: Box<KafkaError>,
+}
+
+/// Remembers the first message Kafka failed to take.
+#[derive(Default)]
+struct Deliveries {
+    failure: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            self.failure.lock().expect("no panic holding the lock").get_or_insert_with(|| error.clone());
+        }
+    }
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub fn ensure_topic(brokers: &str, topic: &str, partitions: u32) -> Result<(), ProduceError> {
+    let fail = |what| move |source| ProduceError { brokers: brokers.into(), what, source: Box::new(source) };
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(fail("create admin client"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio starts");
+    let new = NewTopic::new(topic, i32::try_from(partitions).unwrap_or(i32::MAX), TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = runtime.block_on(admin.create_topics([&new], &options)).map_err(fail("create topic"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(fail("create topic")(KafkaError::AdminOp(code))),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `messages` to `topic`, reporting progress; fails if Kafka did not
+/// take every one of them.
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    messages: impl Iterator<Item = Produced>,
+    total: u64,
+) -> Result<u64, ProduceError> {
+    let fail = |what| move |source| ProduceError { brokers: brokers.into(), what, source: Box::new(source) };
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", "2000000")
+        .create_with_context(Deliveries::default())
+        .map_err(fail("create producer"))?;
+    let mut sent = 0u64;
+    let step = (total / 10).max(1);
+    for message in messages {
+        let mut record = BaseRecord::to(topic)
+            .partition(i32::try_from(message.partition).unwrap_or(i32::MAX))
+            .key(&message.key)
+            .payload(&message.payload)
+            .timestamp(message.timestamp);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    producer.poll(Duration::from_millis(50));
+                }
+                Err((error, _)) => return Err(fail("send")(error)),
+            }
+        }
+        sent += 1;
+        if sent.is_multiple_of(step) {
+            eprintln!("tally gen: {sent} of {total} messages sent");
+        }
+    }
+    producer.flush(Duration::from_secs(120)).map_err(fail("flush"))?;
+    if let Some(error) = producer.context().failure.lock().expect("no panic holding the lock").take() {
+        return Err(fail("deliver")(error));
+    }
+    Ok(sent)
+}

@@ -1,0 +1,108 @@
+//! Writing to ClickHouse over HTTP (RowBinary, LZ4), retried until
+//! acknowledged.
+//!
+//! A write either succeeds or is retried with backoff for as long as it takes:
+//! while ClickHouse is away the worker blocks here, its epoch is not
+//! acknowledged, and the source stops advancing behind it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use clickhouse::{Client, Row, RowWrite};
+
+use crate::config::ClickHouse;
+
+/// Longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A ClickHouse database, reached from a synchronous worker thread.
+pub struct Warehouse {
+    client: Client,
+    url: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// What went wrong talking to ClickHouse.
+#[derive(Debug, thiserror::Error)]
+#[error("ClickHouse at {url}: {source}")]
+pub struct WarehouseError {
+    url: String,
+    source: clickhouse::error::Error,
+}
+
+impl Warehouse {
+    /// A client for the configured database (not contacted yet).
+    pub fn new(config: &ClickHouse) -> Warehouse {
+        Warehouse::with_database(config, Some(&config.database))
+    }
+
+    /// A client for `database`, or for the server's default one.
+    pub fn with_database(config: &ClickHouse, database: Option<&str>) -> Warehouse {
+        let mut client = Client::default()
+            .with_url(&config.url)
+            .with_user(&config.user)
+            .with_password(&config.password)
+            // The schema check asks 18.16 for a setting it lacks; the
+            // migrations own the schema.
+            .with_validation(false);
+        if let Some(database) = database {
+            client = client.with_database(database);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a single-threaded tokio runtime starts");
+        Warehouse { client, url: config.url.clone(), runtime }
+    }
+
+    /// The client, for queries.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `work` once, blocking.
+    pub fn block_on<T>(&self, work: impl Future<Output = clickhouse::error::Result<T>>) -> Result<T, WarehouseError> {
+        self.runtime.block_on(work).map_err(|source| WarehouseError { url: self.url.clone(), source })
+    }
+
+    /// Runs `attempt` until it succeeds, backing off between failures.
+    pub fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> T
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = clickhouse::error::Result<T>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            match self.block_on(attempt(self.client.clone())) {
+                Ok(value) => {
+                    if failures > 0 {
+                        tracing::info!(what, failures, "ClickHouse write succeeded after retries");
+                    }
+                    return value;
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(what, failures, %error, retry_in_ms = backoff.as_millis() as u64,
+                        "ClickHouse write failed; retrying (is the server up and `tally migrate` applied?)");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Inserts `rows` into `table` in one statement, retrying until it succeeds.
+    pub fn insert_all<R: Row + RowWrite>(&self, table: &str, rows: &[R::Value<'_>]) {
+        if rows.is_empty() {
+            return;
+        }
+        self.retry(table, |client| async move {
+            let mut insert = client.insert::<R>(table).await?;
+            for row in rows {
+                insert.write(row).await?;
+            }
+            insert.end().await
+        });
+    }
+}

@@ -1,0 +1,204 @@
+//! Reading a worker's partitions from Kafka.
+//!
+//! Partition `p` belongs to worker `p mod W` over the whole cluster; each
+//! worker assigns its partitions explicitly (no consumer-group balancing, no
+//! committed offsets: where to read from is tally's to decide). New partitions
+//! are picked up when the topic's metadata is refreshed. librdkafka reconnects
+//! by itself after a broker outage; reading resumes at the next offset, so
+//! nothing is skipped or read twice.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tally_dataflows::event::{Message, Partition};
+use tally_dataflows::judge::{PartitionState, SourceItem};
+
+/// How long metadata and watermark requests may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why Kafka could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka at {brokers}: {what}: {source}")]
+pub struct SourceError {
+    brokers: String,
+    what: String,
+    source: Box<rdkafka::error::KafkaError>,
+}
+
+struct Owned {
+    next_offset: i64,
+    /// In a drain: the end offset found at start.
+    end: Option<i64>,
+    state: PartitionState,
+    last_message: Instant,
+}
+
+/// The partitions one worker reads.
+pub struct PartitionReader {
+    consumer: BaseConsumer,
+    brokers: String,
+    topic: String,
+    worker: usize,
+    workers: usize,
+    drain: bool,
+    idle_timeout: Duration,
+    owned: BTreeMap<Partition, Owned>,
+}
+
+impl PartitionReader {
+    /// Connects; `drain` fixes each partition's end at the offset found now.
+    pub fn connect(
+        brokers: &str,
+        topic: &str,
+        worker: usize,
+        workers: usize,
+        drain: bool,
+        idle_timeout: Duration,
+    ) -> Result<PartitionReader, SourceError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            // assign() still wants a group id; nothing is committed to it.
+            .set("group.id", "tally")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .set("queued.min.messages", "200000")
+            .create()
+            .map_err(|source| SourceError {
+                brokers: brokers.into(),
+                what: "create consumer".into(),
+                source: Box::new(source),
+            })?;
+        Ok(PartitionReader {
+            consumer,
+            brokers: brokers.into(),
+            topic: topic.into(),
+            worker,
+            workers,
+            drain,
+            idle_timeout,
+            owned: BTreeMap::new(),
+        })
+    }
+
+    fn error(&self, what: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> SourceError {
+        let (brokers, what) = (self.brokers.clone(), what.into());
+        move |source| SourceError { brokers, what, source: Box::new(source) }
+    }
+
+    /// Looks for partitions of this worker not assigned yet and starts reading
+    /// them from the beginning; returns their status items.
+    pub fn discover(&mut self, out: &mut Vec<SourceItem>) -> Result<(), SourceError> {
+        let metadata =
+            self.consumer.fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT).map_err(self.error("fetch metadata"))?;
+        let mut found = Vec::new();
+        for topic in metadata.topics().iter().filter(|t| t.name() == self.topic) {
+            for partition in topic.partitions() {
+                let Ok(partition) = Partition::try_from(partition.id()) else { continue };
+                if partition as usize % self.workers == self.worker && !self.owned.contains_key(&partition) {
+                    found.push(partition);
+                }
+            }
+        }
+        if found.is_empty() {
+            return Ok(());
+        }
+        for partition in found {
+            let end = if self.drain {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, partition as i32, REQUEST_TIMEOUT)
+                    .map_err(self.error(format!("end offset of partition {partition}")))?;
+                Some(high)
+            } else {
+                None
+            };
+            let owned = Owned { next_offset: 0, end, state: PartitionState::Active, last_message: Instant::now() };
+            tracing::info!(partition, end_offset = ?end, "reading partition");
+            out.push(SourceItem::Status { partition, state: PartitionState::Active });
+            self.owned.insert(partition, owned);
+        }
+        let mut assignment = TopicPartitionList::new();
+        for (&partition, owned) in &self.owned {
+            assignment
+                .add_partition_offset(&self.topic, partition as i32, Offset::Offset(owned.next_offset))
+                .map_err(self.error("build assignment"))?;
+        }
+        self.consumer.assign(&assignment).map_err(self.error("assign partitions"))?;
+        self.mark_exhausted(out);
+        Ok(())
+    }
+
+    /// Reads up to `max` messages, waiting at most `wait` for the first.
+    pub fn poll(&mut self, max: usize, wait: Duration, out: &mut Vec<SourceItem>) {
+        let mut timeout = wait;
+        for _ in 0..max {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "Kafka read failed; librdkafka retries");
+                    break;
+                }
+                Some(Ok(message)) => {
+                    timeout = Duration::ZERO;
+                    let Ok(partition) = Partition::try_from(message.partition()) else { continue };
+                    let Some(owned) = self.owned.get_mut(&partition) else { continue };
+                    if owned.end.is_some_and(|end| message.offset() >= end) || message.offset() < owned.next_offset {
+                        continue;
+                    }
+                    owned.next_offset = message.offset() + 1;
+                    owned.last_message = Instant::now();
+                    owned.state = PartitionState::Active;
+                    let timestamp = message.timestamp().to_millis().unwrap_or_else(now_millis);
+                    out.push(SourceItem::Message(Message {
+                        partition,
+                        offset: message.offset(),
+                        timestamp,
+                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    }));
+                }
+            }
+        }
+        self.mark_exhausted(out);
+        self.mark_idle(out);
+    }
+
+    fn mark_exhausted(&mut self, out: &mut Vec<SourceItem>) {
+        for (&partition, owned) in &mut self.owned {
+            let done = owned.end.is_some_and(|end| owned.next_offset >= end);
+            if done && owned.state != PartitionState::Exhausted {
+                owned.state = PartitionState::Exhausted;
+                tracing::info!(partition, offset = owned.next_offset, "partition read to its end");
+                out.push(SourceItem::Status { partition, state: PartitionState::Exhausted });
+            }
+        }
+    }
+
+    fn mark_idle(&mut self, out: &mut Vec<SourceItem>) {
+        if self.drain {
+            return;
+        }
+        for (&partition, owned) in &mut self.owned {
+            if owned.state == PartitionState::Active && owned.last_message.elapsed() >= self.idle_timeout {
+                owned.state = PartitionState::Idle;
+                out.push(SourceItem::Status { partition, state: PartitionState::Idle });
+            }
+        }
+    }
+
+    /// In a drain: every partition of this worker has been read to its end.
+    pub fn drained(&self) -> bool {
+        self.drain && self.owned.values().all(|o| o.state == PartitionState::Exhausted)
+    }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
