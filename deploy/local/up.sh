@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing and starts, on loopback, the services tally needs:
 # ClickHouse (Debian's clickhouse-server) and a Kafka-protocol broker (nisshi,
-# built from crates.io). Idempotent: services already answering are left alone.
+# built from crates.io); and chdb (PyPI), a current ClickHouse for SQL checks. Idempotent: services already answering are left alone.
 # Fresh Debian 12, as root, no Docker, no systemd.
 #
 #   TALLY_LOCAL_DIR   state folder (default ~/.tally-local): binaries, data, logs
@@ -11,6 +11,7 @@ set -euo pipefail
 STATE="${TALLY_LOCAL_DIR:-$HOME/.tally-local}"
 STORAGE="${TALLY_BROKER_STORAGE:-memory}"
 NISSHI_VERSION=0.8.1
+CHDB_VERSION=4.4.0
 mkdir -p "$STATE/bin" "$STATE/log"
 
 say() { printf 'up.sh: %s\n' "$*" >&2; }
@@ -95,7 +96,16 @@ start_broker() {
   wait_for broker 60 broker_answers
 }
 
+install_chdb() {
+  # chdb embeds a current ClickHouse in Python: the tests check the DDL on it.
+  if python3 -c 'import chdb' 2>/dev/null; then return; fi
+  say "installing chdb (PyPI) for the current-ClickHouse SQL check"
+  python3 -m pip install --quiet "chdb==$CHDB_VERSION" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "chdb==$CHDB_VERSION"
+}
+
 start_clickhouse
 start_broker
+install_chdb
 echo "clickhouse http://127.0.0.1:8123"
 echo "kafka 127.0.0.1:9092"

@@ -36,6 +36,7 @@ pub fn require_services() {
 pub struct Scratch {
     pub topic: String,
     pub database: String,
+    pub brokers: String,
 }
 
 impl Scratch {
@@ -43,7 +44,13 @@ impl Scratch {
         require_services();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
         let tag = format!("{name}_{}_{}", std::process::id(), nanos % 1_000_000_000);
-        Scratch { topic: format!("events-{tag}"), database: format!("test_{tag}") }
+        Scratch { topic: format!("events-{tag}"), database: format!("test_{tag}"), brokers: BROKERS.into() }
+    }
+
+    /// The same, on another broker.
+    pub fn on(mut self, brokers: &str) -> Scratch {
+        self.brokers = brokers.into();
+        self
     }
 
     pub fn clickhouse(&self) -> ClickHouse {
@@ -53,9 +60,9 @@ impl Scratch {
     /// Produces `messages` to a new topic with `partitions` partitions and
     /// returns them as the partitions hold them (offsets from 0).
     pub fn produce(&self, partitions: u32, messages: Vec<Produced>) -> Vec<Message> {
-        tally::produce::ensure_topic(BROKERS, &self.topic, partitions).expect("topic created");
+        tally::produce::ensure_topic(&self.brokers, &self.topic, partitions).expect("topic created");
         let total = messages.len() as u64;
-        tally::produce::produce(BROKERS, &self.topic, messages.clone().into_iter(), total).expect("produced");
+        tally::produce::produce(&self.brokers, &self.topic, messages.clone().into_iter(), total).expect("produced");
         let mut offsets: BTreeMap<u32, i64> = BTreeMap::new();
         messages
             .into_iter()
@@ -77,7 +84,7 @@ impl Scratch {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
         command
             .args(args)
-            .env("TALLY_KAFKA_BROKERS", BROKERS)
+            .env("TALLY_KAFKA_BROKERS", &self.brokers)
             .env("TALLY_KAFKA_TOPIC", &self.topic)
             .env("TALLY_CLICKHOUSE_URL", CLICKHOUSE_URL)
             .env("TALLY_CLICKHOUSE_DATABASE", &self.database)
@@ -287,4 +294,52 @@ pub fn expected(partitions: u32, messages: &[Message]) -> Tables {
 /// Path of a file under the repository.
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A broker of the test's own (same build as deploy/local/up.sh's, memory
+/// storage, its own port), to freeze and thaw without disturbing other tests.
+pub struct PrivateBroker {
+    pub address: String,
+    process: std::process::Child,
+}
+
+impl PrivateBroker {
+    pub fn start() -> PrivateBroker {
+        let state = std::env::var("TALLY_LOCAL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".tally-local"));
+        let binary = state.join("bin/nisshi");
+        assert!(binary.exists(), "no broker binary at {}: run deploy/local/up.sh", binary.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let process = Command::new(binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--group-initial-rebalance-delay", "0s", "--storage-engine", "memory://nisshi/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the broker starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(std::time::Instant::now() < deadline, "private broker on {address} did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateBroker { address, process }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker: an outage that keeps its data.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &self.process.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.freeze(false);
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
 }
