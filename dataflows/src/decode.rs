@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::event::{Event, EventKind, EventOrder, Meta, Reason, ResourceKey};
 use crate::fixed::{Quantity, QuantityError};
@@ -64,7 +65,7 @@ struct RawData<'a> {
     #[serde(borrow)]
     account_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    quantities: Option<Pairs<'a>>,
+    quantities: Option<&'a RawValue>,
     #[serde(borrow)]
     project_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -139,7 +140,11 @@ pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
         (_, None) => {
             return Err(invalid(Reason::Schema, format!("data.quantities: missing, required for {}", kind.as_str())));
         }
-        (_, Some(pairs)) => quantities(pairs, kind, time, prices)?,
+        (_, Some(raw)) => {
+            let pairs: Pairs = serde_json::from_str(raw.get())
+                .map_err(|e| invalid(Reason::Schema, format!("data.quantities: {e}")))?;
+            quantities(pairs, kind, time, prices)?
+        }
     };
     let labels = match data.labels {
         None => "{}".to_owned(),

@@ -49,6 +49,13 @@ fn optional_fields_default_and_stopped_needs_no_quantities() {
 }
 
 #[test]
+fn stopped_ignores_whatever_quantities_it_carries() {
+    let text = r#"{"specversion":"1.0","id":"a","source":"s","type":"resource.stopped",
+        "time":"2026-11-23T10:15:00Z","subject":"vm","data":{"account_id":"acc","quantities":[1,2]}}"#;
+    assert!(decode(text.as_bytes(), &prices()).unwrap().quantities.is_empty());
+}
+
+#[test]
 fn every_reason_is_reachable() {
     assert_eq!(reason_of("{not json"), Reason::MalformedJson);
     assert_eq!(reason_of(&format!("{STARTED} trailing")), Reason::MalformedJson);
