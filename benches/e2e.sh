@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# End-to-end drain benchmark on the local services: produces a generated
+# workload to a fresh topic, then times `tally run --drain` from start to the
+# last committed ClickHouse row, with /usr/bin/time -v for CPU and peak memory.
+#
+#   benches/e2e.sh [EVENTS] [WORKERS] [FLEET]    (defaults 1000000 2 20000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVENTS="${1:-1000000}"
+WORKERS="${2:-2}"
+FLEET="${3:-20000}"
+export TALLY_KAFKA_TOPIC="bench-$(date +%s)"
+export TALLY_CLICKHOUSE_DATABASE=tally_bench
+export TALLY_LOG=warn
+
+deploy/local/up.sh >/dev/null
+command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+cargo build --release --locked --bin tally 2>/dev/null
+tally=target/release/tally
+
+curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
+"$tally" migrate 2>/dev/null
+"$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 2>/dev/null
+
+log=$(mktemp)
+start=$(date +%s.%N)
+/usr/bin/time -v "$tally" run --drain --workers "$WORKERS" 2>"$log"
+end=$(date +%s.%N)
+seconds=$(echo "$end - $start" | bc)
+rows=$(curl -sf http://127.0.0.1:8123/ --data-binary "SELECT count() FROM $TALLY_CLICKHOUSE_DATABASE.usage_breakdown FINAL WHERE usage != 0")
+printf 'events %s  workers %s  fleet %s\n' "$EVENTS" "$WORKERS" "$FLEET"
+printf 'drain wall %.2f s  =  %.0f events/s  (%s breakdown rows)\n' "$seconds" "$(echo "$EVENTS / $seconds" | bc -l)" "$rows"
+grep -E "Maximum resident set size|User time|System time|Percent of CPU" "$log"
+rm -f "$log"
