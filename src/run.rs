@@ -1,7 +1,8 @@
 //! `tally run`: the worker loop tying source, dataflow and sink together.
 //!
 //! Each worker thread reads its partitions, feeds the billing dataflow one
-//! epoch at a time (an epoch lasts `checkpoint.interval`), and lets the sink
+//! epoch at a time (an epoch lasts `checkpoint.interval`, or
+//! [`MAX_EPOCH_MESSAGES`] messages when reading a backlog), and lets the sink
 //! write each epoch once the frontier has passed it. The source runs at most
 //! [`EPOCHS_IN_FLIGHT`] epochs ahead of what ClickHouse has acknowledged, so a
 //! slow or absent ClickHouse stalls reading instead of piling up memory.
@@ -22,6 +23,10 @@ use crate::source::kafka::PartitionReader;
 
 /// Epochs the source may run ahead of the last one fully written.
 pub const EPOCHS_IN_FLIGHT: u64 = 2;
+/// An epoch also ends after this many messages on a worker, so that a
+/// backlog read faster than `checkpoint.interval` still advances in steps:
+/// windows turn final and fold away while a drain goes on.
+pub const MAX_EPOCH_MESSAGES: usize = 100_000;
 /// How often a live run looks for new partitions.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -113,6 +118,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     let mut last_discovery = Instant::now();
     let mut epoch = 0u64;
     let mut epoch_started = Instant::now();
+    let mut epoch_messages = 0usize;
     loop {
         if let Some(error) = overflow.lock().expect("no panic holding the lock").take() {
             return Err(format!("stopping: {error}"));
@@ -121,11 +127,13 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
             break;
         }
         reader.poll(10_000, Duration::from_millis(10), &mut items);
+        epoch_messages += items.len();
         for item in items.drain(..) {
             input.send(item);
         }
         worker.step();
-        if epoch_started.elapsed() >= shared.epoch_interval {
+        if epoch_started.elapsed() >= shared.epoch_interval || epoch_messages >= MAX_EPOCH_MESSAGES {
+            epoch_messages = 0;
             epoch += 1;
             input.advance_to(epoch);
             epoch_started = Instant::now();
