@@ -24,12 +24,12 @@ curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CL
 "$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 2>/dev/null
 
 log=$(mktemp)
-start=$(date +%s.%N)
+start=$(date +%s%N)
 /usr/bin/time -v "$tally" run --drain --workers "$WORKERS" 2>"$log"
-end=$(date +%s.%N)
-seconds=$(echo "$end - $start" | bc)
+elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 rows=$(curl -sf http://127.0.0.1:8123/ --data-binary "SELECT count() FROM $TALLY_CLICKHOUSE_DATABASE.usage_breakdown FINAL WHERE usage != 0")
 printf 'events %s  workers %s  fleet %s\n' "$EVENTS" "$WORKERS" "$FLEET"
-printf 'drain wall %.2f s  =  %.0f events/s  (%s breakdown rows)\n' "$seconds" "$(echo "$EVENTS / $seconds" | bc -l)" "$rows"
+printf 'drain wall %d.%03d s  =  %d events/s  (%s breakdown rows)\n' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)) \
+  $((EVENTS * 1000 / elapsed_ms)) "$rows"
 grep -E "Maximum resident set size|User time|System time|Percent of CPU" "$log"
 rm -f "$log"

@@ -69,7 +69,13 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
         mode,
         failure: Mutex::new(None),
     });
-    tracing::info!(?mode, workers = cluster.threads, process = cluster.process, "starting");
+    tracing::info!(
+        ?mode,
+        workers = cluster.threads,
+        process = cluster.process,
+        prices = shared.prices.version.as_deref().unwrap_or("unversioned"),
+        "starting"
+    );
     let worker_shared = Arc::clone(&shared);
     let guards = timely::execute(cluster.timely_config()?, move |worker| {
         if let Err(error) = work(worker, &worker_shared) {

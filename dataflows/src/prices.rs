@@ -157,11 +157,6 @@ impl PriceList {
     pub fn sku(&self, id: SkuId) -> &Sku {
         &self.skus[usize::from(id.0)]
     }
-
-    /// All SKUs in id order.
-    pub fn skus(&self) -> impl Iterator<Item = (SkuId, &Sku)> {
-        self.skus.iter().enumerate().map(|(i, sku)| (SkuId(i as u16), sku))
-    }
 }
 
 fn invalid(sku: &str, problem: impl Into<String>) -> PriceListError {

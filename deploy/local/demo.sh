@@ -24,10 +24,10 @@ query() {
 query "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
 "$tally" migrate
 "$tally" gen --kafka --events "$EVENTS" --partitions 4
-start=$(date +%s.%N)
+start=$(date +%s%N)
 "$tally" run --drain --workers 2
-end=$(date +%s.%N)
-printf '\nbilled %s messages in %.1f s\n' "$EVENTS" "$(echo "$end - $start" | bc)"
+elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+printf '\nbilled %s messages in %d.%03d s\n' "$EVENTS" $((elapsed_ms / 1000)) $((elapsed_ms % 1000))
 
 db="$TALLY_CLICKHOUSE_DATABASE"
 echo
