@@ -64,72 +64,28 @@ pub fn billing<'scope>(
     settings: Settings,
 ) -> Streams<'scope> {
     let (loop_handle, previous_progress) = source.scope().feedback::<Vec<Progress>>(1);
-    let mut judged = partitions::judge(source, previous_progress, Arc::clone(&prices), settings)
-        .partition(3, |judged| match judged {
-            Judged::Candidate(_) => (0, judged),
-            Judged::Rejected(_) => (1, judged),
-            Judged::Clock(_) => (2, judged),
-        })
-        .into_iter();
-    let (candidates, rejected, clocks) = (judged.next().unwrap(), judged.next().unwrap(), judged.next().unwrap());
-    let candidates = candidates.flat_map(|j| match j {
-        Judged::Candidate(candidate) => Some(candidate),
-        _ => None,
+    let judged = partitions::judge(source, previous_progress, Arc::clone(&prices), settings);
+    let (candidates, rejected, clocks) = split(judged, |judged| match judged {
+        Judged::Candidate(candidate) => Part::First(candidate),
+        Judged::Rejected(rejection) => Part::Second(rejection),
+        Judged::Clock(report) => Part::Third(report),
     });
-    let rejected = rejected.flat_map(|j| match j {
-        Judged::Rejected(rejection) => Some(rejection),
-        _ => None,
-    });
-    let clocks = clocks
-        .flat_map(|j| match j {
-            Judged::Clock(report) => Some(report),
-            _ => None,
-        })
-        .broadcast();
 
-    let progress = partitions::watermark(clocks, settings);
+    let progress = partitions::watermark(clocks.broadcast(), settings);
     progress.clone().connect_loop(loop_handle);
 
-    let mut deduped = dedup::dedup(candidates, progress.clone(), settings)
-        .partition(3, |d| match d {
-            Deduped::Accepted(_) => (0, d),
-            Deduped::Rejected(_) => (1, d),
-            Deduped::Outcomes(_) => (2, d),
-        })
-        .into_iter();
-    let (accepted, late, outcomes) = (deduped.next().unwrap(), deduped.next().unwrap(), deduped.next().unwrap());
-    let accepted = accepted.flat_map(|d| match d {
-        Deduped::Accepted(event) => Some(event),
-        _ => None,
-    });
-    let late = late.flat_map(|d| match d {
-        Deduped::Rejected(rejection) => Some(rejection),
-        _ => None,
-    });
-    let outcomes = outcomes.flat_map(|d| match d {
-        Deduped::Outcomes(outcomes) => Some(outcomes),
-        _ => None,
+    let deduped = dedup::dedup(candidates, progress.clone(), settings);
+    let (accepted, late, outcomes) = split(deduped, |deduped| match deduped {
+        Deduped::Accepted(event) => Part::First(event),
+        Deduped::Rejected(rejection) => Part::Second(rejection),
+        Deduped::Outcomes(outcomes) => Part::Third(outcomes),
     });
 
-    let mut usage = usage::usage(accepted, progress.clone(), prices)
-        .partition(3, |out| match out {
-            UsageOut::Row(_) => (0, out),
-            UsageOut::Delta(..) => (1, out),
-            UsageOut::Overflow(_) => (2, out),
-        })
-        .into_iter();
-    let (breakdowns, deltas, usage_errors) = (usage.next().unwrap(), usage.next().unwrap(), usage.next().unwrap());
-    let breakdowns = breakdowns.flat_map(|out| match out {
-        UsageOut::Row(row) => Some(row),
-        _ => None,
-    });
-    let deltas = deltas.flat_map(|out| match out {
-        UsageOut::Delta(key, delta) => Some((key, delta)),
-        _ => None,
-    });
-    let usage_errors = usage_errors.flat_map(|out| match out {
-        UsageOut::Overflow(overflow) => Some(overflow),
-        _ => None,
+    let usage = usage::usage(accepted, progress.clone(), prices);
+    let (breakdowns, deltas, usage_errors) = split(usage, |out| match out {
+        UsageOut::Row(row) => Part::First(row),
+        UsageOut::Delta(key, delta) => Part::Second((key, delta)),
+        UsageOut::Overflow(overflow) => Part::Third(overflow),
     });
     let (totals, total_errors) =
         totals::totals(deltas, progress.clone()).ok_err::<Vec<TotalRow>, _, Vec<Overflow>, _, _>(|result| result);
@@ -142,6 +98,38 @@ pub fn billing<'scope>(
         outcomes,
         errors: usage_errors.concat(total_errors),
     }
+}
+
+/// Where [`split`] sends a record.
+enum Part<A, B, C> {
+    First(A),
+    Second(B),
+    Third(C),
+}
+
+/// Splits an operator's output into three streams, moving each record once.
+fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
+    stream: StreamVec<'scope, u64, T>,
+    route: impl Fn(T) -> Part<A, B, C> + 'static,
+) -> (StreamVec<'scope, u64, A>, StreamVec<'scope, u64, B>, StreamVec<'scope, u64, C>) {
+    let mut parts = stream
+        .partition(3, move |record| {
+            let part = route(record);
+            let index = match part {
+                Part::First(_) => 0,
+                Part::Second(_) => 1,
+                Part::Third(_) => 2,
+            };
+            (index, part)
+        })
+        .into_iter();
+    let mut next = || parts.next().expect("partition(3) makes three streams");
+    let (first, second, third) = (next(), next(), next());
+    (
+        first.flat_map(|part| if let Part::First(a) = part { Some(a) } else { None }),
+        second.flat_map(|part| if let Part::Second(b) = part { Some(b) } else { None }),
+        third.flat_map(|part| if let Part::Third(c) = part { Some(c) } else { None }),
+    )
 }
 
 /// The worker a key is exchanged to: a hash that every process of a cluster
