@@ -81,7 +81,7 @@ pub struct Meta {
 }
 
 /// A resource: `(data.account_id, subject)`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ResourceKey {
     /// The billing account.
     pub account: String,

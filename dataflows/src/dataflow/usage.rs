@@ -58,44 +58,32 @@ pub fn usage<'scope>(
                 for (_, epoch) in pending.complete(&[events_frontier, progress_frontier]) {
                     let next = epoch.second.last().copied().unwrap_or(progress);
                     let mut dirty: BTreeMap<ResourceKey, Millis> = BTreeMap::new();
-                    for event in epoch.first {
-                        let key = event.resource.clone();
+                    for mut event in epoch.first {
+                        let key = std::mem::take(&mut event.resource);
                         let from = resources.entry(key.clone()).or_default().insert(event);
                         let earliest = dirty.entry(key).or_insert(from);
                         *earliest = (*earliest).min(from);
                     }
+                    let mut out = Vec::new();
+                    // Accrual moved: every running resource's open rows change.
+                    // Walk them in place rather than listing their keys.
                     if next.accrued_to > progress.accrued_to {
-                        let from = progress.accrued_to.unwrap_or(Millis::MIN);
-                        for (key, resource) in &resources {
-                            if resource.is_running() {
-                                let earliest = dirty.entry(key.clone()).or_insert(from);
-                                *earliest = (*earliest).min(from);
-                            }
+                        let accrual_from = progress.accrued_to.unwrap_or(Millis::MIN);
+                        for (key, resource) in resources.iter_mut() {
+                            let from = match (dirty.remove(key), resource.is_running()) {
+                                (Some(from), true) => from.min(accrual_from),
+                                (Some(from), false) => from,
+                                (None, true) => accrual_from,
+                                (None, false) => continue,
+                            };
+                            refresh(key, resource, from, &progress, &next, &prices, &mut out);
                         }
                     }
-                    let mut session = output.session(&epoch.capability);
                     for (key, from) in dirty {
                         let resource = resources.get_mut(&key).expect("dirty resources exist");
-                        let Some(from) = resource.clamp_from(from, progress.final_before) else {
-                            continue;
-                        };
-                        let through = next
-                            .accrued_to
-                            .map(|a| window_start(a - 1))
-                            .into_iter()
-                            .chain(resource.last_event_time().map(window_start))
-                            .max()
-                            .unwrap_or(from);
-                        match resource.refresh(&key, from, through, next.accrued_to, &prices) {
-                            Ok(changes) => {
-                                for RowChange { row, delta } in changes {
-                                    session.give(UsageOut::Delta(TotalKey::of(&row.key), delta));
-                                    session.give(UsageOut::Row(row));
-                                }
-                            }
-                            Err(overflow) => session.give(UsageOut::Overflow(overflow)),
-                        }
+                        refresh(&key, resource, from, &progress, &next, &prices, &mut out);
                     }
+                    output.session(&epoch.capability).give_iterator(out.into_iter());
                     if let Some(boundary) = next.final_before
                         && next.final_before > progress.final_before
                     {
@@ -109,6 +97,38 @@ pub fn usage<'scope>(
             }
         },
     )
+}
+
+/// Recomputes one resource's rows from `from` on, after `previous` and up to
+/// `next` progress, and queues what changed.
+fn refresh(
+    key: &ResourceKey,
+    resource: &mut Resource,
+    from: Millis,
+    previous: &Progress,
+    next: &Progress,
+    prices: &PriceList,
+    out: &mut Vec<UsageOut>,
+) {
+    let Some(from) = resource.clamp_from(from, previous.final_before) else {
+        return;
+    };
+    let through = next
+        .accrued_to
+        .map(|a| window_start(a - 1))
+        .into_iter()
+        .chain(resource.last_event_time().map(window_start))
+        .max()
+        .unwrap_or(from);
+    match resource.refresh(key, from, through, next.accrued_to, prices) {
+        Ok(changes) => {
+            for RowChange { row, delta } in changes {
+                out.push(UsageOut::Delta(TotalKey::of(&row.key), delta));
+                out.push(UsageOut::Row(row));
+            }
+        }
+        Err(overflow) => out.push(UsageOut::Overflow(overflow)),
+    }
 }
 
 impl Resource {
