@@ -31,6 +31,7 @@ pub fn run(
     let mut ledger = Ledger::default();
     let mut clocks: BTreeMap<Partition, Option<Millis>> = partitions.iter().map(|&p| (p, None)).collect();
     let mut seen: BTreeMap<(String, String), Millis> = BTreeMap::new();
+    let mut expired_at: Option<Millis> = None;
     let mut history: BTreeMap<ResourceKey, Vec<Event>> = BTreeMap::new();
 
     for message in messages {
@@ -57,9 +58,13 @@ pub fn run(
             continue;
         }
         // Every partition holds the watermark back until the end of the input.
+        // Identities expire only when it moves, not on every message.
         let watermark = clocks.values().copied().min().flatten();
-        if let Some(watermark) = watermark {
+        if watermark > expired_at
+            && let Some(watermark) = watermark
+        {
             seen.retain(|_, &mut t| t >= watermark - settings.dedup_horizon);
+            expired_at = Some(watermark);
         }
         let identity = (event.order.source.clone(), event.order.id.clone());
         match seen.entry(identity) {
