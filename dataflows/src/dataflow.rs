@@ -25,6 +25,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
 use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
 
+use crate::checkpoint::{Part, Recorder, Recovery, Restored};
 use crate::fixed::Overflow;
 use crate::judge::SourceItem;
 use crate::prices::PriceList;
@@ -57,38 +58,58 @@ pub struct Streams<'scope> {
     pub errors: StreamVec<'scope, u64, Overflow>,
 }
 
-/// Builds the billing dataflow over each worker's source items.
+/// Builds the billing dataflow over each worker's source items, starting from
+/// the state `recovery` restores (if any) and recording snapshots into it.
+/// The source must start at [`Recovery::first_epoch`].
 pub fn billing<'scope>(
     source: StreamVec<'scope, u64, SourceItem>,
     prices: Arc<PriceList>,
     settings: Settings,
+    recovery: Recovery,
 ) -> Streams<'scope> {
+    let recorder = Recorder::new(recovery.snapshots.as_ref());
+    // A restored worker's state as of the checkpoint is its first snapshot:
+    // an operator that never works an epoch still checkpoints what it holds.
+    if let Some(restored) = &recovery.restored {
+        recorder.record(Part::Dedup, restored.epoch, &restored.seen);
+        recorder.record(Part::Usage, restored.epoch, &restored.resources);
+        recorder.record(Part::Totals, restored.epoch, &restored.totals);
+        recorder.record_shared(restored.epoch, || restored.shared.clone());
+    }
+    let Restored { shared, seen, resources, totals: sums, stale, .. } = recovery.restored.unwrap_or_default();
     let (loop_handle, previous_progress) = source.scope().feedback::<Vec<Progress>>(1);
-    let judged = partitions::judge(source, previous_progress, Arc::clone(&prices), settings);
+    let judged = partitions::judge(source, previous_progress, Arc::clone(&prices), settings, shared.clone());
     let (candidates, rejected, clocks) = split(judged, |judged| match judged {
-        Judged::Candidate(candidate) => Part::First(candidate),
-        Judged::Rejected(rejection) => Part::Second(rejection),
-        Judged::Clock(report) => Part::Third(report),
+        Judged::Candidate(candidate) => Branch::First(candidate),
+        Judged::Rejected(rejection) => Branch::Second(rejection),
+        Judged::Clock(report) => Branch::Third(report),
     });
 
-    let progress = partitions::watermark(clocks.broadcast(), settings);
+    let restored_progress = shared.progress;
+    let progress = partitions::watermark(clocks.broadcast(), settings, shared, recorder.clone());
     progress.clone().connect_loop(loop_handle);
 
-    let deduped = dedup::dedup(candidates, progress.clone(), settings);
+    let deduped = dedup::dedup(candidates, progress.clone(), settings, seen, recorder.clone());
     let (accepted, late, outcomes) = split(deduped, |deduped| match deduped {
-        Deduped::Accepted(event) => Part::First(event),
-        Deduped::Rejected(rejection) => Part::Second(rejection),
-        Deduped::Outcomes(outcomes) => Part::Third(outcomes),
+        Deduped::Accepted(event) => Branch::First(event),
+        Deduped::Rejected(rejection) => Branch::Second(rejection),
+        Deduped::Outcomes(outcomes) => Branch::Third(outcomes),
     });
 
-    let usage = usage::usage(accepted, progress.clone(), prices);
+    let usage = usage::usage(
+        accepted,
+        progress.clone(),
+        prices,
+        (resources, restored_progress, stale.breakdowns),
+        recorder.clone(),
+    );
     let (breakdowns, deltas, usage_errors) = split(usage, |out| match out {
-        UsageOut::Row(row) => Part::First(row),
-        UsageOut::Delta(key, delta) => Part::Second((key, delta)),
-        UsageOut::Overflow(overflow) => Part::Third(overflow),
+        UsageOut::Row(row) => Branch::First(row),
+        UsageOut::Delta(key, delta) => Branch::Second((key, delta)),
+        UsageOut::Overflow(overflow) => Branch::Third(overflow),
     });
-    let (totals, total_errors) =
-        totals::totals(deltas, progress.clone()).ok_err::<Vec<TotalRow>, _, Vec<Overflow>, _, _>(|result| result);
+    let (totals, total_errors) = totals::totals(deltas, progress.clone(), (sums, stale.totals), recorder)
+        .ok_err::<Vec<TotalRow>, _, Vec<Overflow>, _, _>(|result| result);
 
     Streams {
         breakdowns,
@@ -100,8 +121,8 @@ pub fn billing<'scope>(
     }
 }
 
-/// Where [`split`] sends a record.
-enum Part<A, B, C> {
+/// Which of [`split`]'s outputs a record goes to.
+enum Branch<A, B, C> {
     First(A),
     Second(B),
     Third(C),
@@ -110,15 +131,15 @@ enum Part<A, B, C> {
 /// Splits an operator's output into three streams, moving each record once.
 fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
     stream: StreamVec<'scope, u64, T>,
-    route: impl Fn(T) -> Part<A, B, C> + 'static,
+    route: impl Fn(T) -> Branch<A, B, C> + 'static,
 ) -> (StreamVec<'scope, u64, A>, StreamVec<'scope, u64, B>, StreamVec<'scope, u64, C>) {
     let mut parts = stream
         .partition(3, move |record| {
             let part = route(record);
             let index = match part {
-                Part::First(_) => 0,
-                Part::Second(_) => 1,
-                Part::Third(_) => 2,
+                Branch::First(_) => 0,
+                Branch::Second(_) => 1,
+                Branch::Third(_) => 2,
             };
             (index, part)
         })
@@ -126,15 +147,15 @@ fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
     let mut next = || parts.next().expect("partition(3) makes three streams");
     let (first, second, third) = (next(), next(), next());
     (
-        first.flat_map(|part| if let Part::First(a) = part { Some(a) } else { None }),
-        second.flat_map(|part| if let Part::Second(b) = part { Some(b) } else { None }),
-        third.flat_map(|part| if let Part::Third(c) = part { Some(c) } else { None }),
+        first.flat_map(|part| if let Branch::First(a) = part { Some(a) } else { None }),
+        second.flat_map(|part| if let Branch::Second(b) = part { Some(b) } else { None }),
+        third.flat_map(|part| if let Branch::Third(c) = part { Some(c) } else { None }),
     )
 }
 
 /// The worker a key is exchanged to: a hash that every process of a cluster
 /// computes the same way (no per-process random seed).
-fn route<K: Hash + ?Sized>(key: &K) -> u64 {
+pub(crate) fn route<K: Hash + ?Sized>(key: &K) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     key.hash(&mut hasher);
     hasher.finish()

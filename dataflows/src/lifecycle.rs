@@ -183,6 +183,17 @@ impl Resource {
         Ok(Some(RowChange { row, delta }))
     }
 
+    /// The row for `key` (one of this resource's) as last emitted: what a
+    /// reader should see now; zero when nothing was emitted for it.
+    pub fn emitted_row(&self, key: BreakdownKey) -> BreakdownRow {
+        match self.emitted.get(&(key.window_start, key.sku)) {
+            Some(emitted) => {
+                BreakdownRow { key, meta: Arc::clone(&emitted.meta), usage: emitted.usage, cost: emitted.cost }
+            }
+            None => BreakdownRow::zero(key),
+        }
+    }
+
     /// Usage per SKU in the window starting at `start`, and the metadata of the
     /// latest event at or before its end.
     ///

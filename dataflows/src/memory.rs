@@ -6,14 +6,17 @@
 //! order, so any cut and any worker count are a legitimate run over the same
 //! input. At the end every partition is marked exhausted.
 
+use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
 
+use crate::checkpoint::{Part, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
 use crate::dataflow::billing;
-use crate::event::{Message, Partition};
+use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
 use crate::judge::{PartitionState, SourceItem};
 use crate::prices::PriceList;
@@ -30,14 +33,54 @@ pub struct RunShape {
     pub epoch_starts: Vec<usize>,
 }
 
+/// A checkpoint as the in-memory runner keeps it: what a checkpoint store
+/// would hold for one epoch.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// The epoch it was taken after.
+    pub epoch: u64,
+    /// Clocks and progress.
+    pub shared: Shared,
+    /// Each worker's encoded state.
+    pub shards: Vec<ShardParts>,
+    /// Where each partition resumes.
+    pub next_offsets: BTreeMap<Partition, Offset>,
+}
+
+/// Where a simulated crash happens: after the rows of `written_through` (an
+/// epoch at or after the checkpoint's) reached the tables, with the last
+/// committed checkpoint taken after `checkpoint`, or none at all.
+#[derive(Clone, Copy, Debug)]
+pub struct Crash {
+    /// The last committed checkpoint's epoch; `None` when none was committed.
+    pub checkpoint: Option<u64>,
+    /// The last epoch whose rows were written.
+    pub written_through: u64,
+}
+
 #[derive(Default)]
 struct Collected {
     breakdowns: Vec<(u64, BreakdownRow)>,
     totals: Vec<(u64, TotalRow)>,
-    rejections: Vec<Rejection>,
-    outcomes: Outcomes,
+    rejections: Vec<(u64, Rejection)>,
+    outcomes: Vec<(u64, Outcomes)>,
     progress: Vec<(u64, Progress)>,
     errors: Vec<Overflow>,
+    /// Per epoch, per worker: the encoded parts as of that epoch.
+    snapshots: BTreeMap<u64, BTreeMap<usize, ShardParts>>,
+    shared: BTreeMap<u64, Shared>,
+}
+
+impl Collected {
+    /// Drops what was not written before a crash.
+    fn written_through(mut self, epoch: u64) -> Collected {
+        self.breakdowns.retain(|(e, _)| *e <= epoch);
+        self.totals.retain(|(e, _)| *e <= epoch);
+        self.rejections.retain(|(e, _)| *e <= epoch);
+        self.outcomes.retain(|(e, _)| *e <= epoch);
+        self.progress.retain(|(e, _)| *e <= epoch);
+        self
+    }
 }
 
 /// Runs the dataflow over `messages` (read in that order) from `partitions`,
@@ -49,40 +92,117 @@ pub fn run(
     settings: Settings,
     shape: &RunShape,
 ) -> Result<Ledger, Overflow> {
-    let collected = Arc::new(Mutex::new(Collected::default()));
+    let collected = execute(partitions, &Arc::new(messages), prices, settings, shape, None)?;
+    Ok(materialize(vec![collected]))
+}
+
+/// Runs the dataflow shaped as `first`, crashes it as `crash` says, restores
+/// the checkpoint into a run shaped as `second` (any worker count, any cuts of
+/// the remaining messages) and returns the tables as a reader would see them
+/// at the end: the restored run's rows replace the crashed run's.
+pub fn run_with_crash(
+    partitions: &[Partition],
+    messages: Vec<Message>,
+    prices: Arc<PriceList>,
+    settings: Settings,
+    first: &RunShape,
+    crash: Crash,
+    second: &RunShape,
+) -> Result<Ledger, Overflow> {
     let messages = Arc::new(messages);
+    let mut crashed = execute(partitions, &messages, Arc::clone(&prices), settings, first, None)?
+        .written_through(crash.written_through);
+    let checkpoint = crash.checkpoint.map(|epoch| checkpoint_at(&crashed, &messages, first, epoch));
+    let after = checkpoint.as_ref().map(|c| c.epoch);
+    // Counts are metrics of committed epochs: the restored run counts the rest.
+    crashed.outcomes.retain(|(e, _)| Some(*e) <= after);
+    let stale = Stale {
+        breakdowns: crashed.breakdowns.iter().filter(|(e, _)| after < Some(*e)).map(|(_, r)| r.key.clone()).collect(),
+        totals: crashed.totals.iter().filter(|(e, _)| after < Some(*e)).map(|(_, r)| r.key.clone()).collect(),
+    };
+    let restore = Restore { checkpoint, stale };
+    let restored = execute(partitions, &messages, prices, settings, second, Some(Arc::new(restore)))?;
+    Ok(materialize(vec![crashed, restored]))
+}
+
+/// What a restored run starts from.
+struct Restore {
+    checkpoint: Option<Checkpoint>,
+    stale: Stale,
+}
+
+/// The checkpoint the crashed run left after `epoch`.
+fn checkpoint_at(crashed: &Collected, messages: &[Message], shape: &RunShape, epoch: u64) -> Checkpoint {
+    let shards = crashed.snapshots.get(&epoch).map(|s| s.values().cloned().collect()).unwrap_or_default();
+    let shared = crashed.shared.range(..=epoch).next_back().map(|(_, s)| s.clone()).unwrap_or_default();
+    let mut next_offsets = BTreeMap::new();
+    for (message, message_epoch) in messages.iter().zip(epochs(messages.len(), shape, 0)) {
+        if message_epoch <= epoch {
+            next_offsets.insert(message.partition, message.offset + 1);
+        }
+    }
+    Checkpoint { epoch, shared, shards, next_offsets }
+}
+
+/// The epoch of each of `count` messages read from `first` on, cut as `shape` says.
+fn epochs(count: usize, shape: &RunShape, first: u64) -> Vec<u64> {
+    let mut epoch = first;
+    (0..count)
+        .map(|i| {
+            if i > 0 && shape.epoch_starts.binary_search(&i).is_ok() {
+                epoch += 1;
+            }
+            epoch
+        })
+        .collect()
+}
+
+fn execute(
+    partitions: &[Partition],
+    messages: &Arc<Vec<Message>>,
+    prices: Arc<PriceList>,
+    settings: Settings,
+    shape: &RunShape,
+    restore: Option<Arc<Restore>>,
+) -> Result<Collected, Overflow> {
+    let collected = Arc::new(Mutex::new(Collected::default()));
+    let messages = Arc::clone(messages);
     let partitions = Arc::new(partitions.to_vec());
-    let epoch_starts = Arc::new(shape.epoch_starts.clone());
+    let shape = Arc::new(shape.clone());
     let sink = Arc::clone(&collected);
     timely::execute(timely::Config::process(shape.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let mine = |p: Partition| p as usize % peers == index;
+        let snapshots = SnapshotsHandle::default();
+        let recovery =
+            Recovery { snapshots: Some(Rc::clone(&snapshots)), restored: restored(restore.as_deref(), index, peers) };
+        let first_epoch = recovery.first_epoch();
+        let resume =
+            restore.as_ref().and_then(|r| r.checkpoint.as_ref()).map(|c| c.next_offsets.clone()).unwrap_or_default();
         let mut input = InputHandleVec::<u64, SourceItem>::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let streams = billing(scope.input_from(&mut input), Arc::clone(&prices), settings);
+            let streams = billing(scope.input_from(&mut input), Arc::clone(&prices), settings, recovery);
             collect(streams.breakdowns, &sink, |c, t, rows| c.breakdowns.extend(rows.iter().map(|r| (t, r.clone()))));
             collect(streams.totals, &sink, |c, t, rows| c.totals.extend(rows.iter().map(|r| (t, r.clone()))));
-            collect(streams.rejections, &sink, |c, _, rows| c.rejections.extend(rows.iter().cloned()));
+            collect(streams.rejections, &sink, |c, t, rows| c.rejections.extend(rows.iter().map(|r| (t, r.clone()))));
             collect(streams.errors, &sink, |c, _, rows| c.errors.extend(rows.iter().cloned()));
-            collect(streams.outcomes, &sink, |c, _, rows| {
-                for o in rows {
-                    c.outcomes.accepted += o.accepted;
-                    c.outcomes.duplicates += o.duplicates;
-                }
-            });
+            collect(streams.outcomes, &sink, |c, t, rows| c.outcomes.extend(rows.iter().map(|o| (t, *o))));
             collect(streams.progress, &sink, |c, t, rows| c.progress.extend(rows.iter().map(|p| (t, *p))));
         });
+        input.advance_to(first_epoch);
         for &partition in partitions.iter().filter(|&&p| mine(p)) {
             input.send(SourceItem::Status { partition, state: PartitionState::Active });
         }
-        let mut epoch = 0;
-        for (i, message) in messages.iter().enumerate() {
-            if epoch_starts.binary_search(&i).is_ok() && i > 0 {
-                epoch += 1;
+        let unread = |m: &&Message| resume.get(&m.partition).is_none_or(|&next| m.offset >= next);
+        let remaining: Vec<&Message> = messages.iter().filter(unread).collect();
+        let mut epoch = first_epoch;
+        for (message, message_epoch) in remaining.iter().zip(epochs(remaining.len(), &shape, first_epoch)) {
+            if message_epoch > epoch {
+                epoch = message_epoch;
                 input.advance_to(epoch);
             }
             if mine(message.partition) {
-                input.send(SourceItem::Message(message.clone()));
+                input.send(SourceItem::Message((*message).clone()));
             }
         }
         input.advance_to(epoch + 1);
@@ -91,6 +211,21 @@ pub fn run(
         }
         input.close();
         while worker.step_or_park(None) {}
+        let snapshots = snapshots.borrow();
+        let mut sink = sink.lock().expect("no worker panicked holding the lock");
+        for epoch in first_epoch..=epoch + 1 {
+            let parts = snapshots
+                .parts_at(epoch)
+                .into_iter()
+                .map(|(part, bytes)| (part, bytes.map(|b| b.to_vec()).unwrap_or_else(|| empty(part))))
+                .collect();
+            sink.snapshots.entry(epoch).or_default().insert(index, parts);
+            if index == 0
+                && let Some(shared) = snapshots.shared_at(epoch)
+            {
+                sink.shared.insert(epoch, shared.clone());
+            }
+        }
     })
     .expect("timely workers start")
     .join()
@@ -101,28 +236,67 @@ pub fn run(
     if let Some(error) = collected.errors.first().cloned() {
         return Err(error);
     }
-    Ok(materialize(collected))
+    Ok(collected)
 }
 
-/// Keeps the last upsert of every key, as `FINAL` does, and drops zero usage.
-fn materialize(collected: Collected) -> Ledger {
-    let mut ledger = Ledger { outcomes: collected.outcomes, ..Ledger::default() };
-    let mut breakdowns = collected.breakdowns;
-    breakdowns.sort_by_key(|(epoch, _)| *epoch);
-    for (_, row) in breakdowns {
-        ledger.breakdowns.insert(row.key.clone(), row);
+/// One worker's share of what a restored run starts from.
+fn restored(restore: Option<&Restore>, worker: usize, workers: usize) -> Option<Restored> {
+    let restore = restore?;
+    let mut restored = match &restore.checkpoint {
+        Some(checkpoint) => {
+            let mut restored = Restored::new(checkpoint.epoch, checkpoint.shared.clone());
+            for shard in &checkpoint.shards {
+                restored.add_shard(shard, worker, workers).expect("the runner's own checkpoints decode");
+            }
+            restored
+        }
+        None => Restored::new(0, Shared::default()),
+    };
+    restored.add_stale(&restore.stale, worker, workers);
+    Some(restored)
+}
+
+/// The encoding of a part with nothing in it.
+fn empty(part: Part) -> Vec<u8> {
+    let encoded = match part {
+        Part::Dedup => postcard::to_stdvec(&BTreeMap::<crate::checkpoint::Identity, i64>::new()),
+        Part::Usage => postcard::to_stdvec(&BTreeMap::<crate::event::ResourceKey, crate::lifecycle::Resource>::new()),
+        Part::Totals => postcard::to_stdvec(&BTreeMap::<crate::rows::TotalKey, crate::rows::Delta>::new()),
+    };
+    encoded.expect("empty maps encode")
+}
+
+/// Keeps the last upsert of every key, as `FINAL` does with versions that
+/// grow with the incarnation and then the epoch, and drops zero usage.
+/// Outcome counts are those of the epochs each incarnation wrote.
+fn materialize(incarnations: Vec<Collected>) -> Ledger {
+    let mut ledger = Ledger::default();
+    for collected in incarnations {
+        let mut breakdowns = collected.breakdowns;
+        breakdowns.sort_by_key(|(epoch, _)| *epoch);
+        for (_, row) in breakdowns {
+            ledger.breakdowns.insert(row.key.clone(), row);
+        }
+        let mut totals = collected.totals;
+        totals.sort_by_key(|(epoch, _)| *epoch);
+        for (_, row) in totals {
+            ledger.totals.insert(row.key.clone(), row);
+        }
+        let mut rejections = collected.rejections;
+        rejections.sort_by_key(|(epoch, _)| *epoch);
+        for (_, rejection) in rejections {
+            ledger.rejections.insert((rejection.partition, rejection.offset), rejection);
+        }
+        for (_, outcomes) in collected.outcomes {
+            ledger.outcomes.accepted += outcomes.accepted;
+            ledger.outcomes.duplicates += outcomes.duplicates;
+        }
+        if let Some(progress) = collected.progress.iter().max_by_key(|(epoch, _)| *epoch).map(|(_, p)| *p) {
+            ledger.progress = Some(progress);
+        }
     }
     ledger.breakdowns.retain(|_, row| !row.usage.is_zero());
-    let mut totals = collected.totals;
-    totals.sort_by_key(|(epoch, _)| *epoch);
-    for (_, row) in totals {
-        ledger.totals.insert(row.key.clone(), row);
-    }
     ledger.totals.retain(|_, row| !row.usage.is_zero());
-    for rejection in collected.rejections {
-        ledger.rejections.insert((rejection.partition, rejection.offset), rejection);
-    }
-    ledger.progress = collected.progress.iter().max_by_key(|(epoch, _)| *epoch).map(|(_, p)| *p);
     ledger
 }
 

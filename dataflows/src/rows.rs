@@ -43,6 +43,13 @@ pub struct BreakdownRow {
     pub cost: Amount,
 }
 
+impl BreakdownRow {
+    /// The row with nothing used: what a row that dropped back to nothing reads.
+    pub fn zero(key: BreakdownKey) -> BreakdownRow {
+        BreakdownRow { key, meta: Arc::default(), usage: Amount::ZERO, cost: Amount::ZERO }
+    }
+}
+
 /// Identity of an `account_totals` row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TotalKey {
@@ -112,7 +119,7 @@ impl Rejection {
 }
 
 /// Where event time stands after an epoch; the same on every worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// Minimum of the partition clocks that hold it back; `None` until every
     /// such partition has a clock.

@@ -1,5 +1,6 @@
 //! The dataflow equals the oracle on random event streams, for 1, 2 and 4
-//! workers and random epoch cuts.
+//! workers and random epoch cuts, and after a crash restored from its last
+//! checkpoint under another worker count.
 //!
 //! Streams have lifecycles with resizes, stops and restarts, counters,
 //! duplicates (also across partitions), disorder within and beyond the
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use support::{Ev, Topic, agree, at};
+use tally_dataflows::memory::Crash;
 use tally_dataflows::memory::RunShape;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::{HOUR, MINUTE, Millis, SECOND};
@@ -211,6 +213,26 @@ proptest! {
             .chain([RunShape { workers: 2, epoch_starts: Vec::new() }])
             .collect();
         agree(&topic, settings, &shapes);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    /// A run killed after any epoch, with rows of epochs after its last
+    /// checkpoint already written, and restored under another worker count and
+    /// other cuts, ends with the tables the oracle computes.
+    #[test]
+    fn a_crashed_and_restored_run_equals_the_oracle(seed in any::<[u8; 32]>()) {
+        let (topic, settings) = scenario(&seed);
+        let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
+        let n = topic.messages.len();
+        let first = RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n) };
+        let last_epoch = first.epoch_starts.iter().filter(|&&i| i > 0 && i < n).count() as u64 + 1;
+        let checkpoint = rng.random_bool(0.85).then(|| rng.random_range(0..=last_epoch));
+        let written_through = rng.random_range(checkpoint.unwrap_or(0)..=last_epoch);
+        let second = RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n) };
+        support::agree_after_crash(&topic, settings, &first, Crash { checkpoint, written_through }, &second);
     }
 }
 

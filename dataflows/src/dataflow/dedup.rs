@@ -21,6 +21,7 @@ use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
 use super::route;
+use crate::checkpoint::{Identity, Part, Recorder};
 use crate::event::{Event, Reason};
 use crate::judge::Candidate;
 use crate::rows::{Outcomes, Progress, Rejection};
@@ -39,18 +40,26 @@ pub enum Deduped {
 }
 
 /// The identities remembered, with their event times for expiry.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default)]
 struct Seen {
-    times: BTreeMap<(String, String), Millis>,
-    by_time: BTreeMap<Millis, Vec<(String, String)>>,
+    times: BTreeMap<Identity, Millis>,
+    by_time: BTreeMap<Millis, Vec<Identity>>,
 }
 
 impl Seen {
-    fn contains(&self, identity: &(String, String)) -> bool {
+    fn restore(times: BTreeMap<Identity, Millis>) -> Seen {
+        let mut by_time: BTreeMap<Millis, Vec<Identity>> = BTreeMap::new();
+        for (identity, &time) in &times {
+            by_time.entry(time).or_default().push(identity.clone());
+        }
+        Seen { times, by_time }
+    }
+
+    fn contains(&self, identity: &Identity) -> bool {
         self.times.contains_key(identity)
     }
 
-    fn insert(&mut self, identity: (String, String), time: Millis) {
+    fn insert(&mut self, identity: Identity, time: Millis) {
         self.by_time.entry(time).or_default().push(identity.clone());
         self.times.insert(identity, time);
     }
@@ -64,10 +73,13 @@ impl Seen {
 }
 
 /// Deduplicates candidates; `progress` is this worker's copy of the progress.
-pub fn dedup<'scope>(
+/// Starts from the identities `restored`, and records its state with `recorder`.
+pub(crate) fn dedup<'scope>(
     candidates: StreamVec<'scope, u64, Candidate>,
     progress: StreamVec<'scope, u64, Progress>,
     settings: Settings,
+    restored: BTreeMap<Identity, Millis>,
+    recorder: Recorder,
 ) -> StreamVec<'scope, u64, Deduped> {
     let by_identity = Exchange::new(|c: &Candidate| route(&(&c.event.order.source, &c.event.order.id)));
     candidates.binary_frontier::<_, CapacityContainerBuilder<Vec<Deduped>>, _, _, _, _>(
@@ -77,12 +89,12 @@ pub fn dedup<'scope>(
         "Dedup",
         move |_, _| {
             let mut pending = Pending::<Candidate, Progress>::default();
-            let mut seen = Seen::default();
+            let mut seen = Seen::restore(restored);
             move |(candidates, candidates_frontier), (progress, progress_frontier), output| {
                 let port = output.output_index();
                 candidates.for_each(|cap, data| pending.first(&cap, port, data));
                 progress.for_each(|cap, data| pending.second(&cap, port, data));
-                for (_, mut epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
+                for (time, mut epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
                     let mut session = output.session(&epoch.capability);
                     let mut outcomes = Outcomes::default();
                     epoch.first.sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
@@ -106,6 +118,7 @@ pub fn dedup<'scope>(
                     if let Some(watermark) = epoch.second.last().and_then(|p| p.watermark) {
                         seen.forget_before(watermark.saturating_sub(settings.dedup_horizon));
                     }
+                    recorder.record(Part::Dedup, time, &seen.times);
                 }
             }
         },

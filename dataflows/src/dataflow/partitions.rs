@@ -7,7 +7,6 @@
 //! `watermark` sees every partition's clock (the reports are broadcast) and
 //! emits the same [`Progress`] on every worker for every epoch that moved a clock.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -17,8 +16,8 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
-use crate::event::Partition;
-use crate::judge::{Candidate, ClockReport, PartitionClock, PartitionState, SourceItem, Verdict};
+use crate::checkpoint::{Recorder, Shared};
+use crate::judge::{Candidate, ClockReport, PartitionState, SourceItem, Verdict};
 use crate::prices::PriceList;
 use crate::rows::{Progress, Rejection};
 use crate::settings::Settings;
@@ -36,12 +35,13 @@ pub enum Judged {
 }
 
 /// Judges each worker's partitions in offset order; `previous` is the progress
-/// of the epoch before, fed back.
+/// of the epoch before, fed back. Starts from the clocks and progress `restored`.
 pub fn judge<'scope>(
     source: StreamVec<'scope, u64, SourceItem>,
     previous: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
     settings: Settings,
+    restored: Shared,
 ) -> StreamVec<'scope, u64, Judged> {
     source.binary_frontier::<_, CapacityContainerBuilder<Vec<Judged>>, _, _, _, _>(
         previous,
@@ -50,8 +50,7 @@ pub fn judge<'scope>(
         "JudgePartitions",
         move |_, _| {
             let mut pending = Pending::<SourceItem, Progress>::default();
-            let mut clocks: BTreeMap<Partition, PartitionClock> = BTreeMap::new();
-            let mut progress = Progress::START;
+            let Shared { mut clocks, mut progress } = restored;
             move |(source, source_frontier), (previous, previous_frontier), output| {
                 let port = output.output_index();
                 source.for_each(|cap, data| pending.first(&cap, port, data));
@@ -94,24 +93,27 @@ pub fn judge<'scope>(
 }
 
 /// Computes the watermark from every partition's clock; runs on every worker
-/// with the reports broadcast, so each emits the same progress.
-pub fn watermark<'scope>(
+/// with the reports broadcast, so each emits the same progress. Starts from
+/// the clocks and progress `restored`, and records them with `recorder`.
+pub(crate) fn watermark<'scope>(
     reports: StreamVec<'scope, u64, ClockReport>,
     settings: Settings,
+    restored: Shared,
+    recorder: Recorder,
 ) -> StreamVec<'scope, u64, Progress> {
     reports.unary_frontier::<CapacityContainerBuilder<Vec<Progress>>, _, _, _>(Pipeline, "Watermark", move |_, _| {
         let mut pending = Pending::<ClockReport, ()>::default();
-        let mut clocks: BTreeMap<Partition, PartitionClock> = BTreeMap::new();
-        let mut progress = Progress::START;
+        let Shared { mut clocks, mut progress } = restored;
         move |(reports, frontier), output| {
             let port = output.output_index();
             reports.for_each(|cap, data| pending.first(&cap, port, data));
-            for (_, epoch) in pending.complete(&[frontier]) {
+            for (time, epoch) in pending.complete(&[frontier]) {
                 for report in epoch.first {
                     clocks.insert(report.partition, report.clock);
                 }
                 progress = Progress::at(crate::judge::watermark(clocks.values(), progress.watermark), &settings);
                 output.session(&epoch.capability).give(progress);
+                recorder.record_shared(time, || Shared { clocks: clocks.clone(), progress });
             }
         }
     })

@@ -5,7 +5,7 @@
 //! when its value changed. A day's totals are forgotten once its last window
 //! is final, having been written with their final value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -14,14 +14,19 @@ use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
 use super::route;
+use crate::checkpoint::{Part, Recorder};
 use crate::fixed::Overflow;
 use crate::rows::{Delta, Progress, TotalKey, TotalRow};
 use crate::time::DAY;
 
-/// Sums row deltas into totals (or an overflow error).
-pub fn totals<'scope>(
+/// Sums row deltas into totals (or an overflow error). Starts from the sums
+/// `restored`, writes its stale totals again in the first epoch it works, and
+/// records its state with `recorder`.
+pub(crate) fn totals<'scope>(
     deltas: StreamVec<'scope, u64, (TotalKey, Delta)>,
     progress: StreamVec<'scope, u64, Progress>,
+    restored: (BTreeMap<TotalKey, Delta>, Vec<TotalKey>),
+    recorder: Recorder,
 ) -> StreamVec<'scope, u64, Result<TotalRow, Overflow>> {
     let by_key = Exchange::new(|(key, _): &(TotalKey, Delta)| route(key));
     deltas.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
@@ -31,13 +36,15 @@ pub fn totals<'scope>(
         "Totals",
         move |_, _| {
             let mut pending = Pending::<(TotalKey, Delta), Progress>::default();
-            let mut sums: BTreeMap<TotalKey, Delta> = BTreeMap::new();
+            let (mut sums, mut stale) = restored;
             move |(deltas, deltas_frontier), (progress, progress_frontier), output| {
                 let port = output.output_index();
                 deltas.for_each(|cap, data| pending.first(&cap, port, data));
                 progress.for_each(|cap, data| pending.second(&cap, port, data));
-                for (_, mut epoch) in pending.complete(&[deltas_frontier, progress_frontier]) {
+                for (time, mut epoch) in pending.complete(&[deltas_frontier, progress_frontier]) {
                     let mut session = output.session(&epoch.capability);
+                    let mut written = BTreeSet::new();
+                    let rewriting = !stale.is_empty();
                     epoch.first.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     let mut changes = epoch.first.into_iter().peekable();
                     while let Some((key, delta)) = changes.next() {
@@ -55,15 +62,24 @@ pub fn totals<'scope>(
                             continue;
                         }
                         session.give(Ok(TotalRow { key: key.clone(), usage: sum.usage, cost: sum.cost }));
+                        if rewriting {
+                            written.insert(key.clone());
+                        }
                         if sum == Delta::default() {
                             sums.remove(&key);
                         } else {
                             sums.insert(key, sum);
                         }
                     }
+                    // Stale totals not written above: their current sums.
+                    for key in std::mem::take(&mut stale).into_iter().filter(|key| !written.contains(key)) {
+                        let sum = sums.get(&key).copied().unwrap_or_default();
+                        session.give(Ok(TotalRow { key, usage: sum.usage, cost: sum.cost }));
+                    }
                     if let Some(boundary) = epoch.second.last().and_then(|p| p.final_before) {
                         sums.retain(|key, _| key.day + DAY > boundary);
                     }
+                    recorder.record(Part::Totals, time, &sums);
                 }
             }
         },

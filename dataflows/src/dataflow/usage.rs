@@ -7,7 +7,7 @@
 //! the new accrual point, for running resources); fold away the windows that became final. Windows
 //! turning final are thus written a last time before their state goes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
@@ -17,11 +17,12 @@ use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
 use super::route;
+use crate::checkpoint::{Part, Recorder};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
 use crate::lifecycle::{Resource, RowChange};
 use crate::prices::PriceList;
-use crate::rows::{BreakdownRow, Delta, Progress, TotalKey};
+use crate::rows::{BreakdownKey, BreakdownRow, Delta, Progress, TotalKey};
 use crate::time::{Millis, window_start};
 
 /// What the usage stage emits.
@@ -35,11 +36,15 @@ pub enum UsageOut {
     Overflow(Overflow),
 }
 
-/// Turns accepted events into row changes and total deltas.
-pub fn usage<'scope>(
+/// Turns accepted events into row changes and total deltas. Starts from the
+/// resources and progress `restored`, writes its stale rows again in the first
+/// epoch it works, and records its state with `recorder`.
+pub(crate) fn usage<'scope>(
     events: StreamVec<'scope, u64, Event>,
     progress: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
+    restored: (BTreeMap<ResourceKey, Resource>, Progress, Vec<BreakdownKey>),
+    recorder: Recorder,
 ) -> StreamVec<'scope, u64, UsageOut> {
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
     events.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
@@ -49,13 +54,12 @@ pub fn usage<'scope>(
         "Usage",
         move |_, _| {
             let mut pending = Pending::<Event, Progress>::default();
-            let mut resources: BTreeMap<ResourceKey, Resource> = BTreeMap::new();
-            let mut progress = Progress::START;
+            let (mut resources, mut progress, mut stale) = restored;
             move |(events, events_frontier), (new_progress, progress_frontier), output| {
                 let port = output.output_index();
                 events.for_each(|cap, data| pending.first(&cap, port, data));
                 new_progress.for_each(|cap, data| pending.second(&cap, port, data));
-                for (_, epoch) in pending.complete(&[events_frontier, progress_frontier]) {
+                for (time, epoch) in pending.complete(&[events_frontier, progress_frontier]) {
                     let next = epoch.second.last().copied().unwrap_or(progress);
                     let mut dirty: BTreeMap<ResourceKey, Millis> = BTreeMap::new();
                     for mut event in epoch.first {
@@ -83,6 +87,7 @@ pub fn usage<'scope>(
                         let resource = resources.get_mut(&key).expect("dirty resources exist");
                         refresh(&key, resource, from, &progress, &next, &prices, &mut out);
                     }
+                    rewrite_stale(std::mem::take(&mut stale), &resources, &mut out);
                     output.session(&epoch.capability).give_iterator(out.into_iter());
                     if let Some(boundary) = next.final_before
                         && next.final_before > progress.final_before
@@ -93,10 +98,33 @@ pub fn usage<'scope>(
                         });
                     }
                     progress = next;
+                    recorder.record(Part::Usage, time, &resources);
                 }
             }
         },
     )
+}
+
+/// Queues the current value of each stale row that this epoch does not write
+/// anyway: what its resource last emitted for it, or zero.
+fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &BTreeMap<ResourceKey, Resource>, out: &mut Vec<UsageOut>) {
+    if stale.is_empty() {
+        return;
+    }
+    let written: BTreeSet<&BreakdownKey> =
+        out.iter().filter_map(|o| if let UsageOut::Row(row) = o { Some(&row.key) } else { None }).collect();
+    let rewrites: Vec<UsageOut> = stale
+        .into_iter()
+        .filter(|key| !written.contains(key))
+        .map(|key| {
+            let resource = ResourceKey { account: key.account.clone(), resource: key.resource.clone() };
+            UsageOut::Row(match resources.get(&resource) {
+                Some(resource) => resource.emitted_row(key),
+                None => BreakdownRow::zero(key),
+            })
+        })
+        .collect();
+    out.extend(rewrites);
 }
 
 /// Recomputes one resource's rows from `from` on, after `previous` and up to

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tally_dataflows::event::{Message, Partition, Reason};
-use tally_dataflows::memory::{self, RunShape};
+use tally_dataflows::memory::{self, Crash, RunShape};
 use tally_dataflows::oracle;
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::rows::Ledger;
@@ -150,6 +150,19 @@ pub fn agree(topic: &Topic, settings: Settings, shapes: &[RunShape]) -> Ledger {
     expected
 }
 
+/// Asserts that a run shaped as `first`, crashed as `crash` says and restored
+/// into a run shaped as `second`, leaves the tables the oracle computes.
+pub fn agree_after_crash(topic: &Topic, settings: Settings, first: &RunShape, crash: Crash, second: &RunShape) {
+    let prices = prices();
+    let expected = oracle::run(&topic.partitions, topic.messages.clone(), &prices, &settings).expect("no overflow");
+    let actual =
+        memory::run_with_crash(&topic.partitions, topic.messages.clone(), prices, settings, first, crash, second)
+            .expect("no overflow");
+    let described = RunShape { workers: second.workers, epoch_starts: second.epoch_starts.clone() };
+    let context = format!("{first:?} crashed at {crash:?}, restored as");
+    assert_same_in(&expected, &actual, &described, &context);
+}
+
 /// Like [`agree`] under [`shapes`] with the default settings.
 pub fn check(topic: &Topic) -> Ledger {
     agree(topic, Settings::default(), &shapes(topic.messages.len()))
@@ -160,7 +173,11 @@ fn rejection_view(ledger: &Ledger) -> BTreeMap<(Partition, i64), (Reason, Vec<u8
 }
 
 pub fn assert_same(expected: &Ledger, actual: &Ledger, shape: &RunShape) {
-    let shape = format!("{} workers, epochs starting at {:?}", shape.workers, shape.epoch_starts);
+    assert_same_in(expected, actual, shape, "run as");
+}
+
+fn assert_same_in(expected: &Ledger, actual: &Ledger, shape: &RunShape, context: &str) {
+    let shape = format!("{context} {} workers, epochs starting at {:?}", shape.workers, shape.epoch_starts);
     for (key, row) in &expected.breakdowns {
         assert_eq!(actual.breakdowns.get(key), Some(row), "breakdown {key:?} under {shape}");
     }

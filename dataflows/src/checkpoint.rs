@@ -1,0 +1,256 @@
+//! Operator state as of an epoch: what a checkpoint holds and what a restore
+//! starts from.
+//!
+//! Every stateful operator records an encoded snapshot of its state after each
+//! epoch it works. An operator changes state only when it works an epoch, so
+//! its state as of epoch `e` is its latest snapshot at or before `e`, and that
+//! snapshot exists once the frontier downstream of it has passed `e`.
+//!
+//! Keyed state (dedup identities, resources, day totals) lives on the worker
+//! its exchange routes the key to. A restore decodes the shards it is given and
+//! keeps the entries routed to its worker under the *current* worker count, so
+//! a checkpoint taken with one worker count restores under any other.
+//! Partition clocks and progress are the same on every worker ([`Shared`]).
+//!
+//! A restored run may follow an incarnation that crashed after the checkpoint
+//! and had already written rows of later epochs. Those rows ([`Stale`]) are
+//! written again, from the restored state, in the first epoch the restored run
+//! works, so that no row an abandoned epoch wrote outlives the restore.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::hash::Hash;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::route;
+use crate::event::{Partition, ResourceKey};
+use crate::judge::PartitionClock;
+use crate::lifecycle::Resource;
+use crate::rows::{BreakdownKey, Delta, Progress, TotalKey};
+use crate::time::Millis;
+
+/// The identity deduplication goes by: `(source, id)`.
+pub type Identity = (String, String);
+
+/// A piece of keyed state, owned by one operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Part {
+    /// Identities remembered by deduplication, with their event times.
+    Dedup,
+    /// Resources with open windows.
+    Usage,
+    /// Sums behind the totals of open days.
+    Totals,
+}
+
+impl Part {
+    /// Every part, in the order a shard holds them.
+    pub const ALL: [Part; 3] = [Part::Dedup, Part::Usage, Part::Totals];
+}
+
+/// One worker's checkpointed state: each part, encoded.
+pub type ShardParts = Vec<(Part, Vec<u8>)>;
+
+/// Partition clocks and progress after an epoch: the same on every worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shared {
+    /// Every partition's clock as the watermark saw it.
+    pub clocks: BTreeMap<Partition, PartitionClock>,
+    /// Progress after the epoch.
+    pub progress: Progress,
+}
+
+/// The snapshots one worker's operators recorded, by the epoch they worked.
+#[derive(Debug, Default)]
+pub struct Snapshots {
+    parts: BTreeMap<Part, BTreeMap<u64, Arc<Vec<u8>>>>,
+    shared: BTreeMap<u64, Shared>,
+}
+
+/// A worker's handle on its operators' snapshots (operators and the sink of
+/// one worker run on the same thread).
+pub type SnapshotsHandle = Rc<RefCell<Snapshots>>;
+
+/// Why a snapshot could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("checkpoint state ({part:?}) cannot be decoded: {source}")]
+pub struct DecodeError {
+    part: Part,
+    source: postcard::Error,
+}
+
+impl Snapshots {
+    /// Records `part`'s state after working `epoch`.
+    pub fn record<T: Serialize>(&mut self, part: Part, epoch: u64, state: &T) {
+        let encoded = postcard::to_stdvec(state).expect("operator state is plain data and encodes");
+        self.parts.entry(part).or_default().insert(epoch, Arc::new(encoded));
+    }
+
+    /// Records the shared state after `epoch`.
+    pub fn record_shared(&mut self, epoch: u64, shared: Shared) {
+        self.shared.insert(epoch, shared);
+    }
+
+    /// Each part's encoded state as of `epoch` (`None`: never recorded, empty).
+    pub fn parts_at(&self, epoch: u64) -> Vec<(Part, Option<Arc<Vec<u8>>>)> {
+        Part::ALL
+            .iter()
+            .map(|&part| {
+                let latest = self.parts.get(&part).and_then(|s| s.range(..=epoch).next_back());
+                (part, latest.map(|(_, bytes)| Arc::clone(bytes)))
+            })
+            .collect()
+    }
+
+    /// The shared state as of `epoch`.
+    pub fn shared_at(&self, epoch: u64) -> Option<&Shared> {
+        self.shared.range(..=epoch).next_back().map(|(_, shared)| shared)
+    }
+
+    /// Whether any part was recorded after `after` and at or before `through`.
+    pub fn changed_between(&self, after: Option<u64>, through: u64) -> bool {
+        let from = after.map_or(0, |a| a + 1);
+        from <= through && self.parts.values().any(|s| s.range(from..=through).next().is_some())
+    }
+
+    /// Drops the snapshots no checkpoint after `epoch` can need.
+    pub fn release_before(&mut self, epoch: u64) {
+        for snapshots in self.parts.values_mut() {
+            release(snapshots, epoch);
+        }
+        release(&mut self.shared, epoch);
+    }
+}
+
+/// Keeps the latest entry at or before `epoch` and everything after it.
+fn release<V>(snapshots: &mut BTreeMap<u64, V>, epoch: u64) {
+    if let Some(&keep) = snapshots.range(..=epoch).next_back().map(|(e, _)| e) {
+        *snapshots = snapshots.split_off(&keep);
+    }
+}
+
+/// Rows that an abandoned incarnation wrote after the checkpoint: written
+/// again, from the restored state, in the restored run's first epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stale {
+    /// `usage_breakdown` rows.
+    pub breakdowns: Vec<BreakdownKey>,
+    /// `account_totals` rows.
+    pub totals: Vec<TotalKey>,
+}
+
+/// One worker's state to start from.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    /// The checkpoint's epoch: the run resumes at the next one.
+    pub epoch: u64,
+    /// Clocks and progress after the epoch.
+    pub shared: Shared,
+    /// Identities remembered.
+    pub seen: BTreeMap<Identity, Millis>,
+    /// Resources with open windows.
+    pub resources: BTreeMap<ResourceKey, Resource>,
+    /// Sums of open days.
+    pub totals: BTreeMap<TotalKey, Delta>,
+    /// Rows to write again.
+    pub stale: Stale,
+}
+
+impl Restored {
+    /// Nothing yet, as of `epoch`.
+    pub fn new(epoch: u64, shared: Shared) -> Restored {
+        Restored { epoch, shared, ..Restored::default() }
+    }
+
+    /// Adds the entries of one checkpointed shard (its parts as
+    /// [`Snapshots::parts_at`] gave them) that `worker` of `workers` owns.
+    pub fn add_shard(&mut self, parts: &[(Part, Vec<u8>)], worker: usize, workers: usize) -> Result<(), DecodeError> {
+        let mine = |hash: u64| owner(hash, workers) == worker;
+        for (part, bytes) in parts {
+            match part {
+                Part::Dedup => {
+                    let seen: BTreeMap<Identity, Millis> = decode(*part, bytes)?;
+                    self.seen.extend(seen.into_iter().filter(|(identity, _)| mine(route(identity))));
+                }
+                Part::Usage => {
+                    let resources: BTreeMap<ResourceKey, Resource> = decode(*part, bytes)?;
+                    self.resources.extend(resources.into_iter().filter(|(key, _)| mine(route(key))));
+                }
+                Part::Totals => {
+                    let totals: BTreeMap<TotalKey, Delta> = decode(*part, bytes)?;
+                    self.totals.extend(totals.into_iter().filter(|(key, _)| mine(route(key))));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the stale rows that `worker` of `workers` owns.
+    pub fn add_stale(&mut self, stale: &Stale, worker: usize, workers: usize) {
+        let mine = |hash: u64| owner(hash, workers) == worker;
+        self.stale.breakdowns.extend(
+            stale
+                .breakdowns
+                .iter()
+                .filter(|key| {
+                    mine(route(&ResourceKey { account: key.account.clone(), resource: key.resource.clone() }))
+                })
+                .cloned(),
+        );
+        self.stale.totals.extend(stale.totals.iter().filter(|key| mine(route(key))).cloned());
+    }
+}
+
+fn decode<T: DeserializeOwned>(part: Part, bytes: &[u8]) -> Result<T, DecodeError> {
+    postcard::from_bytes(bytes).map_err(|source| DecodeError { part, source })
+}
+
+/// The worker an exchange sends a key with this hash to, as timely routes it.
+pub fn owner(hash: u64, workers: usize) -> usize {
+    (hash % workers as u64) as usize
+}
+
+/// What the billing dataflow needs to checkpoint and restore one worker.
+#[derive(Default)]
+pub struct Recovery {
+    /// Where the operators record their snapshots; `None` when nothing is
+    /// checkpointed.
+    pub snapshots: Option<SnapshotsHandle>,
+    /// The state to start from; `None` for a fresh start.
+    pub restored: Option<Restored>,
+}
+
+impl Recovery {
+    /// The epoch the run starts at.
+    pub fn first_epoch(&self) -> u64 {
+        self.restored.as_ref().map_or(0, |r| r.epoch + 1)
+    }
+}
+
+/// An operator's way to record its snapshots.
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    snapshots: Option<SnapshotsHandle>,
+}
+
+impl Recorder {
+    pub(crate) fn new(snapshots: Option<&SnapshotsHandle>) -> Recorder {
+        Recorder { snapshots: snapshots.cloned() }
+    }
+
+    pub(crate) fn record<T: Serialize>(&self, part: Part, epoch: u64, state: &T) {
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.borrow_mut().record(part, epoch, state);
+        }
+    }
+
+    pub(crate) fn record_shared(&self, epoch: u64, shared: impl FnOnce() -> Shared) {
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.borrow_mut().record_shared(epoch, shared());
+        }
+    }
+}
