@@ -89,6 +89,8 @@ pub struct Checkpoint {
     pub url: String,
     /// Epoch length: how often rows are committed to ClickHouse.
     pub interval: String,
+    /// How many committed checkpoints to keep.
+    pub keep: usize,
 }
 
 /// `[metrics]`
@@ -129,7 +131,7 @@ impl Default for Time {
 
 impl Default for Checkpoint {
     fn default() -> Checkpoint {
-        Checkpoint { url: "file://./state".into(), interval: "10s".into() }
+        Checkpoint { url: "file://./state".into(), interval: "10s".into(), keep: 3 }
     }
 }
 
@@ -217,6 +219,9 @@ pub struct Overrides {
     /// Checkpoint (epoch) interval, e.g. `10s`.
     #[arg(long, env = "TALLY_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Option<String>,
+    /// Committed checkpoints to keep.
+    #[arg(long, env = "TALLY_CHECKPOINT_KEEP")]
+    pub checkpoint_keep: Option<usize>,
     /// Metrics listen address.
     #[arg(long, env = "TALLY_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -254,6 +259,12 @@ impl Overrides {
         set(&mut config.checkpoint.url, &self.checkpoint_url);
         set(&mut config.checkpoint.interval, &self.checkpoint_interval);
         set(&mut config.metrics.listen, &self.metrics_listen);
+        if let Some(keep) = self.checkpoint_keep {
+            config.checkpoint.keep = keep;
+        }
+        if config.checkpoint.keep == 0 {
+            return Err(ConfigError::Invalid { key: "checkpoint.keep", message: "must be at least 1".into() });
+        }
         if let Some(file) = &self.pricing_file {
             config.pricing.file = Some(file.clone());
         }

@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod fault;
 pub mod logging;
 pub mod migrate;
 pub mod produce;

@@ -91,6 +91,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run { config, cluster, drain } => {
             let mode = if drain { Mode::Drain } else { Mode::Live };
+            tally::fault::arm_from_environment().map_err(anyhow::Error::msg)?;
             tally::run::run(config.load()?, &cluster, mode)
         }
         Command::Migrate { config } => {

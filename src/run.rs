@@ -7,19 +7,25 @@
 //! [`EPOCHS_IN_FLIGHT`] epochs ahead of what ClickHouse has acknowledged, so a
 //! slow or absent ClickHouse stalls reading instead of piling up memory.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tally_dataflows::checkpoint::Recovery;
+use tally_dataflows::checkpoint::{Recovery, Restored, SnapshotsHandle, Stale};
 use tally_dataflows::dataflow::billing;
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
+use crate::checkpoint::store::Store;
+use crate::checkpoint::{self, CheckpointError, Incarnations, Manifest};
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::sink::{self, Target, Versions};
+use crate::sink::clickhouse::{Warehouse, stale_rows};
+use crate::sink::{self, Checkpointing, OffsetsHandle, Target, Versions};
 use crate::source::kafka::PartitionReader;
 
 /// Epochs the source may run ahead of the last one fully written.
@@ -47,7 +53,7 @@ struct Shared {
     settings: Settings,
     epoch_interval: Duration,
     idle_timeout: Duration,
-    versions: Versions,
+    started_millis: u64,
     mode: Mode,
     failure: Mutex<Option<String>>,
 }
@@ -66,7 +72,7 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
         settings,
         epoch_interval,
         idle_timeout,
-        versions: Versions::starting_at(u64::try_from(started.as_millis())?),
+        started_millis: u64::try_from(started.as_millis())?,
         mode,
         failure: Mutex::new(None),
     });
@@ -98,33 +104,71 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
 fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), String> {
     let (index, peers) = (worker.index(), worker.peers());
     let config = &shared.config;
+    let store = Store::open(&config.checkpoint.url).map_err(|e| e.to_string())?;
+    let start = Start::agree(worker, &store, &config.kafka.topic, shared.started_millis).map_err(|e| e.to_string())?;
+    if index == 0 {
+        checkpoint::record_incarnation(&store, start.incarnations);
+    }
+    let versions = Versions::of_incarnation(start.incarnations.latest);
+    let stale = match start.stale_above() {
+        Some(version) => stale_rows(&Warehouse::new(&config.clickhouse), version, &shared.prices),
+        None => Stale::default(),
+    };
+    let restored = start.restore(&store, &stale, index, peers).map_err(|e| e.to_string())?;
+    tracing::info!(
+        worker = index,
+        incarnation = versions.incarnation(),
+        checkpoint = ?start.manifest.as_ref().map(|m| m.epoch),
+        stale_rows = stale.breakdowns.len() + stale.totals.len(),
+        "state restored"
+    );
+    let snapshots = SnapshotsHandle::default();
+    let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), restored };
+    let first_epoch = recovery.first_epoch();
+    let offsets = OffsetsHandle::default();
+    let start_offsets = start.manifest.as_ref().map(|m| m.offsets.clone()).unwrap_or_default();
+    let checkpointing = Checkpointing {
+        store,
+        snapshots,
+        offsets: Rc::clone(&offsets),
+        first_epoch,
+        keep: config.checkpoint.keep,
+        restored: start.manifest,
+    };
+
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let target = Arc::new(Target {
         clickhouse: config.clickhouse.clone(),
         topic: config.kafka.topic.clone(),
         prices: Arc::clone(&shared.prices),
-        versions: shared.versions,
+        versions,
     });
     let overflow: Arc<Mutex<Option<String>>> = Arc::default();
     let seen_overflow = Arc::clone(&overflow);
     worker.dataflow::<u64, _, _>(|scope| {
-        let streams =
-            billing(scope.input_from(&mut input), Arc::clone(&shared.prices), shared.settings, Recovery::default());
+        let streams = billing(scope.input_from(&mut input), Arc::clone(&shared.prices), shared.settings, recovery);
         streams.errors.clone().inspect(move |error| {
             seen_overflow.lock().expect("no panic holding the lock").get_or_insert_with(|| error.to_string());
         });
-        sink::write(streams, target, index).probe_with(&probe);
+        sink::write(streams, target, checkpointing, index, peers).probe_with(&probe);
     });
 
     let drain = shared.mode == Mode::Drain;
-    let mut reader =
-        PartitionReader::connect(&config.kafka.brokers, &config.kafka.topic, index, peers, drain, shared.idle_timeout)
-            .map_err(|e| e.to_string())?;
+    let mut reader = PartitionReader::connect(
+        &config.kafka.brokers,
+        &config.kafka.topic,
+        (index, peers),
+        start_offsets,
+        drain,
+        shared.idle_timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    input.advance_to(first_epoch);
     let mut items = Vec::new();
     retry_discovery(&mut reader, &mut items);
     let mut last_discovery = Instant::now();
-    let mut epoch = 0u64;
+    let mut epoch = first_epoch;
     let mut epoch_started = Instant::now();
     let mut epoch_messages = 0usize;
     loop {
@@ -142,6 +186,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         worker.step();
         if epoch_started.elapsed() >= shared.epoch_interval || epoch_messages >= MAX_EPOCH_MESSAGES {
             epoch_messages = 0;
+            offsets.borrow_mut().insert(epoch, reader.positions());
             epoch += 1;
             input.advance_to(epoch);
             epoch_started = Instant::now();
@@ -157,13 +202,126 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     for item in items.drain(..) {
         input.send(item);
     }
+    offsets.borrow_mut().insert(epoch, reader.positions());
     input.close();
     while worker.step_or_park(Some(Duration::from_millis(10))) {}
     if let Some(error) = overflow.lock().expect("no panic holding the lock").take() {
         return Err(format!("stopping: {error}"));
     }
-    tracing::info!(worker = index, epochs = epoch + 1, "worker done");
+    tracing::info!(worker = index, epochs = epoch + 1 - first_epoch, last_epoch = epoch, "worker done");
     Ok(())
+}
+
+/// Where a start begins: the newest committed manifest and the incarnation,
+/// agreed by every worker of the cluster.
+struct Start {
+    manifest: Option<Manifest>,
+    previous: Option<Incarnations>,
+    incarnations: Incarnations,
+}
+
+impl Start {
+    /// Reads the store and agrees with the other workers on the newest
+    /// manifest (the newest any of them saw: it is committed) and on an
+    /// incarnation above every earlier one and above the start time.
+    fn agree(
+        worker: &mut timely::worker::Worker,
+        store: &Store,
+        pipeline: &str,
+        started_millis: u64,
+    ) -> Result<Start, CheckpointError> {
+        let newest = checkpoint::committed_epochs(store).last().copied();
+        let previous = checkpoint::read_incarnations(store)?;
+        let seen = match newest {
+            Some(epoch) => Some(checkpoint::read_manifest(store, epoch, pipeline)?),
+            None => None,
+        };
+        let proposal = [
+            newest.map_or(0, |e| e + 1),
+            [Some(started_millis), seen.as_ref().map(|m| m.incarnation + 1), previous.map(|p| p.latest + 1)]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(started_millis),
+        ];
+        let [newest_plus_one, incarnation] = agree_on_maxima(worker, proposal);
+        let manifest = match (newest_plus_one.checked_sub(1), seen) {
+            (None, _) => None,
+            (Some(epoch), Some(seen)) if seen.epoch == epoch => Some(seen),
+            (Some(epoch), _) => Some(checkpoint::read_manifest(store, epoch, pipeline)?),
+        };
+        Ok(Start { manifest, previous, incarnations: checkpoint::next_incarnations(previous, incarnation) })
+    }
+
+    /// Rows with a version above this one are stale: the manifest's version,
+    /// or with no manifest, everything since the first incarnation of this
+    /// store (none when the store is new).
+    fn stale_above(&self) -> Option<u64> {
+        match (&self.manifest, self.previous) {
+            (Some(manifest), _) => Some(manifest.version),
+            (None, Some(previous)) => Some(Versions::of_incarnation(previous.first).of(0).saturating_sub(1)),
+            (None, None) => None,
+        }
+    }
+
+    /// This worker's state to start from.
+    fn restore(
+        &self,
+        store: &Store,
+        stale: &Stale,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Option<Restored>, CheckpointError> {
+        let mut restored = match &self.manifest {
+            None if stale.breakdowns.is_empty() && stale.totals.is_empty() => return Ok(None),
+            None => Restored::new(0, Default::default()),
+            Some(manifest) => {
+                let mut restored = Restored::new(manifest.epoch, manifest.shared.clone());
+                // The same worker count routes every key to the same worker:
+                // only its own shard holds its keys.
+                let shards: Vec<&String> = if manifest.workers == workers {
+                    manifest.shards.get(worker).into_iter().collect()
+                } else {
+                    manifest.shards.iter().collect()
+                };
+                for name in shards {
+                    let parts = checkpoint::read_shard(store, name)?;
+                    restored.add_shard(&parts, worker, workers).map_err(|e| CheckpointError::Corrupt {
+                        url: store.url().into(),
+                        name: name.clone(),
+                        message: e.to_string(),
+                    })?;
+                }
+                restored
+            }
+        };
+        restored.add_stale(stale, worker, workers);
+        Ok(Some(restored))
+    }
+}
+
+/// The maxima of every worker's values, known to every worker.
+fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 2]) -> [u64; 2] {
+    let mut input = InputHandleVec::new();
+    let probe = ProbeHandle::new();
+    let agreed = Rc::new(Cell::new(values));
+    let seen = Rc::clone(&agreed);
+    worker.dataflow::<u64, _, _>(|scope| {
+        scope
+            .input_from(&mut input)
+            .broadcast()
+            .inspect(move |other: &[u64; 2]| {
+                let mine = seen.get();
+                seen.set([mine[0].max(other[0]), mine[1].max(other[1])]);
+            })
+            .probe_with(&probe);
+    });
+    input.send(values);
+    input.advance_to(1);
+    while probe.less_than(&1) {
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    agreed.get()
 }
 
 /// Looks for partitions until the broker answers, backing off.

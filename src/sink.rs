@@ -1,19 +1,27 @@
 //! The sink: the dataflow's output for each epoch, written to ClickHouse once
-//! the frontier has passed the epoch.
+//! the frontier has passed the epoch, then checkpointed.
 //!
 //! Per epoch, each worker writes its own breakdown rows, totals and rejections
-//! (one insert per table), then acknowledges the epoch to worker 0. When every
-//! worker has acknowledged epoch `e`, worker 0 writes `pipeline_progress` for
-//! `e`: a reader that sees progress `e` sees every row of epochs `≤ e`.
-//! Rows carry `version = incarnation << 20 | epoch` (see [`Versions`]).
+//! (one insert per table), then its state shard, then acknowledges the epoch
+//! to worker 0. When every worker has acknowledged epoch `e`, worker 0 commits
+//! the manifest for `e` and then writes `pipeline_progress` for `e`: a reader
+//! that sees progress `e` sees every row of epochs `≤ e` (the protocol is in
+//! [`crate::checkpoint`]). Rows carry `version = incarnation << 20 | epoch`
+//! (see [`Versions`]).
 
 pub mod clickhouse;
 pub mod rows;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+use tally_dataflows::checkpoint::{ShardParts, SnapshotsHandle};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
+use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::rows::{BreakdownRow, Progress, Rejection, TotalRow};
 use timely::container::CapacityContainerBuilder;
@@ -24,25 +32,35 @@ use timely::dataflow::operators::{Concat, Operator};
 
 use self::clickhouse::Warehouse;
 use self::rows::{AccountTotal, PipelineProgress, RejectedEvent, UsageBreakdown};
+use crate::checkpoint::store::Store;
+use crate::checkpoint::{self, Manifest};
+use crate::fault::{self, Fault};
 
 /// Row versions that only grow, across epochs and across restarts: the
-/// process's start time in milliseconds above 20 bits of epoch. A restart
-/// starts later, so its versions are above everything an earlier run wrote;
-/// an epoch count past 2^20 spills into the time bits, which stays increasing.
+/// incarnation above 20 bits of epoch. Every start takes an incarnation above
+/// every earlier one (see [`crate::checkpoint`]) and epochs continue from the
+/// checkpoint, so a restart's versions are above everything an earlier run
+/// wrote; an epoch count past 2^20 spills into the incarnation bits, which
+/// stays increasing because both parts only grow.
 #[derive(Clone, Copy, Debug)]
 pub struct Versions {
     incarnation: u64,
 }
 
 impl Versions {
-    /// Versions for a process started at `start_millis` (Unix time).
-    pub fn starting_at(start_millis: u64) -> Versions {
-        Versions { incarnation: start_millis }
+    /// Versions of incarnation `incarnation`.
+    pub fn of_incarnation(incarnation: u64) -> Versions {
+        Versions { incarnation }
     }
 
     /// The version of rows written for `epoch`.
     pub fn of(&self, epoch: u64) -> u64 {
         (self.incarnation << 20) + epoch
+    }
+
+    /// The incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 }
 
@@ -58,6 +76,34 @@ pub struct Target {
     pub versions: Versions,
 }
 
+/// Each epoch's next offsets of a worker's partitions, recorded by the source
+/// as it moves to the next epoch.
+pub type OffsetsHandle = Rc<RefCell<BTreeMap<u64, BTreeMap<Partition, Offset>>>>;
+
+/// One worker's part in checkpointing.
+pub struct Checkpointing {
+    /// The store.
+    pub store: Store,
+    /// Its operators' snapshots.
+    pub snapshots: SnapshotsHandle,
+    /// Its source's offsets.
+    pub offsets: OffsetsHandle,
+    /// The first epoch this run works.
+    pub first_epoch: u64,
+    /// Manifests to keep.
+    pub keep: usize,
+    /// The manifest restored, if any.
+    pub restored: Option<Manifest>,
+}
+
+/// A worker's shard for an epoch, sent to worker 0 for the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ShardAck {
+    worker: usize,
+    shard: String,
+    offsets: BTreeMap<Partition, Offset>,
+}
+
 #[derive(Clone)]
 enum Output {
     Breakdown(BreakdownRow),
@@ -65,14 +111,21 @@ enum Output {
     Rejection(Rejection),
 }
 
-/// Writes the dataflow's output; returns a stream that reaches epoch `e` once
-/// everything up to `e` is in ClickHouse, `pipeline_progress` included.
-pub fn write<'scope>(streams: Streams<'scope>, target: Arc<Target>, worker: usize) -> StreamVec<'scope, u64, ()> {
+/// Writes and checkpoints the dataflow's output; returns a stream that reaches
+/// epoch `e` once everything up to `e` is in ClickHouse and committed, and
+/// `pipeline_progress` written.
+pub fn write<'scope>(
+    streams: Streams<'scope>,
+    target: Arc<Target>,
+    checkpointing: Checkpointing,
+    worker: usize,
+    workers: usize,
+) -> StreamVec<'scope, u64, ()> {
     let Streams { breakdowns, totals, rejections, progress, outcomes: _, errors: _ } = streams;
     let output =
         breakdowns.map(Output::Breakdown).concat(totals.map(Output::Total)).concat(rejections.map(Output::Rejection));
     let rows_target = Arc::clone(&target);
-    let acks =
+    let written =
         output.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "ClickHouseRows", move |_, _| {
             let warehouse = Warehouse::new(&rows_target.clickhouse);
             let mut pending = Pending::<Output, ()>::default();
@@ -81,19 +134,85 @@ pub fn write<'scope>(streams: Streams<'scope>, target: Arc<Target>, worker: usiz
                 input.for_each(|cap, data| pending.first(&cap, port, data));
                 for (epoch, batch) in pending.complete(&[frontier]) {
                     write_rows(&warehouse, &rows_target, epoch, &batch.first);
+                    fault::point(Fault::AfterSinkWrite);
                     output.session(&batch.capability).give(());
                 }
             }
         });
-    acks.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
-        progress,
-        Exchange::new(|_: &()| 0),
+    let Checkpointing { store, snapshots, offsets, first_epoch, keep, restored } = checkpointing;
+    let store = Rc::new(store);
+    let shard_store = Rc::clone(&store);
+    let shard_snapshots = Rc::clone(&snapshots);
+    let shards = written.unary_frontier::<CapacityContainerBuilder<Vec<ShardAck>>, _, _, _>(
         Pipeline,
-        "ClickHouseProgress",
+        "CheckpointShard",
+        move |capability, _| {
+            // Held at the next epoch to checkpoint, so that every epoch gets an
+            // acknowledgement from every worker, rows or not.
+            let mut capability = Some(capability.delayed(&first_epoch));
+            let mut next = first_epoch;
+            let mut last_written: Option<(u64, String)> = None;
+            move |(input, frontier), output| {
+                input.for_each(|_, _| {});
+                while let Some(held) = capability.as_mut() {
+                    let last_epoch = offsets.borrow().keys().next_back().copied();
+                    let complete = if frontier.is_empty() {
+                        last_epoch.is_some_and(|last| next <= last)
+                    } else {
+                        !frontier.less_equal(&next)
+                    };
+                    if !complete {
+                        break;
+                    }
+                    let changed = last_written.is_none()
+                        || shard_snapshots.borrow().changed_between(last_written.as_ref().map(|(e, _)| *e), next);
+                    if changed {
+                        let parts: ShardParts = shard_snapshots
+                            .borrow()
+                            .parts_at(next)
+                            .into_iter()
+                            .map(|(part, bytes)| {
+                                (part, bytes.map_or_else(|| tally_dataflows::checkpoint::empty(part), |b| b.to_vec()))
+                            })
+                            .collect();
+                        let (name, bytes) = checkpoint::write_shard(&shard_store, next, worker, workers, parts);
+                        fault::point(Fault::AfterShardWrite);
+                        tracing::debug!(epoch = next, worker, bytes, "shard written");
+                        last_written = Some((next, name));
+                    }
+                    let shard = last_written.as_ref().map(|(_, name)| name.clone()).expect("a shard was written");
+                    let offsets_now =
+                        offsets.borrow().range(..=next).next_back().map(|(_, o)| o.clone()).unwrap_or_default();
+                    output.session(&*held).give(ShardAck { worker, shard, offsets: offsets_now });
+                    shard_snapshots.borrow_mut().release_before(next);
+                    let mut recorded = offsets.borrow_mut();
+                    let kept = recorded.split_off(&next);
+                    *recorded = kept;
+                    drop(recorded);
+                    next += 1;
+                    held.downgrade(&next);
+                }
+                if frontier.is_empty() {
+                    capability = None;
+                }
+            }
+        },
+    );
+    shards.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        progress,
+        Exchange::new(|_: &ShardAck| 0),
+        Pipeline,
+        "CheckpointCommit",
         move |_, _| {
             let writer = (worker == 0).then(|| Warehouse::new(&target.clickhouse));
-            let mut pending = Pending::<(), Progress>::default();
-            let mut progress = Progress::START;
+            let mut pending = Pending::<ShardAck, Progress>::default();
+            let mut progress = restored.as_ref().map_or_else(Progress::default, |m| m.shared.progress);
+            let mut previous_offsets = restored.as_ref().map(|m| m.offsets.clone()).unwrap_or_default();
+            let mut known_manifests: BTreeMap<u64, Vec<String>> =
+                restored.iter().map(|m| (m.epoch, m.shards.clone())).collect();
+            if worker == 0 {
+                store.remove_abandoned_uploads();
+            }
             move |(acks, acks_frontier), (new_progress, progress_frontier), output| {
                 let port = output.output_index();
                 acks.for_each(|cap, data| pending.first(&cap, port, data));
@@ -101,13 +220,51 @@ pub fn write<'scope>(streams: Streams<'scope>, target: Arc<Target>, worker: usiz
                 for (epoch, batch) in pending.complete(&[acks_frontier, progress_frontier]) {
                     progress = batch.second.last().copied().unwrap_or(progress);
                     if let Some(writer) = &writer {
+                        let manifest =
+                            manifest(&target, &snapshots, epoch, workers, batch.first, &mut previous_offsets);
+                        checkpoint::commit_manifest(&store, &manifest);
+                        fault::point(Fault::AfterManifest);
                         write_progress(writer, &target, epoch, progress);
+                        known_manifests.insert(epoch, manifest.shards);
+                        checkpoint::collect_garbage(&store, keep, &mut known_manifests, &target.topic);
                     }
                     output.session(&batch.capability).give(());
                 }
             }
         },
     )
+}
+
+/// The manifest of `epoch` from every worker's acknowledgement.
+fn manifest(
+    target: &Target,
+    snapshots: &SnapshotsHandle,
+    epoch: u64,
+    workers: usize,
+    acks: Vec<ShardAck>,
+    offsets: &mut BTreeMap<Partition, Offset>,
+) -> Manifest {
+    let mut shards = vec![String::new(); workers];
+    for ack in acks {
+        offsets.extend(ack.offsets);
+        shards[ack.worker] = ack.shard;
+    }
+    assert!(
+        shards.iter().all(|s| !s.is_empty()),
+        "every worker acknowledges every epoch: epoch {epoch} has {shards:?}"
+    );
+    Manifest {
+        format: checkpoint::FORMAT,
+        pipeline: target.topic.clone(),
+        epoch,
+        incarnation: target.versions.incarnation(),
+        version: target.versions.of(epoch),
+        workers,
+        shards,
+        offsets: offsets.clone(),
+        shared: snapshots.borrow().shared_at(epoch).cloned().unwrap_or_default(),
+        committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }
 }
 
 fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Output]) {
@@ -124,6 +281,7 @@ fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Outpu
         }
     }
     warehouse.insert_all::<UsageBreakdown>("usage_breakdown", &breakdowns);
+    fault::point(Fault::BetweenSinkBatches);
     warehouse.insert_all::<AccountTotal>("account_totals", &totals);
     warehouse.insert_all::<RejectedEvent>("rejected_events", &rejections);
     tracing::debug!(

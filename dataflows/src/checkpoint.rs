@@ -205,6 +205,17 @@ impl Restored {
     }
 }
 
+/// The encoding of a part with nothing in it: what a worker whose operator
+/// never recorded a snapshot holds.
+pub fn empty(part: Part) -> Vec<u8> {
+    let encoded = match part {
+        Part::Dedup => postcard::to_stdvec(&BTreeMap::<Identity, Millis>::new()),
+        Part::Usage => postcard::to_stdvec(&BTreeMap::<ResourceKey, Resource>::new()),
+        Part::Totals => postcard::to_stdvec(&BTreeMap::<TotalKey, Delta>::new()),
+    };
+    encoded.expect("empty maps encode")
+}
+
 fn decode<T: DeserializeOwned>(part: Part, bytes: &[u8]) -> Result<T, DecodeError> {
     postcard::from_bytes(bytes).map_err(|source| DecodeError { part, source })
 }

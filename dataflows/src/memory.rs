@@ -14,7 +14,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
 
-use crate::checkpoint::{Part, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
+use crate::checkpoint::{self, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
 use crate::dataflow::billing;
 use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
@@ -217,7 +217,7 @@ fn execute(
             let parts = snapshots
                 .parts_at(epoch)
                 .into_iter()
-                .map(|(part, bytes)| (part, bytes.map(|b| b.to_vec()).unwrap_or_else(|| empty(part))))
+                .map(|(part, bytes)| (part, bytes.map(|b| b.to_vec()).unwrap_or_else(|| checkpoint::empty(part))))
                 .collect();
             sink.snapshots.entry(epoch).or_default().insert(index, parts);
             if index == 0
@@ -254,16 +254,6 @@ fn restored(restore: Option<&Restore>, worker: usize, workers: usize) -> Option<
     };
     restored.add_stale(&restore.stale, worker, workers);
     Some(restored)
-}
-
-/// The encoding of a part with nothing in it.
-fn empty(part: Part) -> Vec<u8> {
-    let encoded = match part {
-        Part::Dedup => postcard::to_stdvec(&BTreeMap::<crate::checkpoint::Identity, i64>::new()),
-        Part::Usage => postcard::to_stdvec(&BTreeMap::<crate::event::ResourceKey, crate::lifecycle::Resource>::new()),
-        Part::Totals => postcard::to_stdvec(&BTreeMap::<crate::rows::TotalKey, crate::rows::Delta>::new()),
-    };
-    encoded.expect("empty maps encode")
 }
 
 /// Keeps the last upsert of every key, as `FINAL` does with versions that

@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use clickhouse::{Client, Row, RowWrite};
 
+use tally_dataflows::checkpoint::Stale;
+use tally_dataflows::prices::PriceList;
+use tally_dataflows::rows::{BreakdownKey, TotalKey};
+use tally_dataflows::time::{DAY, SECOND};
+
 use crate::config::ClickHouse;
 
 /// Longest pause between two attempts.
@@ -104,5 +109,40 @@ impl Warehouse {
             }
             insert.end().await
         });
+    }
+}
+
+/// Rows written with a version above `version`: by an incarnation whose epochs
+/// no committed checkpoint covers (see [`crate::checkpoint`]).
+pub fn stale_rows(warehouse: &Warehouse, version: u64, prices: &PriceList) -> Stale {
+    let condition = format!("version > {version}");
+    let breakdowns = warehouse.retry("find stale usage_breakdown rows", |client| {
+        let sql = format!(
+            "SELECT DISTINCT account_id, toUInt32(window_start), resource_id, sku FROM usage_breakdown WHERE {condition}"
+        );
+        async move { client.query(&sql).fetch_all::<(String, u32, String, String)>().await }
+    });
+    let totals = warehouse.retry("find stale account_totals rows", |client| {
+        let sql = format!("SELECT DISTINCT account_id, toUInt16(day), sku FROM account_totals WHERE {condition}");
+        async move { client.query(&sql).fetch_all::<(String, u16, String)>().await }
+    });
+    let sku = |name: &str| {
+        let id = prices.lookup(name).map(|(id, _)| id);
+        if id.is_none() {
+            tracing::warn!(sku = name, "a stale row names an SKU the price list lacks; it cannot be rewritten");
+        }
+        id
+    };
+    Stale {
+        breakdowns: breakdowns
+            .into_iter()
+            .filter_map(|(account, window, resource, name)| {
+                Some(BreakdownKey { account, window_start: i64::from(window) * SECOND, resource, sku: sku(&name)? })
+            })
+            .collect(),
+        totals: totals
+            .into_iter()
+            .filter_map(|(account, day, name)| Some(TotalKey { account, day: i64::from(day) * DAY, sku: sku(&name)? }))
+            .collect(),
     }
 }

@@ -14,7 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
-use tally_dataflows::event::{Message, Partition};
+use tally_dataflows::event::{Message, Offset as EventOffset, Partition};
 use tally_dataflows::judge::{PartitionState, SourceItem};
 
 /// How long metadata and watermark requests may take.
@@ -46,16 +46,18 @@ pub struct PartitionReader {
     workers: usize,
     drain: bool,
     idle_timeout: Duration,
+    start: BTreeMap<Partition, EventOffset>,
     owned: BTreeMap<Partition, Owned>,
 }
 
 impl PartitionReader {
-    /// Connects; `drain` fixes each partition's end at the offset found now.
+    /// Connects; partitions start at the offsets in `start` (else at 0);
+    /// `drain` fixes each partition's end at the offset found now.
     pub fn connect(
         brokers: &str,
         topic: &str,
-        worker: usize,
-        workers: usize,
+        (worker, workers): (usize, usize),
+        start: BTreeMap<Partition, EventOffset>,
         drain: bool,
         idle_timeout: Duration,
     ) -> Result<PartitionReader, SourceError> {
@@ -82,6 +84,7 @@ impl PartitionReader {
             workers,
             drain,
             idle_timeout,
+            start,
             owned: BTreeMap::new(),
         })
     }
@@ -118,8 +121,9 @@ impl PartitionReader {
             } else {
                 None
             };
-            let owned = Owned { next_offset: 0, end, state: PartitionState::Active, last_message: Instant::now() };
-            tracing::info!(partition, end_offset = ?end, "reading partition");
+            let next_offset = self.start.get(&partition).copied().unwrap_or(0);
+            let owned = Owned { next_offset, end, state: PartitionState::Active, last_message: Instant::now() };
+            tracing::info!(partition, next_offset, end_offset = ?end, "reading partition");
             out.push(SourceItem::Status { partition, state: PartitionState::Active });
             self.owned.insert(partition, owned);
         }
@@ -189,6 +193,11 @@ impl PartitionReader {
                 out.push(SourceItem::Status { partition, state: PartitionState::Idle });
             }
         }
+    }
+
+    /// The next offset of each partition read.
+    pub fn positions(&self) -> BTreeMap<Partition, EventOffset> {
+        self.owned.iter().map(|(&partition, owned)| (partition, owned.next_offset)).collect()
     }
 
     /// In a drain: every partition of this worker has been read to its end.

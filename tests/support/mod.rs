@@ -37,6 +37,8 @@ pub struct Scratch {
     pub topic: String,
     pub database: String,
     pub brokers: String,
+    /// The checkpoint store's directory.
+    pub state: PathBuf,
 }
 
 impl Scratch {
@@ -44,7 +46,8 @@ impl Scratch {
         require_services();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
         let tag = format!("{name}_{}_{}", std::process::id(), nanos % 1_000_000_000);
-        Scratch { topic: format!("events-{tag}"), database: format!("test_{tag}"), brokers: BROKERS.into() }
+        let state = std::env::temp_dir().join("tally-tests").join(&tag);
+        Scratch { topic: format!("events-{tag}"), database: format!("test_{tag}"), brokers: BROKERS.into(), state }
     }
 
     /// The same, on another broker.
@@ -89,6 +92,8 @@ impl Scratch {
             .env("TALLY_CLICKHOUSE_URL", CLICKHOUSE_URL)
             .env("TALLY_CLICKHOUSE_DATABASE", &self.database)
             .env("TALLY_CHECKPOINT_INTERVAL", "1s")
+            .env("TALLY_CHECKPOINT_URL", format!("file://{}", self.state.display()))
+            .env_remove("TALLY_FAULT")
             .env("TALLY_LOG", "warn");
         command
     }
@@ -117,6 +122,7 @@ impl Drop for Scratch {
             let server = Warehouse::with_database(&self.clickhouse(), None);
             let _ =
                 server.block_on(server.client().query(&format!("DROP DATABASE IF EXISTS {}", self.database)).execute());
+            let _ = std::fs::remove_dir_all(&self.state);
         }
     }
 }

@@ -1,0 +1,356 @@
+//! Checkpoints: the commit protocol, and what it leaves in the store.
+//!
+//! # The commit protocol
+//!
+//! For every epoch `e`, in this order:
+//!
+//! 1. each worker writes the rows of epoch `e` to ClickHouse and waits for
+//!    them to be acknowledged (its rows of earlier epochs were written first);
+//! 2. each worker writes its shard for `e`: its operators' keyed state as of
+//!    `e` (or, when nothing changed, names its previous shard again);
+//! 3. worker 0, once every worker has done both, commits the manifest for `e`
+//!    with one atomic put: the epoch, the incarnation, the highest row version
+//!    written for epochs `≤ e`, every partition's next offset, the partition
+//!    clocks and progress, and each worker's shard;
+//! 4. worker 0 writes `pipeline_progress` for `e`.
+//!
+//! **Invariant.** A committed manifest for `e` describes the state after
+//! reading exactly the messages before its offsets, and every row that state
+//! implies is in ClickHouse with a version at most the manifest's `version`.
+//! Rows with a greater version were written by an incarnation after the
+//! manifest, for epochs the manifest does not cover.
+//!
+//! # Restore
+//!
+//! On start the workers agree on the newest manifest and on a new incarnation
+//! number (greater than any recorded, and than the previous start time), which
+//! is recorded in the store before anything is written. Every worker loads the
+//! manifest's shards (its own shard when the worker count is unchanged, every
+//! shard re-sharded otherwise), seeks its partitions to the stored offsets
+//! (partitions the manifest does not know start at offset 0) and resumes at
+//! `e + 1`. Rows with a version above the manifest's are *stale*: an abandoned
+//! incarnation wrote them, and the restored run may never produce them again
+//! (a value that went back to what it was at `e`). They are written again from
+//! the restored state in the first epoch, with the new incarnation's higher
+//! version (see `tally_dataflows::checkpoint`).
+//!
+//! # Layout
+//!
+//! ```text
+//! manifests/<epoch>.json        one per committed epoch; the newest `keep` are kept
+//! shards/<epoch>/<worker>.bin   a worker's state as of the epoch it was written
+//! incarnation.json              the latest incarnation, written before it writes rows
+//! ```
+//!
+//! Shards no kept manifest names, at or before the newest manifest, are
+//! garbage: left by a crash between shard and manifest, or by manifests
+//! dropped for age. Worker 0 deletes them after each commit.
+
+pub mod store;
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tally_dataflows::checkpoint::{Part, ShardParts, Shared};
+use tally_dataflows::event::{Offset, Partition};
+
+use self::store::Store;
+use crate::fault::Fault;
+
+/// Version of the formats below; a store written in another is refused.
+pub const FORMAT: u32 = 1;
+
+/// A committed checkpoint: everything a restore needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub format: u32,
+    /// The topic whose state this is.
+    pub pipeline: String,
+    /// The epoch the state is as of.
+    pub epoch: u64,
+    /// The incarnation that committed it.
+    pub incarnation: u64,
+    /// Rows of epochs up to `epoch` have versions up to this one.
+    pub version: u64,
+    /// Worker count of the cluster that wrote it.
+    pub workers: usize,
+    /// Each worker's shard, by worker index.
+    pub shards: Vec<String>,
+    /// Every partition's next offset.
+    pub offsets: BTreeMap<Partition, Offset>,
+    /// Partition clocks and progress.
+    pub shared: Shared,
+    /// When it was committed (RFC 3339).
+    pub committed_at: String,
+}
+
+/// The incarnations that have run against this store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incarnations {
+    /// Format version.
+    pub format: u32,
+    /// The latest one started.
+    pub latest: u64,
+    /// The first one: before any manifest, rows from it on are stale.
+    pub first: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ShardFile {
+    format: u32,
+    epoch: u64,
+    worker: usize,
+    workers: usize,
+    parts: Vec<EncodedPart>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EncodedPart {
+    part: Part,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+}
+
+/// A checkpoint that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A named object is missing.
+    #[error("checkpoint store {url}: {name} is missing (named by the newest manifest)")]
+    Missing {
+        /// The store.
+        url: String,
+        /// The object.
+        name: String,
+    },
+    /// An object cannot be decoded.
+    #[error("checkpoint store {url}: {name} cannot be read: {message}")]
+    Corrupt {
+        /// The store.
+        url: String,
+        /// The object.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// The store holds another topic's state.
+    #[error(
+        "checkpoint store {url} holds the state of topic {found:?}, not {expected:?}: give each topic its own checkpoint.url"
+    )]
+    OtherPipeline {
+        /// The store.
+        url: String,
+        /// Its topic.
+        found: String,
+        /// The configured topic.
+        expected: String,
+    },
+}
+
+fn manifest_name(epoch: u64) -> String {
+    format!("manifests/{epoch:020}.json")
+}
+
+fn shard_name(epoch: u64, worker: usize) -> String {
+    format!("shards/{epoch:020}/{worker:05}.bin")
+}
+
+const INCARNATIONS: &str = "incarnation.json";
+
+/// The epochs of the committed manifests, oldest first.
+pub fn committed_epochs(store: &Store) -> Vec<u64> {
+    let (_, objects) = store.list("manifests");
+    let mut epochs: Vec<u64> = objects
+        .iter()
+        .filter_map(|name| name.strip_prefix("manifests/")?.strip_suffix(".json")?.parse().ok())
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+/// Reads the manifest of `epoch`, checking it belongs to `pipeline`.
+pub fn read_manifest(store: &Store, epoch: u64, pipeline: &str) -> Result<Manifest, CheckpointError> {
+    let name = manifest_name(epoch);
+    let bytes =
+        store.get(&name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.clone() })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
+        url: store.url().into(),
+        name: name.clone(),
+        message: e.to_string(),
+    })?;
+    if manifest.format != FORMAT {
+        let message = format!("format {} (this tally reads {FORMAT})", manifest.format);
+        return Err(CheckpointError::Corrupt { url: store.url().into(), name, message });
+    }
+    if manifest.pipeline != pipeline {
+        return Err(CheckpointError::OtherPipeline {
+            url: store.url().into(),
+            found: manifest.pipeline,
+            expected: pipeline.into(),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Commits `manifest` (step 3 of the protocol).
+pub fn commit_manifest(store: &Store, manifest: &Manifest) {
+    let bytes = serde_json::to_vec_pretty(manifest).expect("a manifest is plain data");
+    store.put(&manifest_name(manifest.epoch), &bytes, Some(Fault::MidManifest));
+}
+
+/// Writes one worker's shard for `epoch`; returns its name and size.
+pub fn write_shard(store: &Store, epoch: u64, worker: usize, workers: usize, parts: ShardParts) -> (String, u64) {
+    let parts = parts.into_iter().map(|(part, bytes)| EncodedPart { part, bytes }).collect();
+    let file = ShardFile { format: FORMAT, epoch, worker, workers, parts };
+    let bytes = postcard::to_stdvec(&file).expect("a shard is plain data");
+    let name = shard_name(epoch, worker);
+    store.put(&name, &bytes, Some(Fault::MidShardWrite));
+    (name, bytes.len() as u64)
+}
+
+/// Reads a shard named by a manifest.
+pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointError> {
+    let bytes =
+        store.get(name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.into() })?;
+    let corrupt = |message: String| CheckpointError::Corrupt { url: store.url().into(), name: name.into(), message };
+    let file: ShardFile = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if file.format != FORMAT {
+        return Err(corrupt(format!("format {} (this tally reads {FORMAT})", file.format)));
+    }
+    Ok(file.parts.into_iter().map(|p| (p.part, p.bytes)).collect())
+}
+
+/// The incarnations recorded, if any.
+pub fn read_incarnations(store: &Store) -> Result<Option<Incarnations>, CheckpointError> {
+    let Some(bytes) = store.get(INCARNATIONS) else { return Ok(None) };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| CheckpointError::Corrupt {
+        url: store.url().into(),
+        name: INCARNATIONS.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Records that `incarnations.latest` has started.
+pub fn record_incarnation(store: &Store, incarnations: Incarnations) {
+    let bytes = serde_json::to_vec_pretty(&incarnations).expect("plain data");
+    store.put(INCARNATIONS, &bytes, None);
+}
+
+/// The incarnation record for a new start.
+pub fn next_incarnations(previous: Option<Incarnations>, latest: u64) -> Incarnations {
+    Incarnations { format: FORMAT, latest, first: previous.map_or(latest, |p| p.first) }
+}
+
+/// Deletes manifests beyond the newest `keep`, and shards at or before the
+/// newest manifest that no kept manifest names. `known` caches the shards
+/// named by manifests already read.
+pub fn collect_garbage(store: &Store, keep: usize, known: &mut BTreeMap<u64, Vec<String>>, pipeline: &str) {
+    let epochs = committed_epochs(store);
+    let Some(&newest) = epochs.last() else { return };
+    let split = epochs.len().saturating_sub(keep.max(1));
+    for &epoch in &epochs[..split] {
+        store.delete(&manifest_name(epoch));
+        known.remove(&epoch);
+    }
+    let mut referenced = BTreeSet::new();
+    for &epoch in &epochs[split..] {
+        let shards = match known.entry(epoch) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => match read_manifest(store, epoch, pipeline) {
+                Ok(manifest) => entry.insert(manifest.shards),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read a manifest while collecting garbage; keeping every shard");
+                    return;
+                }
+            },
+        };
+        referenced.extend(shards.iter().cloned());
+    }
+    let (directories, _) = store.list("shards");
+    for directory in directories {
+        let Some(epoch) = directory.strip_prefix("shards/").and_then(|e| e.parse::<u64>().ok()) else { continue };
+        if epoch > newest {
+            continue;
+        }
+        let (_, shards) = store.list(&directory);
+        for shard in shards.iter().filter(|s| !referenced.contains(*s)) {
+            store.delete(shard);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tally-checkpoint-{}-{}", std::process::id(), rand_suffix()));
+        (Store::open(&format!("file://{}", dir.display())).unwrap(), dir)
+    }
+
+    fn rand_suffix() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    }
+
+    fn manifest(epoch: u64, shards: Vec<String>) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            pipeline: "events".into(),
+            epoch,
+            incarnation: 7,
+            version: (7 << 20) + epoch,
+            workers: shards.len(),
+            shards,
+            offsets: BTreeMap::from([(0, 12), (3, 40)]),
+            shared: Shared::default(),
+            committed_at: "2026-11-23T12:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn manifests_and_shards_round_trip() {
+        let (store, dir) = scratch();
+        let parts = vec![(Part::Dedup, vec![1, 2, 3]), (Part::Usage, Vec::new()), (Part::Totals, vec![9])];
+        let (name, size) = write_shard(&store, 4, 1, 2, parts.clone());
+        assert!(size > 0);
+        assert_eq!(read_shard(&store, &name).unwrap(), parts);
+        let written = manifest(4, vec![shard_name(4, 0), name]);
+        commit_manifest(&store, &written);
+        assert_eq!(committed_epochs(&store), vec![4]);
+        assert_eq!(read_manifest(&store, 4, "events").unwrap(), written);
+        let other = read_manifest(&store, 4, "other").unwrap_err().to_string();
+        assert!(other.contains("holds the state of topic \"events\""), "{other}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_is_what_no_kept_manifest_names() {
+        let (store, dir) = scratch();
+        let shard = |epoch, worker| write_shard(&store, epoch, worker, 2, Vec::new()).0;
+        // Epoch 1: both workers; epoch 2: only worker 1 changed; epoch 3: worker
+        // 0's shard written but the manifest never committed (a crash).
+        let (a1, b1) = (shard(1, 0), shard(1, 1));
+        commit_manifest(&store, &manifest(1, vec![a1.clone(), b1.clone()]));
+        let b2 = shard(2, 1);
+        commit_manifest(&store, &manifest(2, vec![a1.clone(), b2.clone()]));
+        let orphan = shard(3, 0);
+        let mut known = BTreeMap::new();
+        collect_garbage(&store, 1, &mut known, "events");
+        assert_eq!(committed_epochs(&store), vec![2]);
+        assert!(store.get(&a1).is_some(), "still named by the kept manifest");
+        assert!(store.get(&b1).is_none(), "named by a dropped manifest only");
+        assert!(store.get(&b2).is_some());
+        assert!(store.get(&orphan).is_some(), "after the newest manifest: maybe in progress");
+        commit_manifest(&store, &manifest(3, vec![a1.clone(), b2.clone()]));
+        collect_garbage(&store, 1, &mut known, "events");
+        assert!(store.get(&orphan).is_none(), "partial checkpoint of a crash");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused() {
+        let error = Store::open("ftp://host/state").err().unwrap().to_string();
+        assert!(error.contains("expected file://PATH or s3://BUCKET"), "{error}");
+    }
+}

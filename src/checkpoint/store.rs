@@ -1,0 +1,236 @@
+//! The checkpoint store: objects under a URL, `file://` or `s3://`, reached
+//! from a synchronous worker thread.
+//!
+//! Every operation is retried with backoff until it succeeds: while the store
+//! is away the worker blocks here, its epoch is not committed, and the source
+//! stops advancing behind it. Objects are written in parts and appear only
+//! when complete (a rename on a file system, a completed multipart upload on
+//! S3), so a crash mid-write leaves no object, only an abandoned upload.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::fault::{self, Fault};
+
+/// Longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Objects are uploaded in parts of this size (S3 wants at least 5 MiB).
+const PART_BYTES: usize = 8 << 20;
+
+/// Why the store cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL names no supported store.
+    #[error("checkpoint.url {url:?}: expected file://PATH or s3://BUCKET[/PREFIX]")]
+    Scheme {
+        /// The URL.
+        url: String,
+    },
+    /// The store rejected its configuration.
+    #[error("checkpoint.url {url:?}: {source}")]
+    Store {
+        /// The URL.
+        url: String,
+        /// What the store said.
+        source: object_store::Error,
+    },
+    /// A local directory cannot be created.
+    #[error("checkpoint.url {url:?}: cannot create {path}: {source}")]
+    Directory {
+        /// The URL.
+        url: String,
+        /// The directory.
+        path: String,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+}
+
+/// A checkpoint store.
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+    local_root: Option<std::path::PathBuf>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Store {
+    /// Opens the store at `url`. S3 credentials, region and endpoint come from
+    /// the usual `AWS_*` environment variables.
+    pub fn open(url: &str) -> Result<Store, OpenError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a single-threaded tokio runtime starts");
+        if let Some(path) = url.strip_prefix("file://") {
+            let directory = |source| OpenError::Directory { url: url.into(), path: path.into(), source };
+            std::fs::create_dir_all(path).map_err(directory)?;
+            let root = std::fs::canonicalize(path).map_err(directory)?;
+            let objects = LocalFileSystem::new_with_prefix(&root)
+                .map_err(|source| OpenError::Store { url: url.into(), source })?;
+            return Ok(Store {
+                objects: Arc::new(objects),
+                prefix: Path::default(),
+                url: url.into(),
+                local_root: Some(root),
+                runtime,
+            });
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(OpenError::Scheme { url: url.into() });
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(OpenError::Scheme { url: url.into() });
+        }
+        let objects = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|source| OpenError::Store { url: url.into(), source })?;
+        Ok(Store { objects: Arc::new(objects), prefix: Path::from(prefix), url: url.into(), local_root: None, runtime })
+    }
+
+    /// The URL, for messages.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, name: &str) -> Path {
+        let mut path = self.prefix.clone();
+        for part in name.split('/') {
+            path = path.clone().join(part);
+        }
+        path
+    }
+
+    fn name(&self, path: &Path) -> String {
+        let full = path.as_ref();
+        let prefix = self.prefix.as_ref();
+        full.strip_prefix(prefix).map_or(full, |rest| rest.trim_start_matches('/')).to_owned()
+    }
+
+    /// Runs `attempt` until it succeeds, backing off between failures.
+    fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> T
+    where
+        F: FnMut(Arc<dyn ObjectStore>) -> Fut,
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            match self.runtime.block_on(attempt(Arc::clone(&self.objects))) {
+                Ok(value) => {
+                    if failures > 0 {
+                        tracing::info!(what, failures, "checkpoint store answered after retries");
+                    }
+                    return value;
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(what, failures, %error, url = %self.url, retry_in_ms = backoff.as_millis() as u64,
+                        "checkpoint store failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Writes `bytes` to `name`, replacing it. `mid_write` is the fault point
+    /// reached after the first part, before the object is complete.
+    pub fn put(&self, name: &str, bytes: &[u8], mid_write: Option<Fault>) {
+        let path = self.path(name);
+        let what = format!("write {name}");
+        self.retry(&what, |objects| {
+            let path = path.clone();
+            async move {
+                let mut upload = objects.put_multipart(&path).await?;
+                for (index, part) in bytes.chunks(PART_BYTES.max(1)).enumerate() {
+                    upload.put_part(PutPayload::from(part.to_vec())).await?;
+                    if let (0, Some(fault)) = (index, mid_write) {
+                        fault::point(fault);
+                    }
+                }
+                if bytes.is_empty() {
+                    upload.put_part(PutPayload::default()).await?;
+                }
+                upload.complete().await.map(|_| ())
+            }
+        });
+    }
+
+    /// Reads `name`; `None` when it does not exist.
+    pub fn get(&self, name: &str) -> Option<Vec<u8>> {
+        let path = self.path(name);
+        self.retry(&format!("read {name}"), |objects| {
+            let path = path.clone();
+            async move {
+                match objects.get(&path).await {
+                    Ok(result) => Ok(Some(result.bytes().await?.to_vec())),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(error) => Err(error),
+                }
+            }
+        })
+    }
+
+    /// Names directly under `directory`: (sub-directories, objects).
+    pub fn list(&self, directory: &str) -> (Vec<String>, Vec<String>) {
+        let path = self.path(directory);
+        let listed = self.retry(&format!("list {directory}"), |objects| {
+            let path = path.clone();
+            async move { objects.list_with_delimiter(Some(&path)).await }
+        });
+        let directories = listed.common_prefixes.iter().map(|p| self.name(p)).collect();
+        let objects = listed.objects.iter().map(|o| self.name(&o.location)).collect();
+        (directories, objects)
+    }
+
+    /// Deletes `name` (nothing when it is already gone).
+    pub fn delete(&self, name: &str) {
+        let path = self.path(name);
+        self.retry(&format!("delete {name}"), |objects| {
+            let path = path.clone();
+            async move {
+                match objects.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(error) => Err(error),
+                }
+            }
+        });
+    }
+
+    /// Removes uploads a crash left unfinished in a local store (an S3 bucket
+    /// expires them with a lifecycle rule for incomplete multipart uploads).
+    pub fn remove_abandoned_uploads(&self) {
+        let Some(root) = &self.local_root else { return };
+        let mut directories = vec![root.clone()];
+        while let Some(directory) = directories.pop() {
+            let Ok(entries) = std::fs::read_dir(&directory) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    directories.push(path);
+                } else if is_staged_upload(&path) {
+                    tracing::info!(path = %path.display(), "removing an upload a crash left unfinished");
+                    if let Err(error) = std::fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), %error, "cannot remove an unfinished upload");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A local store stages an upload as `NAME#DIGITS` until it completes.
+fn is_staged_upload(path: &std::path::Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.rsplit_once('#').is_some_and(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+}
