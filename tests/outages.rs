@@ -3,62 +3,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{PrivateBroker, Scratch, expected};
+use support::{PrivateBroker, Running, Scratch, Switch, expected, wait};
 use tally::workload::{Generator, Produced, Workload};
-
-/// A TCP forwarder to ClickHouse that can be switched off: while off, it
-/// resets new and open connections, as a server going away would.
-struct Switch {
-    port: u16,
-    up: Arc<AtomicBool>,
-}
-
-impl Switch {
-    fn to(target: &'static str) -> Switch {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&up);
-        thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if !flag.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(target) else { continue };
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
-                ] {
-                    let flag = Arc::clone(&flag);
-                    thread::spawn(move || {
-                        let mut buffer = [0u8; 64 * 1024];
-                        while let Ok(n) = from.read(&mut buffer) {
-                            if n == 0 || !flag.load(Ordering::SeqCst) || to.write_all(&buffer[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(Shutdown::Both);
-                        let _ = from.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Switch { port, up }
-    }
-
-    fn set(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-    }
-}
 
 fn generated(seed: u64, events: u64, partitions: u32) -> Vec<Produced> {
     Generator::new(Workload { seed, events, fleet: 300, accounts: 20, partitions, ..Workload::default() }).collect()
@@ -122,20 +72,6 @@ fn a_frozen_broker_stalls_the_run_and_loses_nothing() {
     scratch.tables().assert_same(&expected(4, &messages));
 }
 
-fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("tally did not finish within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_live_run_picks_up_partitions_that_appear() {
     let scratch = Scratch::new("new_partitions");
@@ -163,21 +99,5 @@ fn a_live_run_picks_up_partitions_that_appear() {
             tables.assert_same(&expected);
         }
         thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// A `tally` child process, killed when the test ends however it ends.
-struct Running(Child);
-
-impl Running {
-    fn alive(&mut self) -> bool {
-        self.0.try_wait().is_ok_and(|status| status.is_none())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing and starts, on loopback, the services tally needs:
 # ClickHouse (Debian's clickhouse-server) and a Kafka-protocol broker (nisshi,
-# built from crates.io); and chdb (PyPI), a current ClickHouse for SQL checks. Idempotent: services already answering are left alone.
+# built from crates.io); and from PyPI chdb, a current ClickHouse for SQL
+# checks, and moto, an S3 server the tests start for s3:// checkpoint stores.
+# Idempotent: services already answering are left alone.
 # Fresh Debian 12, as root, no Docker, no systemd.
 #
 #   TALLY_LOCAL_DIR   state folder (default ~/.tally-local): binaries, data, logs
@@ -12,6 +14,7 @@ STATE="${TALLY_LOCAL_DIR:-$HOME/.tally-local}"
 STORAGE="${TALLY_BROKER_STORAGE:-memory}"
 NISSHI_VERSION=0.8.1
 CHDB_VERSION=4.4.0
+MOTO_VERSION=5.1.22
 mkdir -p "$STATE/bin" "$STATE/log"
 
 say() { printf 'up.sh: %s\n' "$*" >&2; }
@@ -104,8 +107,17 @@ install_chdb() {
     || python3 -m pip install --quiet --break-system-packages "chdb==$CHDB_VERSION"
 }
 
+install_moto() {
+  # moto_server: the tests' S3, started per test on its own port.
+  if command -v moto_server >/dev/null 2>&1; then return; fi
+  say "installing moto (PyPI) for the S3 checkpoint store tests"
+  python3 -m pip install --quiet "moto[server]==$MOTO_VERSION" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "moto[server]==$MOTO_VERSION"
+}
+
 start_clickhouse
 start_broker
 install_chdb
+install_moto
 echo "clickhouse http://127.0.0.1:8123"
 echo "kafka 127.0.0.1:9092"

@@ -4,9 +4,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clickhouse::Row;
@@ -64,22 +68,14 @@ impl Scratch {
     /// returns them as the partitions hold them (offsets from 0).
     pub fn produce(&self, partitions: u32, messages: Vec<Produced>) -> Vec<Message> {
         tally::produce::ensure_topic(&self.brokers, &self.topic, partitions).expect("topic created");
+        self.produce_more(&messages);
+        as_read(&messages)
+    }
+
+    /// Produces `messages` after what the topic already holds.
+    pub fn produce_more(&self, messages: &[Produced]) {
         let total = messages.len() as u64;
-        tally::produce::produce(&self.brokers, &self.topic, messages.clone().into_iter(), total).expect("produced");
-        let mut offsets: BTreeMap<u32, i64> = BTreeMap::new();
-        messages
-            .into_iter()
-            .map(|m| {
-                let offset = offsets.entry(m.partition).or_default();
-                *offset += 1;
-                Message {
-                    partition: m.partition,
-                    offset: *offset - 1,
-                    timestamp: m.timestamp,
-                    payload: m.payload.into_bytes(),
-                }
-            })
-            .collect()
+        tally::produce::produce(&self.brokers, &self.topic, messages.iter().cloned(), total).expect("produced");
     }
 
     /// `tally` with this test's topic and database in its environment.
@@ -297,41 +293,84 @@ pub fn expected(partitions: u32, messages: &[Message]) -> Tables {
     Tables::of(&ledger, &prices)
 }
 
+/// `messages`, produced in this order to an empty topic, as its partitions
+/// hold them (offsets from 0).
+pub fn as_read(messages: &[Produced]) -> Vec<Message> {
+    let mut offsets: BTreeMap<u32, i64> = BTreeMap::new();
+    messages
+        .iter()
+        .map(|m| {
+            let offset = offsets.entry(m.partition).or_default();
+            *offset += 1;
+            Message {
+                partition: m.partition,
+                offset: *offset - 1,
+                timestamp: m.timestamp,
+                payload: m.payload.clone().into_bytes(),
+            }
+        })
+        .collect()
+}
+
 /// Path of a file under the repository.
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// A broker of the test's own (same build as deploy/local/up.sh's, memory
-/// storage, its own port), to freeze and thaw without disturbing other tests.
+/// A broker of the test's own (same build as deploy/local/up.sh's, its own
+/// port), to freeze, thaw or restart without disturbing other tests.
 pub struct PrivateBroker {
     pub address: String,
+    /// With SQLite storage in this directory, the broker survives a restart.
+    storage: Option<PathBuf>,
     process: std::process::Child,
 }
 
 impl PrivateBroker {
+    /// A broker with memory storage.
     pub fn start() -> PrivateBroker {
-        let state = std::env::var("TALLY_LOCAL_DIR")
+        let port = free_port();
+        PrivateBroker::spawn(format!("127.0.0.1:{port}"), None)
+    }
+
+    /// A broker keeping its data in SQLite under `storage`, so that it can be
+    /// killed and restarted.
+    pub fn start_persistent(storage: PathBuf) -> PrivateBroker {
+        std::fs::create_dir_all(&storage).unwrap();
+        PrivateBroker::spawn(format!("127.0.0.1:{}", free_port()), Some(storage))
+    }
+
+    fn spawn(address: String, storage: Option<PathBuf>) -> PrivateBroker {
+        let local = std::env::var("TALLY_LOCAL_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".tally-local"));
-        let binary = state.join("bin/nisshi");
+        let binary = local.join("bin/nisshi");
         assert!(binary.exists(), "no broker binary at {}: run deploy/local/up.sh", binary.display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let address = format!("127.0.0.1:{port}");
         let url = format!("tcp://{address}");
-        let process = Command::new(binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--group-initial-rebalance-delay", "0s", "--storage-engine", "memory://nisshi/"])
+        let mut command = Command::new(binary);
+        command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
+        command.args(["--group-initial-rebalance-delay", "0s"]);
+        match &storage {
+            // nisshi takes SQLite paths relative to its working directory.
+            Some(dir) => command.current_dir(dir).args(["--storage-engine", "sqlite://nisshi.db"]),
+            None => command.args(["--storage-engine", "memory://nisshi/"]),
+        };
+        let process = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("the broker starts");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&address).is_err() {
-            assert!(std::time::Instant::now() < deadline, "private broker on {address} did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        PrivateBroker { address, process }
+        wait_for_port(&address, "private broker");
+        PrivateBroker { address, storage, process }
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        assert!(self.storage.is_some(), "only a persistent broker keeps its data across a restart");
+        self.process.kill().unwrap();
+        self.process.wait().unwrap();
+        let restarted = PrivateBroker::spawn(self.address.clone(), self.storage.clone());
+        *self = restarted;
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker: an outage that keeps its data.
@@ -342,10 +381,156 @@ impl PrivateBroker {
     }
 }
 
-impl Drop for PrivateBroker {
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something answers on `address`.
+pub fn wait_for_port(address: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} on {address} did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An S3 server of the test's own (moto, installed by deploy/local/up.sh) with
+/// one bucket, for `s3://` checkpoint stores.
+pub struct S3Server {
+    pub endpoint: String,
+    process: std::process::Child,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str) -> S3Server {
+        let port = free_port();
+        let process = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start moto_server ({e}): run deploy/local/up.sh"));
+        let address = format!("127.0.0.1:{port}");
+        wait_for_port(&address, "moto_server");
+        let endpoint = format!("http://{address}");
+        let status = Command::new("curl")
+            .args(["-sf", "-X", "PUT", &format!("{endpoint}/{bucket}"), "-o", "/dev/null"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot create bucket {bucket} on {endpoint}");
+        S3Server { endpoint, process }
+    }
+
+    /// The environment `tally` reads S3 settings from.
+    pub fn environment(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "tally".into()),
+            ("AWS_SECRET_ACCESS_KEY", "tally".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: an outage that keeps its objects.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &self.process.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for S3Server {
     fn drop(&mut self) {
         self.freeze(false);
         let _ = self.process.kill();
         let _ = self.process.wait();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        // Thawed first, so that the kill takes; it may be gone already.
+        let _ = Command::new("kill").args(["-CONT", &self.process.id().to_string()]).status();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// A `tally` child process, killed when the test ends however it ends.
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    pub fn alive(&mut self) -> bool {
+        self.0.try_wait().is_ok_and(|status| status.is_none())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for `child` to exit, killing it and failing after `limit`.
+pub fn wait(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("tally did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP forwarder to ClickHouse that can be switched off: while off, it
+/// resets new and open connections, as a server going away would.
+pub struct Switch {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+}
+
+impl Switch {
+    pub fn to(target: &'static str) -> Switch {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&up);
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !flag.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    let flag = Arc::clone(&flag);
+                    thread::spawn(move || {
+                        let mut buffer = [0u8; 64 * 1024];
+                        while let Ok(n) = from.read(&mut buffer) {
+                            if n == 0 || !flag.load(Ordering::SeqCst) || to.write_all(&buffer[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Switch { port, up }
+    }
+
+    pub fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
     }
 }

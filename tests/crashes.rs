@@ -1,0 +1,253 @@
+//! Exactly once across crashes, on the real broker and ClickHouse: `tally run`
+//! killed with SIGKILL at random moments and aborted at every fault point of
+//! the commit protocol, restarted each time under a varying worker count,
+//! then drained; the broker restarted and ClickHouse away mid-run; an S3
+//! checkpoint store that stalls. ClickHouse `FINAL` equals the oracle exactly.
+//!
+//! The random moments come from a seed printed by each test; set
+//! `TALLY_CRASH_SEED` to replay one.
+
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::thread;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use support::{PrivateBroker, Running, S3Server, Scratch, Switch, as_read, expected, wait};
+use tally::fault::Fault;
+use tally::workload::{Generator, Produced, Workload};
+use tally_dataflows::time::MINUTE;
+
+/// A workload with every kind of trouble, at higher rates than usual.
+fn troubled(seed: u64, events: u64, partitions: u32) -> Vec<Produced> {
+    Generator::new(Workload {
+        seed,
+        events,
+        fleet: 400,
+        accounts: 25,
+        partitions,
+        counter_interval: 2 * MINUTE,
+        duplicate_rate: 0.05,
+        late_rate: 0.01,
+        malformed_rate: 0.01,
+        future_rate: 0.005,
+        ..Workload::default()
+    })
+    .collect()
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("TALLY_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000
+    });
+    eprintln!("TALLY_CRASH_SEED={seed}");
+    seed
+}
+
+/// `messages` cut into `count` runs of consecutive messages.
+fn chunks(messages: &[Produced], count: usize) -> Vec<&[Produced]> {
+    let size = messages.len().div_ceil(count);
+    messages.chunks(size).collect()
+}
+
+#[test]
+fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
+    let scratch = Scratch::new("crashes");
+    let seed = seed();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let produced = troubled(seed, 48_000, 4);
+    let random_kills = 10;
+    let mut pieces = chunks(&produced, random_kills + Fault::ALL.len() + 1).into_iter();
+    scratch.produce(4, pieces.next().unwrap().to_vec());
+    scratch.run_ok(&["migrate"]);
+
+    for kill in 0..random_kills {
+        let workers = rng.random_range(1..=3u32).to_string();
+        let mut run = Running(
+            scratch
+                .tally(&["run", "--workers", &workers])
+                .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        thread::sleep(Duration::from_millis(rng.random_range(50..1_200)));
+        // More input while it runs, so that kills land mid-epoch too.
+        scratch.produce_more(pieces.next().unwrap());
+        thread::sleep(Duration::from_millis(rng.random_range(0..800)));
+        assert!(run.alive(), "tally exited before kill {kill}");
+        run.0.kill().unwrap();
+        run.0.wait().unwrap();
+    }
+    for (fault, name) in Fault::ALL {
+        scratch.produce_more(pieces.next().unwrap());
+        let workers = rng.random_range(1..=3u32).to_string();
+        let mut run = scratch
+            .tally(&["run", "--drain", "--workers", &workers])
+            .env("TALLY_FAULT", name)
+            .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = wait(&mut run, Duration::from_secs(60));
+        assert_eq!(status.signal(), Some(6), "{fault:?} was not reached: tally exited with {status}");
+    }
+    for piece in pieces {
+        scratch.produce_more(piece);
+    }
+    scratch.run_ok(&["run", "--drain", "--workers", "2"]);
+    scratch.tables().assert_same(&expected(4, &as_read(&produced)));
+}
+
+/// A row the crashed incarnation wrote past its checkpoint, whose value the
+/// replay brings back to what it was at the checkpoint: the replay has no
+/// change to write for it, yet the stored row must not keep the crashed value.
+#[test]
+fn a_row_written_past_the_checkpoint_is_rewritten_even_when_the_replay_leaves_it_unchanged() {
+    let scratch = Scratch::new("stale_rows");
+    let vcpu = r#""compute.vcpu": "2""#;
+    let egress = r#""network.egress_gib": "1""#;
+    let before = vec![
+        event(0, "a", "resource.started", "2026-11-20T10:00:00Z", "vm-1", vcpu),
+        event(0, "b", "usage.recorded", "2026-11-20T10:10:00Z", "lb-1", egress),
+        event(1, "c", "usage.recorded", "2026-11-20T10:10:00Z", "lb-2", egress),
+    ];
+    // Moves the watermark to 10:40: vm-1 accrues 40 minutes, not 10.
+    let ahead = vec![
+        event(0, "d", "usage.recorded", "2026-11-20T10:40:00Z", "lb-1", egress),
+        event(1, "e", "usage.recorded", "2026-11-20T10:40:00Z", "lb-2", egress),
+    ];
+    // vm-1 stopped at 10:10 (on time): back to the 10 minutes of the checkpoint.
+    let after = vec![event(0, "f", "resource.stopped", "2026-11-20T10:10:00Z", "vm-1", "")];
+    scratch.produce(2, before.clone());
+    scratch.run_ok(&["migrate"]);
+    scratch.run_ok(&["run", "--drain", "--workers", "1", "--checkpoint-interval", "10s"]);
+    let committed = newest_manifest_version(&scratch).expect("the first drain committed a checkpoint");
+
+    scratch.produce_more(&ahead);
+    let mut crashed = scratch
+        .tally(&["run", "--drain", "--workers", "1", "--checkpoint-interval", "10s"])
+        .env("TALLY_FAULT", "after-sink-write")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait(&mut crashed, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(6), "the fault point was not reached: {status}");
+    assert_eq!(newest_manifest_version(&scratch), Some(committed), "the crash came before the next checkpoint");
+    let written = count(
+        &scratch,
+        &format!("SELECT count() FROM usage_breakdown WHERE resource_id = 'vm-1' AND version > {committed}"),
+    );
+    assert!(written > 0, "the crashed run wrote vm-1's accrual past the checkpoint");
+
+    scratch.produce_more(&after);
+    scratch.run_ok(&["run", "--drain", "--workers", "2", "--checkpoint-interval", "10s"]);
+    let all: Vec<Produced> = [before, ahead, after].concat();
+    scratch.tables().assert_same(&expected(2, &as_read(&all)));
+    let incarnations: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(scratch.state.join("incarnation.json")).unwrap()).unwrap();
+    let floor = incarnations["latest"].as_u64().unwrap() << 20;
+    for table in ["usage_breakdown", "account_totals"] {
+        let left = count(
+            &scratch,
+            &format!("SELECT count() FROM {table} FINAL WHERE version > {committed} AND version < {floor}"),
+        );
+        assert_eq!(left, 0, "{table}: rows of the crashed incarnation past its checkpoint outlived the restore");
+    }
+}
+
+/// One CloudEvent on `partition`, appended a second after its time.
+fn event(partition: u32, id: &str, kind: &str, time: &str, subject: &str, quantities: &str) -> Produced {
+    let data = match kind {
+        "resource.stopped" => r#"{"account_id": "acc-1"}"#.to_owned(),
+        _ => format!(r#"{{"account_id": "acc-1", "quantities": {{{quantities}}}}}"#),
+    };
+    let payload = format!(
+        r#"{{"specversion": "1.0", "id": "{id}", "source": "test", "type": "{kind}", "time": "{time}", "subject": "{subject}", "data": {data}}}"#
+    );
+    let timestamp = tally_dataflows::time::parse_rfc3339(time).expect("an RFC 3339 time") + 1_000;
+    Produced { partition, key: subject.into(), timestamp, payload }
+}
+
+#[test]
+fn a_broker_restart_and_clickhouse_away_for_30s_mid_run_lose_nothing() {
+    let mut broker = PrivateBroker::start_persistent(std::env::temp_dir().join(format!(
+        "tally-broker-{}-{}",
+        std::process::id(),
+        seed()
+    )));
+    let scratch = Scratch::new("restarts").on(&broker.address);
+    let produced = troubled(32, 24_000, 3);
+    let (first, second) = produced.split_at(produced.len() / 2);
+    scratch.produce(3, first.to_vec());
+    scratch.run_ok(&["migrate"]);
+    let clickhouse = Switch::to("127.0.0.1:8123");
+    clickhouse.set(true);
+    let live = |scratch: &Scratch| {
+        Running(
+            scratch
+                .tally(&["run", "--workers", "2"])
+                .env("TALLY_CLICKHOUSE_URL", format!("http://127.0.0.1:{}", clickhouse.port))
+                .env("TALLY_CHECKPOINT_INTERVAL", "200ms")
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut run = live(&scratch);
+    thread::sleep(Duration::from_secs(1));
+    broker.restart();
+    scratch.produce_more(second);
+    thread::sleep(Duration::from_secs(1));
+    clickhouse.set(false);
+    thread::sleep(Duration::from_secs(30));
+    assert!(run.alive(), "tally gave up while ClickHouse was away");
+    clickhouse.set(true);
+    thread::sleep(Duration::from_secs(2));
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    drop(run);
+    scratch.run_ok(&["run", "--drain", "--workers", "2"]);
+    scratch.tables().assert_same(&expected(3, &as_read(&produced)));
+}
+
+#[test]
+fn an_s3_checkpoint_store_that_stalls_then_a_kill_lose_nothing() {
+    let s3 = S3Server::start("tally-checkpoints");
+    let scratch = Scratch::new("s3_store");
+    let produced = troubled(33, 24_000, 3);
+    let messages = scratch.produce(3, produced);
+    scratch.run_ok(&["migrate"]);
+    let url = format!("s3://tally-checkpoints/pipelines/{}", scratch.topic);
+    let with_s3 = |mut command: std::process::Command| {
+        command.env("TALLY_CHECKPOINT_URL", &url).envs(s3.environment());
+        command
+    };
+    let mut live = with_s3(scratch.tally(&["run", "--workers", "2"]));
+    let mut run = Running(live.env("TALLY_CHECKPOINT_INTERVAL", "200ms").stderr(Stdio::null()).spawn().unwrap());
+    thread::sleep(Duration::from_millis(700));
+    s3.freeze(true);
+    thread::sleep(Duration::from_secs(4));
+    assert!(run.alive(), "tally gave up while the checkpoint store was away");
+    s3.freeze(false);
+    thread::sleep(Duration::from_secs(1));
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    let output = with_s3(scratch.tally(&["run", "--drain", "--workers", "3"])).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    scratch.tables().assert_same(&expected(3, &messages));
+}
+
+fn newest_manifest_version(scratch: &Scratch) -> Option<u64> {
+    let newest = std::fs::read_dir(scratch.state.join("manifests")).ok()?.flatten().map(|e| e.path()).max()?;
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(newest).ok()?).ok()?;
+    manifest["version"].as_u64()
+}
+
+fn count(scratch: &Scratch, sql: &str) -> u64 {
+    let warehouse = tally::sink::clickhouse::Warehouse::new(&scratch.clickhouse());
+    warehouse.block_on(warehouse.client().query(sql).fetch_one::<u64>()).expect("ClickHouse answers")
+}
