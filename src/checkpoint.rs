@@ -34,7 +34,14 @@
 //! the restored state in the first epoch, with the new incarnation's higher
 //! version (see `tally_dataflows::checkpoint`).
 //!
+//! A checkpoint is only as good as the rows it accounts for: when ClickHouse
+//! holds no `pipeline_progress` for the pipeline (a new or recreated
+//! database), the manifests are abandoned and the run starts from the
+//! beginning of the topic.
+//!
 //! # Layout
+//!
+//! Under the configured URL, one folder per pipeline (its topic):
 //!
 //! ```text
 //! manifests/<epoch>.json        one per committed epoch; the newest `keep` are kept
@@ -82,8 +89,35 @@ pub struct Manifest {
     pub offsets: BTreeMap<Partition, Offset>,
     /// Partition clocks and progress.
     pub shared: Shared,
+    /// What the shards hold.
+    pub state: StateSize,
     /// When it was committed (RFC 3339).
     pub committed_at: String,
+}
+
+/// The size of a checkpoint's state, over every shard: what must stay flat
+/// while events flow through a steady set of running resources.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSize {
+    /// Dedup identities remembered.
+    pub identities: u64,
+    /// Resources with open windows or running.
+    pub resources: u64,
+    /// Day totals of open days.
+    pub day_totals: u64,
+    /// Bytes of the shards.
+    pub bytes: u64,
+}
+
+impl StateSize {
+    /// Adds one shard's entries and bytes.
+    pub fn add(&mut self, entries: &BTreeMap<Part, usize>, bytes: u64) {
+        let count = |part| entries.get(&part).copied().unwrap_or(0) as u64;
+        self.identities += count(Part::Dedup);
+        self.resources += count(Part::Usage);
+        self.day_totals += count(Part::Totals);
+        self.bytes += bytes;
+    }
 }
 
 /// The incarnations that have run against this store.
@@ -193,6 +227,14 @@ pub fn read_manifest(store: &Store, epoch: u64, pipeline: &str) -> Result<Manife
     Ok(manifest)
 }
 
+/// Deletes every manifest: their state belongs to rows the warehouse no
+/// longer holds. Their shards go with the next garbage collection.
+pub fn abandon(store: &Store) {
+    for epoch in committed_epochs(store) {
+        store.delete(&manifest_name(epoch));
+    }
+}
+
 /// Commits `manifest` (step 3 of the protocol).
 pub fn commit_manifest(store: &Store, manifest: &Manifest) {
     let bytes = serde_json::to_vec_pretty(manifest).expect("a manifest is plain data");
@@ -286,7 +328,7 @@ mod tests {
 
     fn scratch() -> (Store, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("tally-checkpoint-{}-{}", std::process::id(), rand_suffix()));
-        (Store::open(&format!("file://{}", dir.display())).unwrap(), dir)
+        (Store::open(&format!("file://{}", dir.display()), "events").unwrap(), dir)
     }
 
     fn rand_suffix() -> u64 {
@@ -304,6 +346,7 @@ mod tests {
             shards,
             offsets: BTreeMap::from([(0, 12), (3, 40)]),
             shared: Shared::default(),
+            state: StateSize::default(),
             committed_at: "2026-11-23T12:00:00Z".into(),
         }
     }
@@ -350,7 +393,7 @@ mod tests {
 
     #[test]
     fn unknown_schemes_are_refused() {
-        let error = Store::open("ftp://host/state").err().unwrap().to_string();
+        let error = Store::open("ftp://host/state", "events").err().unwrap().to_string();
         assert!(error.contains("expected file://PATH or s3://BUCKET"), "{error}");
     }
 }

@@ -24,7 +24,7 @@ use crate::checkpoint::store::Store;
 use crate::checkpoint::{self, CheckpointError, Incarnations, Manifest};
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::sink::clickhouse::{Warehouse, stale_rows};
+use crate::sink::clickhouse::{Warehouse, has_progress, stale_rows};
 use crate::sink::{self, Checkpointing, OffsetsHandle, Target, Versions};
 use crate::source::kafka::PartitionReader;
 
@@ -104,14 +104,19 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
 fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), String> {
     let (index, peers) = (worker.index(), worker.peers());
     let config = &shared.config;
-    let store = Store::open(&config.checkpoint.url).map_err(|e| e.to_string())?;
-    let start = Start::agree(worker, &store, &config.kafka.topic, shared.started_millis).map_err(|e| e.to_string())?;
+    let store = Store::open(&config.checkpoint.url, &config.kafka.topic).map_err(|e| e.to_string())?;
+    let warehouse = Warehouse::new(&config.clickhouse);
+    let start = Start::agree(worker, &store, &warehouse, &config.kafka.topic, shared.started_millis)
+        .map_err(|e| e.to_string())?;
     if index == 0 {
+        if start.manifest.is_none() {
+            checkpoint::abandon(&store);
+        }
         checkpoint::record_incarnation(&store, start.incarnations);
     }
     let versions = Versions::of_incarnation(start.incarnations.latest);
     let stale = match start.stale_above() {
-        Some(version) => stale_rows(&Warehouse::new(&config.clickhouse), version, &shared.prices),
+        Some(version) => stale_rows(&warehouse, version, &shared.prices),
         None => Stale::default(),
     };
     let restored = start.restore(&store, &stale, index, peers).map_err(|e| e.to_string())?;
@@ -223,14 +228,25 @@ struct Start {
 impl Start {
     /// Reads the store and agrees with the other workers on the newest
     /// manifest (the newest any of them saw: it is committed) and on an
-    /// incarnation above every earlier one and above the start time.
+    /// incarnation above every earlier one and above the start time. A store
+    /// whose rows the warehouse has never seen is not restored from.
     fn agree(
         worker: &mut timely::worker::Worker,
         store: &Store,
+        warehouse: &Warehouse,
         pipeline: &str,
         started_millis: u64,
     ) -> Result<Start, CheckpointError> {
-        let newest = checkpoint::committed_epochs(store).last().copied();
+        let mut newest = checkpoint::committed_epochs(store).last().copied();
+        if newest.is_some() && !has_progress(warehouse, pipeline) {
+            tracing::warn!(
+                checkpoint = newest,
+                url = store.url(),
+                "ClickHouse holds no progress of this pipeline: the checkpoint accounts for rows that are not there; \
+                 starting from the beginning of the topic"
+            );
+            newest = None;
+        }
         let previous = checkpoint::read_incarnations(store)?;
         let seen = match newest {
             Some(epoch) => Some(checkpoint::read_manifest(store, epoch, pipeline)?),

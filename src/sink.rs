@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{ShardParts, SnapshotsHandle};
+use tally_dataflows::checkpoint::{Part, ShardParts, SnapshotsHandle};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
@@ -33,7 +33,7 @@ use timely::dataflow::operators::{Concat, Operator};
 use self::clickhouse::Warehouse;
 use self::rows::{AccountTotal, PipelineProgress, RejectedEvent, UsageBreakdown};
 use crate::checkpoint::store::Store;
-use crate::checkpoint::{self, Manifest};
+use crate::checkpoint::{self, Manifest, StateSize};
 use crate::fault::{self, Fault};
 
 /// Row versions that only grow, across epochs and across restarts: the
@@ -101,6 +101,8 @@ pub struct Checkpointing {
 struct ShardAck {
     worker: usize,
     shard: String,
+    bytes: u64,
+    entries: BTreeMap<Part, usize>,
     offsets: BTreeMap<Partition, Offset>,
 }
 
@@ -151,7 +153,7 @@ pub fn write<'scope>(
             // acknowledgement from every worker, rows or not.
             let mut capability = Some(capability.delayed(&first_epoch));
             let mut next = first_epoch;
-            let mut last_written: Option<(u64, String)> = None;
+            let mut last_written: Option<(u64, String, u64)> = None;
             move |(input, frontier), output| {
                 input.for_each(|_, _| {});
                 while let Some(held) = capability.as_mut() {
@@ -165,7 +167,7 @@ pub fn write<'scope>(
                         break;
                     }
                     let changed = last_written.is_none()
-                        || shard_snapshots.borrow().changed_between(last_written.as_ref().map(|(e, _)| *e), next);
+                        || shard_snapshots.borrow().changed_between(last_written.as_ref().map(|(e, _, _)| *e), next);
                     if changed {
                         let parts: ShardParts = shard_snapshots
                             .borrow()
@@ -178,12 +180,13 @@ pub fn write<'scope>(
                         let (name, bytes) = checkpoint::write_shard(&shard_store, next, worker, workers, parts);
                         fault::point(Fault::AfterShardWrite);
                         tracing::debug!(epoch = next, worker, bytes, "shard written");
-                        last_written = Some((next, name));
+                        last_written = Some((next, name, bytes));
                     }
-                    let shard = last_written.as_ref().map(|(_, name)| name.clone()).expect("a shard was written");
+                    let (_, shard, bytes) = last_written.clone().expect("a shard was written");
+                    let entries = shard_snapshots.borrow().entries_at(next);
                     let offsets_now =
                         offsets.borrow().range(..=next).next_back().map(|(_, o)| o.clone()).unwrap_or_default();
-                    output.session(&*held).give(ShardAck { worker, shard, offsets: offsets_now });
+                    output.session(&*held).give(ShardAck { worker, shard, bytes, entries, offsets: offsets_now });
                     shard_snapshots.borrow_mut().release_before(next);
                     let mut recorded = offsets.borrow_mut();
                     let kept = recorded.split_off(&next);
@@ -245,8 +248,10 @@ fn manifest(
     offsets: &mut BTreeMap<Partition, Offset>,
 ) -> Manifest {
     let mut shards = vec![String::new(); workers];
+    let mut state = StateSize::default();
     for ack in acks {
         offsets.extend(ack.offsets);
+        state.add(&ack.entries, ack.bytes);
         shards[ack.worker] = ack.shard;
     }
     assert!(
@@ -263,6 +268,7 @@ fn manifest(
         shards,
         offsets: offsets.clone(),
         shared: snapshots.borrow().shared_at(epoch).cloned().unwrap_or_default(),
+        state,
         committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     }
 }

@@ -5,6 +5,7 @@
 mod support;
 
 use support::{Scratch, expected};
+use tally::sink::clickhouse::Warehouse;
 use tally::workload::{Generator, Workload};
 
 fn workload(seed: u64) -> Workload {
@@ -42,4 +43,35 @@ fn draining_again_changes_nothing() {
     scratch.run_ok(&["migrate"]);
     scratch.run_ok(&["run", "--drain", "--workers", "2"]);
     scratch.tables().assert_same(&expected(workload.partitions, &messages));
+}
+
+/// The checkpoint store remembers a drain, but the database is new: the
+/// checkpoint's rows are not there, so the run bills the topic from its start.
+#[test]
+fn a_new_database_is_billed_from_the_beginning_despite_a_checkpoint() {
+    let scratch = Scratch::new("new_database");
+    let workload = Workload { events: 5_000, ..workload(12) };
+    let messages = scratch.produce(workload.partitions, Generator::new(workload.clone()).collect());
+    scratch.run_ok(&["migrate"]);
+    scratch.run_ok(&["run", "--drain"]);
+    let server = Warehouse::with_database(&scratch.clickhouse(), None);
+    server.block_on(server.client().query(&format!("DROP DATABASE {}", scratch.database)).execute()).unwrap();
+    scratch.run_ok(&["migrate"]);
+    scratch.run_ok(&["run", "--drain", "--workers", "2"]);
+    scratch.tables().assert_same(&expected(workload.partitions, &messages));
+}
+
+/// Pipelines sharing one checkpoint URL keep their state apart.
+#[test]
+fn two_topics_share_a_checkpoint_url() {
+    let first = Scratch::new("shared_store_a");
+    let mut second = Scratch::new("shared_store_b");
+    second.state.clone_from(&first.state);
+    for (scratch, seed) in [(&first, 13), (&second, 14)] {
+        let workload = Workload { events: 4_000, ..workload(seed) };
+        let messages = scratch.produce(workload.partitions, Generator::new(workload.clone()).collect());
+        scratch.run_ok(&["migrate"]);
+        scratch.run_ok(&["run", "--drain"]);
+        scratch.tables().assert_same(&expected(workload.partitions, &messages));
+    }
 }

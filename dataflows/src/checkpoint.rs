@@ -67,8 +67,15 @@ pub struct Shared {
 /// The snapshots one worker's operators recorded, by the epoch they worked.
 #[derive(Debug, Default)]
 pub struct Snapshots {
-    parts: BTreeMap<Part, BTreeMap<u64, Arc<Vec<u8>>>>,
+    parts: BTreeMap<Part, BTreeMap<u64, Snapshot>>,
     shared: BTreeMap<u64, Shared>,
+}
+
+/// One part's state, encoded, and how many entries it holds.
+#[derive(Debug)]
+struct Snapshot {
+    bytes: Arc<Vec<u8>>,
+    entries: usize,
 }
 
 /// A worker's handle on its operators' snapshots (operators and the sink of
@@ -84,10 +91,10 @@ pub struct DecodeError {
 }
 
 impl Snapshots {
-    /// Records `part`'s state after working `epoch`.
-    pub fn record<T: Serialize>(&mut self, part: Part, epoch: u64, state: &T) {
+    /// Records `part`'s state, of `entries` entries, after working `epoch`.
+    pub fn record<T: Serialize>(&mut self, part: Part, epoch: u64, state: &T, entries: usize) {
         let encoded = postcard::to_stdvec(state).expect("operator state is plain data and encodes");
-        self.parts.entry(part).or_default().insert(epoch, Arc::new(encoded));
+        self.parts.entry(part).or_default().insert(epoch, Snapshot { bytes: Arc::new(encoded), entries });
     }
 
     /// Records the shared state after `epoch`.
@@ -99,11 +106,17 @@ impl Snapshots {
     pub fn parts_at(&self, epoch: u64) -> Vec<(Part, Option<Arc<Vec<u8>>>)> {
         Part::ALL
             .iter()
-            .map(|&part| {
-                let latest = self.parts.get(&part).and_then(|s| s.range(..=epoch).next_back());
-                (part, latest.map(|(_, bytes)| Arc::clone(bytes)))
-            })
+            .map(|&part| (part, self.latest(part, epoch).map(|snapshot| Arc::clone(&snapshot.bytes))))
             .collect()
+    }
+
+    /// How many entries each part holds as of `epoch`.
+    pub fn entries_at(&self, epoch: u64) -> BTreeMap<Part, usize> {
+        Part::ALL.iter().map(|&part| (part, self.latest(part, epoch).map_or(0, |s| s.entries))).collect()
+    }
+
+    fn latest(&self, part: Part, epoch: u64) -> Option<&Snapshot> {
+        self.parts.get(&part).and_then(|s| s.range(..=epoch).next_back()).map(|(_, snapshot)| snapshot)
     }
 
     /// The shared state as of `epoch`.
@@ -253,9 +266,9 @@ impl Recorder {
         Recorder { snapshots: snapshots.cloned() }
     }
 
-    pub(crate) fn record<T: Serialize>(&self, part: Part, epoch: u64, state: &T) {
+    pub(crate) fn record<K: Serialize, V: Serialize>(&self, part: Part, epoch: u64, state: &BTreeMap<K, V>) {
         if let Some(snapshots) = &self.snapshots {
-            snapshots.borrow_mut().record(part, epoch, state);
+            snapshots.borrow_mut().record(part, epoch, state, state.len());
         }
     }
 

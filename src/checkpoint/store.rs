@@ -62,17 +62,19 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store at `url`. S3 credentials, region and endpoint come from
-    /// the usual `AWS_*` environment variables.
-    pub fn open(url: &str) -> Result<Store, OpenError> {
+    /// Opens the store at `url`, under the folder `within` (one per pipeline,
+    /// so that pipelines can share a URL). S3 credentials, region and endpoint
+    /// come from the usual `AWS_*` environment variables.
+    pub fn open(url: &str, within: &str) -> Result<Store, OpenError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a single-threaded tokio runtime starts");
         if let Some(path) = url.strip_prefix("file://") {
-            let directory = |source| OpenError::Directory { url: url.into(), path: path.into(), source };
-            std::fs::create_dir_all(path).map_err(directory)?;
-            let root = std::fs::canonicalize(path).map_err(directory)?;
+            let path = std::path::Path::new(path).join(within);
+            let directory = |source| OpenError::Directory { url: url.into(), path: path.display().to_string(), source };
+            std::fs::create_dir_all(&path).map_err(directory)?;
+            let root = std::fs::canonicalize(&path).map_err(directory)?;
             let objects = LocalFileSystem::new_with_prefix(&root)
                 .map_err(|source| OpenError::Store { url: url.into(), source })?;
             return Ok(Store {
@@ -94,7 +96,8 @@ impl Store {
             .with_bucket_name(bucket)
             .build()
             .map_err(|source| OpenError::Store { url: url.into(), source })?;
-        Ok(Store { objects: Arc::new(objects), prefix: Path::from(prefix), url: url.into(), local_root: None, runtime })
+        let prefix = Path::from(prefix).join(within);
+        Ok(Store { objects: Arc::new(objects), prefix, url: url.into(), local_root: None, runtime })
     }
 
     /// The URL, for messages.

@@ -146,3 +146,15 @@ pub fn stale_rows(warehouse: &Warehouse, version: u64, prices: &PriceList) -> St
             .collect(),
     }
 }
+
+/// Whether `pipeline_progress` holds a row for `pipeline`: whether the rows a
+/// checkpoint accounts for can be in this database at all.
+pub fn has_progress(warehouse: &Warehouse, pipeline: &str) -> bool {
+    let quoted = pipeline.replace('\\', "\\\\").replace('\'', "\\'");
+    let sql = format!("SELECT count() FROM pipeline_progress WHERE pipeline = '{quoted}'");
+    let rows = warehouse.retry("read pipeline_progress", |client| {
+        let sql = sql.clone();
+        async move { client.query(&sql).fetch_one::<u64>().await }
+    });
+    rows > 0
+}
