@@ -88,6 +88,13 @@ fn rfc3339(text: &str) -> Result<Millis, String> {
 
 fn main() -> anyhow::Result<()> {
     tally::logging::init();
+    // A worker that panics leaves its peers waiting on it forever: end the
+    // process instead, as a crash, for the supervisor to restart it.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     match Cli::parse().command {
         Command::Run { config, cluster, drain } => {
             let mode = if drain { Mode::Drain } else { Mode::Live };

@@ -157,7 +157,12 @@ pub fn write<'scope>(
             move |(input, frontier), output| {
                 input.for_each(|_, _| {});
                 while let Some(held) = capability.as_mut() {
-                    let last_epoch = offsets.borrow().keys().next_back().copied();
+                    // Once everything is done, the epochs left are those this
+                    // worker read or its operators worked; after them its
+                    // state no longer changes, and worker 0 carries its last
+                    // shard forward (see `manifest`).
+                    let last_epoch =
+                        offsets.borrow().keys().next_back().copied().max(shard_snapshots.borrow().last_epoch());
                     let complete = if frontier.is_empty() {
                         last_epoch.is_some_and(|last| next <= last)
                     } else {
@@ -210,7 +215,8 @@ pub fn write<'scope>(
             let writer = (worker == 0).then(|| Warehouse::new(&target.clickhouse));
             let mut pending = Pending::<ShardAck, Progress>::default();
             let mut progress = restored.as_ref().map_or_else(Progress::default, |m| m.shared.progress);
-            let mut previous_offsets = restored.as_ref().map(|m| m.offsets.clone()).unwrap_or_default();
+            let restored_offsets = restored.as_ref().map(|m| m.offsets.clone()).unwrap_or_default();
+            let mut latest = vec![None; workers];
             let mut known_manifests: BTreeMap<u64, Vec<String>> =
                 restored.iter().map(|m| (m.epoch, m.shards.clone())).collect();
             if worker == 0 {
@@ -224,7 +230,7 @@ pub fn write<'scope>(
                     progress = batch.second.last().copied().unwrap_or(progress);
                     if let Some(writer) = &writer {
                         let manifest =
-                            manifest(&target, &snapshots, epoch, workers, batch.first, &mut previous_offsets);
+                            manifest(&target, &snapshots, epoch, batch.first, &mut latest, &restored_offsets);
                         checkpoint::commit_manifest(&store, &manifest);
                         fault::point(Fault::AfterManifest);
                         write_progress(writer, &target, epoch, progress);
@@ -238,35 +244,40 @@ pub fn write<'scope>(
     )
 }
 
-/// The manifest of `epoch` from every worker's acknowledgement.
+/// The manifest of `epoch` from every worker's latest acknowledgement. Every
+/// worker acknowledges every epoch while any input is left; at the end of a
+/// drain, a worker whose source and operators stopped before the last epoch
+/// stops acknowledging, its state unchanged: its last shard stands.
 fn manifest(
     target: &Target,
     snapshots: &SnapshotsHandle,
     epoch: u64,
-    workers: usize,
     acks: Vec<ShardAck>,
-    offsets: &mut BTreeMap<Partition, Offset>,
+    latest: &mut [Option<ShardAck>],
+    restored_offsets: &BTreeMap<Partition, Offset>,
 ) -> Manifest {
-    let mut shards = vec![String::new(); workers];
-    let mut state = StateSize::default();
     for ack in acks {
-        offsets.extend(ack.offsets);
-        state.add(&ack.entries, ack.bytes);
-        shards[ack.worker] = ack.shard;
+        let worker = ack.worker;
+        latest[worker] = Some(ack);
     }
-    assert!(
-        shards.iter().all(|s| !s.is_empty()),
-        "every worker acknowledges every epoch: epoch {epoch} has {shards:?}"
-    );
+    let mut offsets = restored_offsets.clone();
+    let mut shards = Vec::with_capacity(latest.len());
+    let mut state = StateSize::default();
+    for (worker, ack) in latest.iter().enumerate() {
+        let ack = ack.as_ref().unwrap_or_else(|| panic!("worker {worker} acknowledged no epoch up to {epoch}"));
+        offsets.extend(&ack.offsets);
+        state.add(&ack.entries, ack.bytes);
+        shards.push(ack.shard.clone());
+    }
     Manifest {
         format: checkpoint::FORMAT,
         pipeline: target.topic.clone(),
         epoch,
         incarnation: target.versions.incarnation(),
         version: target.versions.of(epoch),
-        workers,
+        workers: latest.len(),
         shards,
-        offsets: offsets.clone(),
+        offsets,
         shared: snapshots.borrow().shared_at(epoch).cloned().unwrap_or_default(),
         state,
         committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

@@ -148,7 +148,8 @@ fn a_row_written_past_the_checkpoint_is_rewritten_even_when_the_replay_leaves_it
     let all: Vec<Produced> = [before, ahead, after].concat();
     scratch.tables().assert_same(&expected(2, &as_read(&all)));
     let incarnations: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(scratch.state.join(&scratch.topic).join("incarnation.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(scratch.state.join(&scratch.topic).join("incarnation.json")).unwrap())
+            .unwrap();
     let floor = incarnations["latest"].as_u64().unwrap() << 20;
     for table in ["usage_breakdown", "account_totals"] {
         let left = count(
@@ -242,7 +243,11 @@ fn an_s3_checkpoint_store_that_stalls_then_a_kill_lose_nothing() {
 }
 
 fn newest_manifest_version(scratch: &Scratch) -> Option<u64> {
-    let newest = std::fs::read_dir(scratch.state.join(&scratch.topic).join("manifests")).ok()?.flatten().map(|e| e.path()).max()?;
+    let newest = std::fs::read_dir(scratch.state.join(&scratch.topic).join("manifests"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .max()?;
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(newest).ok()?).ok()?;
     manifest["version"].as_u64()
 }

@@ -75,3 +75,24 @@ fn two_topics_share_a_checkpoint_url() {
         scratch.tables().assert_same(&expected(workload.partitions, &messages));
     }
 }
+
+/// Workers finish their partitions at different epochs: the one with little to
+/// read stops early, while exchanged data still reaches its operators.
+#[test]
+fn workers_that_finish_at_different_epochs_checkpoint_every_epoch() {
+    let scratch = Scratch::new("skewed");
+    let workload = Workload { events: 30_000, partitions: 2, ..workload(15) };
+    let mut kept = 0;
+    let skewed: Vec<_> = Generator::new(workload)
+        .filter(|m| {
+            kept += 1;
+            m.partition == 0 || kept % 50 == 0
+        })
+        .collect();
+    let messages = scratch.produce(2, skewed);
+    scratch.run_ok(&["migrate"]);
+    scratch.run_ok(&["run", "--drain", "--workers", "2", "--checkpoint-interval", "1ms"]);
+    scratch.tables().assert_same(&expected(2, &messages));
+    scratch.run_ok(&["run", "--drain", "--workers", "3"]);
+    scratch.tables().assert_same(&expected(2, &messages));
+}

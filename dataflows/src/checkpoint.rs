@@ -124,6 +124,12 @@ impl Snapshots {
         self.shared.range(..=epoch).next_back().map(|(_, shared)| shared)
     }
 
+    /// The latest epoch any snapshot was recorded for.
+    pub fn last_epoch(&self) -> Option<u64> {
+        let parts = self.parts.values().filter_map(|s| s.keys().next_back());
+        parts.chain(self.shared.keys().next_back()).copied().max()
+    }
+
     /// Whether any part was recorded after `after` and at or before `through`.
     pub fn changed_between(&self, after: Option<u64>, through: u64) -> bool {
         let from = after.map_or(0, |a| a + 1);
