@@ -86,6 +86,11 @@ fn rfc3339(text: &str) -> Result<Millis, String> {
     parse_rfc3339(text).ok_or_else(|| format!("expected an RFC 3339 time with an offset, found {text:?}"))
 }
 
+// Checkpoints encode whole operator states into large, short-lived buffers;
+// glibc's per-thread arenas keep such memory instead of returning it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tally::logging::init();
     // A worker that panics leaves its peers waiting on it forever: end the

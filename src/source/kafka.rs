@@ -69,7 +69,11 @@ impl PartitionReader {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "50")
-            .set("queued.min.messages", "200000")
+            // Prefetch per partition: enough to keep a worker busy, bounded
+            // so that a backlog does not sit in librdkafka's queues (at the
+            // defaults, gigabytes over eight partitions).
+            .set("queued.min.messages", "20000")
+            .set("queued.max.messages.kbytes", "16384")
             .create()
             .map_err(|source| SourceError {
                 brokers: brokers.into(),

@@ -11,7 +11,8 @@
 //! time by the dedup horizon; the partition stage rejects anything further
 //! behind, so a remembered identity is never needed after it is forgotten.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -39,20 +40,21 @@ pub enum Deduped {
     Outcomes(Outcomes),
 }
 
-/// The identities remembered, with their event times for expiry.
+/// The identities remembered, with their event times for expiry. Each
+/// identity is held once, shared by both indexes.
 #[derive(Default)]
 struct Seen {
-    times: BTreeMap<Identity, Millis>,
-    by_time: BTreeMap<Millis, Vec<Identity>>,
+    times: BTreeMap<Rc<Identity>, Millis>,
+    by_time: BTreeSet<(Millis, Rc<Identity>)>,
 }
 
 impl Seen {
-    fn restore(times: BTreeMap<Identity, Millis>) -> Seen {
-        let mut by_time: BTreeMap<Millis, Vec<Identity>> = BTreeMap::new();
-        for (identity, &time) in &times {
-            by_time.entry(time).or_default().push(identity.clone());
+    fn restore(restored: BTreeMap<Identity, Millis>) -> Seen {
+        let mut seen = Seen::default();
+        for (identity, time) in restored {
+            seen.insert(identity, time);
         }
-        Seen { times, by_time }
+        seen
     }
 
     fn contains(&self, identity: &Identity) -> bool {
@@ -60,14 +62,16 @@ impl Seen {
     }
 
     fn insert(&mut self, identity: Identity, time: Millis) {
-        self.by_time.entry(time).or_default().push(identity.clone());
+        let identity = Rc::new(identity);
+        self.by_time.insert((time, Rc::clone(&identity)));
         self.times.insert(identity, time);
     }
 
     fn forget_before(&mut self, time: Millis) {
-        let kept = self.by_time.split_off(&time);
-        for identity in std::mem::replace(&mut self.by_time, kept).into_values().flatten() {
-            self.times.remove(&identity);
+        while self.by_time.first().is_some_and(|(t, _)| *t < time) {
+            if let Some((_, identity)) = self.by_time.pop_first() {
+                self.times.remove(&*identity);
+            }
         }
     }
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Recovery after kill -9: a live `tally run` catches up with a generated
+# backlog over FLEET running resources and checkpoints it; it is killed with
+# SIGKILL; the restart (`run --drain`: restore, then read what the last
+# checkpoint did not cover) is timed to the moment everything is written and
+# committed again.
+#
+#   benches/recovery.sh FLEET EVENTS     (e.g. benches/recovery.sh 200000 2000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FLEET="${1:?FLEET}"
+EVENTS="${2:?EVENTS}"
+WORKERS="${WORKERS:-2}"
+export TALLY_KAFKA_TOPIC="bench-recovery-$(date +%s)"
+export TALLY_CLICKHOUSE_DATABASE=tally_bench_recovery
+export TALLY_CHECKPOINT_INTERVAL="${INTERVAL:-5s}"
+store="$(mktemp -d)"
+export TALLY_CHECKPOINT_URL="file://$store"
+
+deploy/local/up.sh >/dev/null
+cargo build --release --locked --bin tally 2>/dev/null
+tally=target/release/tally
+curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
+TALLY_LOG=warn "$tally" migrate 2>/dev/null
+TALLY_LOG=warn "$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 2>/dev/null
+
+manifests="$store/$TALLY_KAFKA_TOPIC/manifests"
+committed_offsets() {
+  local newest
+  newest=$(ls "$manifests"/*.json 2>/dev/null | tail -1)
+  [ -n "$newest" ] || { echo 0; return; }
+  python3 -c 'import json,sys; print(sum(json.load(open(sys.argv[1]))["offsets"].values()))' "$newest"
+}
+
+TALLY_LOG=warn "$tally" run --workers "$WORKERS" 2>/dev/null &
+live=$!
+until [ "$(committed_offsets)" -ge "$EVENTS" ]; do sleep 1; done
+# Killed mid-epoch, a little after the checkpoint that covers the backlog.
+sleep 2
+kill -9 "$live"
+wait "$live" 2>/dev/null || true
+
+newest=$(ls "$manifests"/*.json | tail -1)
+log=$(mktemp)
+start=$(date +%s%N)
+TALLY_LOG=info "$tally" run --drain --workers "$WORKERS" 2>"$log"
+elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+python3 - "$newest" "$log" "$start" "$elapsed_ms" <<'PY'
+import json, re, sys, datetime
+manifest, log, start_ns, elapsed_ms = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+state = json.load(open(manifest))["state"]
+restored = [line for line in open(log) if "state restored" in line]
+stamp = re.search(r"\d{4}-\d\d-\d\dT[\d:.]+Z", re.sub(r"\x1b\[[0-9;]*m", "", restored[-1])).group(0)
+at = datetime.datetime.strptime(stamp[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+restore_ms = at.timestamp() * 1000 - start_ns / 1e6
+print(f'state at the kill: {state["resources"]:,} resources, {state["identities"]:,} dedup identities, '
+      f'{state["day_totals"]:,} day totals, {state["bytes"]:,} checkpoint bytes')
+print(f'restart to state restored: {restore_ms / 1000:.1f} s; restart to caught up and committed: {elapsed_ms / 1000:.1f} s')
+PY
+rm -rf "$store" "$log"
