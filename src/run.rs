@@ -20,6 +20,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
+use crate::backoff;
 use crate::checkpoint::store::Store;
 use crate::checkpoint::{self, CheckpointError, Incarnations, Manifest};
 use crate::cluster::Cluster;
@@ -342,10 +343,5 @@ fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 2]) -> [u6
 
 /// Looks for partitions until the broker answers, backing off.
 fn retry_discovery(reader: &mut PartitionReader, items: &mut Vec<tally_dataflows::judge::SourceItem>) {
-    let mut backoff = Duration::from_millis(200);
-    while let Err(error) = reader.discover(items) {
-        tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot read the topic's partitions; retrying");
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
+    backoff::retry("Kafka", "read the topic's partitions", "", || reader.discover(items));
 }

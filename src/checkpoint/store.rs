@@ -9,17 +9,15 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use crate::backoff;
 use crate::fault::{self, Fault};
 
-/// Longest pause between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Objects are uploaded in parts of this size (S3 wants at least 5 MiB).
 const PART_BYTES: usize = 8 << 20;
 
@@ -125,25 +123,9 @@ impl Store {
         F: FnMut(Arc<dyn ObjectStore>) -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let mut backoff = Duration::from_millis(100);
-        let mut failures = 0u32;
-        loop {
-            match self.runtime.block_on(attempt(Arc::clone(&self.objects))) {
-                Ok(value) => {
-                    if failures > 0 {
-                        tracing::info!(what, failures, "checkpoint store answered after retries");
-                    }
-                    return value;
-                }
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(what, failures, %error, url = %self.url, retry_in_ms = backoff.as_millis() as u64,
-                        "checkpoint store failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        backoff::retry("checkpoint store", what, "", || {
+            self.runtime.block_on(attempt(Arc::clone(&self.objects))).map_err(|e| format!("{}: {e}", self.url))
+        })
     }
 
     /// Writes `bytes` to `name`, replacing it. `mid_write` is the fault point

@@ -6,7 +6,6 @@
 //! acknowledged, and the source stops advancing behind it.
 
 use std::future::Future;
-use std::time::Duration;
 
 use clickhouse::{Client, Row, RowWrite};
 
@@ -15,10 +14,8 @@ use tally_dataflows::prices::PriceList;
 use tally_dataflows::rows::{BreakdownKey, TotalKey};
 use tally_dataflows::time::{DAY, SECOND};
 
+use crate::backoff;
 use crate::config::ClickHouse;
-
-/// Longest pause between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A ClickHouse database, reached from a synchronous worker thread.
 pub struct Warehouse {
@@ -76,25 +73,8 @@ impl Warehouse {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = clickhouse::error::Result<T>>,
     {
-        let mut backoff = Duration::from_millis(100);
-        let mut failures = 0u32;
-        loop {
-            match self.block_on(attempt(self.client.clone())) {
-                Ok(value) => {
-                    if failures > 0 {
-                        tracing::info!(what, failures, "ClickHouse write succeeded after retries");
-                    }
-                    return value;
-                }
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(what, failures, %error, retry_in_ms = backoff.as_millis() as u64,
-                        "ClickHouse write failed; retrying (is the server up and `tally migrate` applied?)");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        let hint = " (is the server up and `tally migrate` applied?)";
+        backoff::retry("ClickHouse", what, hint, || self.block_on(attempt(self.client.clone())))
     }
 
     /// Inserts `rows` into `table` in one statement, retrying until it succeeds.
