@@ -8,10 +8,13 @@
 //! nothing is skipped or read twice.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_dataflows::event::{Message, Offset as EventOffset, Partition};
@@ -39,7 +42,14 @@ struct Owned {
 
 /// The partitions one worker reads.
 pub struct PartitionReader {
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
+    /// One queue per partition, read in turn, so that partitions advance
+    /// together: read from one shared queue, they drift apart by hours of
+    /// event time over a backlog, and everything ahead of the watermark stays
+    /// in memory until the slowest catches up.
+    queues: Vec<PartitionQueue<DefaultConsumerContext>>,
+    /// The queue to read first on the next poll.
+    turn: usize,
     brokers: String,
     topic: String,
     worker: usize,
@@ -81,7 +91,9 @@ impl PartitionReader {
                 source: Box::new(source),
             })?;
         Ok(PartitionReader {
-            consumer,
+            consumer: Arc::new(consumer),
+            queues: Vec::new(),
+            turn: 0,
             brokers: brokers.into(),
             topic: topic.into(),
             worker,
@@ -138,39 +150,39 @@ impl PartitionReader {
                 .map_err(self.error("build assignment"))?;
         }
         self.consumer.assign(&assignment).map_err(self.error("assign partitions"))?;
+        // An assignment deactivates the queues split before it.
+        self.queues = self
+            .owned
+            .keys()
+            .filter_map(|&partition| self.consumer.split_partition_queue(&self.topic, partition as i32))
+            .collect();
         self.mark_exhausted(out);
         Ok(())
     }
 
-    /// Reads up to `max` messages, waiting at most `wait` for the first.
+    /// Reads up to about `max` messages, an equal share from each partition in
+    /// turn, waiting at most `wait` when there are none.
     pub fn poll(&mut self, max: usize, wait: Duration, out: &mut Vec<SourceItem>) {
-        let mut timeout = wait;
-        for _ in 0..max {
-            match self.consumer.poll(timeout) {
-                None => break,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "Kafka read failed; librdkafka retries");
-                    break;
-                }
-                Some(Ok(message)) => {
-                    timeout = Duration::ZERO;
-                    let Ok(partition) = Partition::try_from(message.partition()) else { continue };
-                    let Some(owned) = self.owned.get_mut(&partition) else { continue };
-                    if owned.end.is_some_and(|end| message.offset() >= end) || message.offset() < owned.next_offset {
-                        continue;
-                    }
-                    owned.next_offset = message.offset() + 1;
-                    owned.last_message = Instant::now();
-                    owned.state = PartitionState::Active;
-                    let timestamp = message.timestamp().to_millis().unwrap_or_else(now_millis);
-                    out.push(SourceItem::Message(Message {
-                        partition,
-                        offset: message.offset(),
-                        timestamp,
-                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    }));
-                }
+        // The consumer's own queue first: it serves events, and holds what was
+        // fetched before the partition queues were split, which precedes
+        // anything in them.
+        let before = out.len();
+        while let Some(result) = self.consumer.poll(Duration::ZERO) {
+            accept(&mut self.owned, result, out);
+        }
+        let share = (max / self.queues.len().max(1)).max(1);
+        for step in 0..self.queues.len() {
+            let queue = &self.queues[(self.turn + step) % self.queues.len()];
+            for _ in 0..share {
+                let Some(result) = queue.poll(Duration::ZERO) else { break };
+                accept(&mut self.owned, result, out);
             }
+        }
+        self.turn = self.turn.wrapping_add(1);
+        if out.len() == before
+            && let Some(result) = self.consumer.poll(wait)
+        {
+            accept(&mut self.owned, result, out);
         }
         self.mark_exhausted(out);
         self.mark_idle(out);
@@ -208,6 +220,36 @@ impl PartitionReader {
     pub fn drained(&self) -> bool {
         self.drain && self.owned.values().all(|o| o.state == PartitionState::Exhausted)
     }
+}
+
+/// Takes one polled message of an owned partition, in offset order.
+fn accept(
+    owned: &mut BTreeMap<Partition, Owned>,
+    result: rdkafka::error::KafkaResult<BorrowedMessage<'_>>,
+    out: &mut Vec<SourceItem>,
+) {
+    let message = match result {
+        Ok(message) => message,
+        Err(error) => {
+            tracing::warn!(%error, "Kafka read failed; librdkafka retries");
+            return;
+        }
+    };
+    let Ok(partition) = Partition::try_from(message.partition()) else { return };
+    let Some(owned) = owned.get_mut(&partition) else { return };
+    if owned.end.is_some_and(|end| message.offset() >= end) || message.offset() < owned.next_offset {
+        return;
+    }
+    owned.next_offset = message.offset() + 1;
+    owned.last_message = Instant::now();
+    owned.state = PartitionState::Active;
+    let timestamp = message.timestamp().to_millis().unwrap_or_else(now_millis);
+    out.push(SourceItem::Message(Message {
+        partition,
+        offset: message.offset(),
+        timestamp,
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }));
 }
 
 fn now_millis() -> i64 {
