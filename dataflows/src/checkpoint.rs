@@ -284,3 +284,47 @@ impl Recorder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn the_state_as_of_an_epoch_is_the_latest_snapshot_at_or_before_it() {
+        let mut snapshots = Snapshots::default();
+        snapshots.record(Part::Usage, 3, &map(&[("a", 1)]), 1);
+        snapshots.record(Part::Usage, 5, &map(&[("a", 1), ("b", 2)]), 2);
+        snapshots.record(Part::Dedup, 4, &map(&[("x", 9)]), 1);
+        let usage_at = |s: &Snapshots, epoch| s.parts_at(epoch).into_iter().find(|(p, _)| *p == Part::Usage).unwrap().1;
+        assert!(usage_at(&snapshots, 2).is_none(), "nothing recorded yet: empty");
+        assert_eq!(*usage_at(&snapshots, 4).unwrap(), postcard::to_stdvec(&map(&[("a", 1)])).unwrap());
+        assert_eq!(snapshots.entries_at(6)[&Part::Usage], 2);
+        assert_eq!(snapshots.entries_at(6)[&Part::Totals], 0);
+        assert!(snapshots.changed_between(Some(3), 4) && !snapshots.changed_between(Some(5), 9));
+        assert!(snapshots.changed_between(None, 3));
+        assert_eq!(snapshots.last_epoch(), Some(5));
+        snapshots.release_before(4);
+        assert!(usage_at(&snapshots, 4).is_some(), "the base of epoch 4 survives its release");
+        assert!(usage_at(&snapshots, 2).is_none());
+    }
+
+    #[test]
+    fn a_shard_restores_only_the_keys_routed_to_each_worker() {
+        let resources: BTreeMap<ResourceKey, Resource> = (0..50)
+            .map(|i| (ResourceKey { account: format!("acc-{i}"), resource: format!("vm-{i}") }, Resource::default()))
+            .collect();
+        let parts = vec![(Part::Usage, postcard::to_stdvec(&resources).unwrap())];
+        let mut total = 0;
+        for worker in 0..3 {
+            let mut restored = Restored::new(7, Shared::default());
+            restored.add_shard(&parts, worker, 3).unwrap();
+            assert!(restored.resources.keys().all(|key| owner(route(key), 3) == worker));
+            total += restored.resources.len();
+        }
+        assert_eq!(total, resources.len(), "every key lands on exactly one worker");
+    }
+}
