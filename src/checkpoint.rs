@@ -55,6 +55,7 @@
 
 pub mod store;
 
+use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -131,20 +132,23 @@ pub struct Incarnations {
     pub first: u64,
 }
 
+/// A shard as stored; its parts are borrowed when written, so that the
+/// operators' encoded snapshots are copied once, into the file.
 #[derive(Serialize, Deserialize)]
-struct ShardFile {
+struct ShardFile<'a> {
     format: u32,
     epoch: u64,
     worker: usize,
     workers: usize,
-    parts: Vec<EncodedPart>,
+    #[serde(borrow)]
+    parts: Vec<EncodedPart<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct EncodedPart {
+struct EncodedPart<'a> {
     part: Part,
-    #[serde(with = "serde_bytes")]
-    bytes: Vec<u8>,
+    #[serde(with = "serde_bytes", borrow)]
+    bytes: Cow<'a, [u8]>,
 }
 
 /// A checkpoint that cannot be used.
@@ -238,17 +242,19 @@ pub fn abandon(store: &Store) {
 /// Commits `manifest` (step 3 of the protocol).
 pub fn commit_manifest(store: &Store, manifest: &Manifest) {
     let bytes = serde_json::to_vec_pretty(manifest).expect("a manifest is plain data");
-    store.put(&manifest_name(manifest.epoch), &bytes, Some(Fault::MidManifest));
+    store.put(&manifest_name(manifest.epoch), bytes, Some(Fault::MidManifest));
 }
 
-/// Writes one worker's shard for `epoch`; returns its name and size.
-pub fn write_shard(store: &Store, epoch: u64, worker: usize, workers: usize, parts: ShardParts) -> (String, u64) {
-    let parts = parts.into_iter().map(|(part, bytes)| EncodedPart { part, bytes }).collect();
+/// Writes one worker's shard for `epoch` from its encoded parts; returns its
+/// name and size.
+pub fn write_shard(store: &Store, epoch: u64, worker: usize, workers: usize, parts: &[(Part, &[u8])]) -> (String, u64) {
+    let parts = parts.iter().map(|&(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) }).collect();
     let file = ShardFile { format: FORMAT, epoch, worker, workers, parts };
     let bytes = postcard::to_stdvec(&file).expect("a shard is plain data");
+    let size = bytes.len() as u64;
     let name = shard_name(epoch, worker);
-    store.put(&name, &bytes, Some(Fault::MidShardWrite));
-    (name, bytes.len() as u64)
+    store.put(&name, bytes, Some(Fault::MidShardWrite));
+    (name, size)
 }
 
 /// Reads a shard named by a manifest.
@@ -260,7 +266,7 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
     if file.format != FORMAT {
         return Err(corrupt(format!("format {} (this tally reads {FORMAT})", file.format)));
     }
-    Ok(file.parts.into_iter().map(|p| (p.part, p.bytes)).collect())
+    Ok(file.parts.into_iter().map(|p| (p.part, p.bytes.into_owned())).collect())
 }
 
 /// The incarnations recorded, if any.
@@ -276,7 +282,7 @@ pub fn read_incarnations(store: &Store) -> Result<Option<Incarnations>, Checkpoi
 /// Records that `incarnations.latest` has started.
 pub fn record_incarnation(store: &Store, incarnations: Incarnations) {
     let bytes = serde_json::to_vec_pretty(&incarnations).expect("plain data");
-    store.put(INCARNATIONS, &bytes, None);
+    store.put(INCARNATIONS, bytes, None);
 }
 
 /// The incarnation record for a new start.
@@ -355,7 +361,8 @@ mod tests {
     fn manifests_and_shards_round_trip() {
         let (store, dir) = scratch();
         let parts = vec![(Part::Dedup, vec![1, 2, 3]), (Part::Usage, Vec::new()), (Part::Totals, vec![9])];
-        let (name, size) = write_shard(&store, 4, 1, 2, parts.clone());
+        let borrowed: Vec<(Part, &[u8])> = parts.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        let (name, size) = write_shard(&store, 4, 1, 2, &borrowed);
         assert!(size > 0);
         assert_eq!(read_shard(&store, &name).unwrap(), parts);
         let written = manifest(4, vec![shard_name(4, 0), name]);
@@ -370,7 +377,7 @@ mod tests {
     #[test]
     fn garbage_is_what_no_kept_manifest_names() {
         let (store, dir) = scratch();
-        let shard = |epoch, worker| write_shard(&store, epoch, worker, 2, Vec::new()).0;
+        let shard = |epoch, worker| write_shard(&store, epoch, worker, 2, &[]).0;
         // Epoch 1: both workers; epoch 2: only worker 1 changed; epoch 3: worker
         // 0's shard written but the manifest never committed (a crash).
         let (a1, b1) = (shard(1, 0), shard(1, 1));

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Part, ShardParts, SnapshotsHandle};
+use tally_dataflows::checkpoint::{Part, SnapshotsHandle};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
@@ -174,15 +174,16 @@ pub fn write<'scope>(
                     let changed = last_written.is_none()
                         || shard_snapshots.borrow().changed_between(last_written.as_ref().map(|(e, _, _)| *e), next);
                     if changed {
-                        let parts: ShardParts = shard_snapshots
+                        let encoded: Vec<(Part, Arc<Vec<u8>>)> = shard_snapshots
                             .borrow()
                             .parts_at(next)
                             .into_iter()
                             .map(|(part, bytes)| {
-                                (part, bytes.map_or_else(|| tally_dataflows::checkpoint::empty(part), |b| b.to_vec()))
+                                (part, bytes.unwrap_or_else(|| Arc::new(tally_dataflows::checkpoint::empty(part))))
                             })
                             .collect();
-                        let (name, bytes) = checkpoint::write_shard(&shard_store, next, worker, workers, parts);
+                        let parts: Vec<(Part, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+                        let (name, bytes) = checkpoint::write_shard(&shard_store, next, worker, workers, &parts);
                         fault::point(Fault::AfterShardWrite);
                         tracing::debug!(epoch = next, worker, bytes, "shard written");
                         last_written = Some((next, name, bytes));

@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -130,15 +131,18 @@ impl Store {
 
     /// Writes `bytes` to `name`, replacing it. `mid_write` is the fault point
     /// reached after the first part, before the object is complete.
-    pub fn put(&self, name: &str, bytes: &[u8], mid_write: Option<Fault>) {
+    pub fn put(&self, name: &str, bytes: Vec<u8>, mid_write: Option<Fault>) {
         let path = self.path(name);
         let what = format!("write {name}");
+        // Parts are slices of one buffer: nothing is copied to upload it.
+        let bytes = Bytes::from(bytes);
         self.retry(&what, |objects| {
-            let path = path.clone();
+            let (path, bytes) = (path.clone(), bytes.clone());
             async move {
                 let mut upload = objects.put_multipart(&path).await?;
-                for (index, part) in bytes.chunks(PART_BYTES.max(1)).enumerate() {
-                    upload.put_part(PutPayload::from(part.to_vec())).await?;
+                for (index, start) in (0..bytes.len()).step_by(PART_BYTES).enumerate() {
+                    let part = bytes.slice(start..(start + PART_BYTES).min(bytes.len()));
+                    upload.put_part(PutPayload::from(part)).await?;
                     if let (0, Some(fault)) = (index, mid_write) {
                         fault::point(fault);
                     }
