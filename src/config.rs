@@ -4,6 +4,7 @@
 //! Every key of the file has a flag and a variable; clap reads both (a flag
 //! wins over its variable) and whatever they set overrides the file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -35,21 +36,84 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
-/// `[kafka]`: the event bus.
-#[derive(Clone, Debug, Deserialize)]
+/// `[kafka]`: the event bus, and how to reach it securely.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Kafka {
     /// Bootstrap servers.
     pub brokers: String,
     /// Topic of resource events.
     pub topic: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (librdkafka's
+    /// `security.protocol`); empty for librdkafka's default.
+    pub security_protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; empty for none.
+    pub sasl_mechanism: String,
+    /// SASL user.
+    pub sasl_username: String,
+    /// SASL password (never logged).
+    pub sasl_password: String,
+    /// CA certificate file (PEM) to verify the brokers with; empty for the
+    /// system's.
+    pub ssl_ca_location: String,
+    /// Any other librdkafka client setting, passed through as is
+    /// (`[kafka.properties]`); the keys above win over these.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |key: &String| key.contains("password") || key.contains("secret") || key.ends_with(".key.pem");
+        let properties: BTreeMap<&String, &str> =
+            self.properties.iter().map(|(k, v)| (k, if secret(k) { "<redacted>" } else { v.as_str() })).collect();
+        f.debug_struct("Kafka")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &redacted(&self.sasl_password))
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { "<redacted>" }
+}
+
+impl Kafka {
+    /// A librdkafka client configuration with the brokers and every security
+    /// setting; callers add their own tuning.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config.set("bootstrap.servers", &self.brokers);
+        let settings = [
+            ("security.protocol", &self.security_protocol),
+            ("sasl.mechanism", &self.sasl_mechanism),
+            ("sasl.username", &self.sasl_username),
+            ("sasl.password", &self.sasl_password),
+            ("ssl.ca.location", &self.ssl_ca_location),
+        ];
+        for (key, value) in settings {
+            if !value.is_empty() {
+                config.set(key, value);
+            }
+        }
+        config
+    }
 }
 
 /// `[clickhouse]`: the billing warehouse.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClickHouse {
-    /// HTTP endpoint.
+    /// HTTP endpoint; `https://` for TLS, verified against the system's CA
+    /// certificates or those in the file `SSL_CERT_FILE` names.
     pub url: String,
     /// Database holding the tables (created by `tally migrate`).
     pub database: String,
@@ -101,9 +165,29 @@ pub struct Metrics {
     pub listen: String,
 }
 
+impl std::fmt::Debug for ClickHouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouse")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .finish()
+    }
+}
+
 impl Default for Kafka {
     fn default() -> Kafka {
-        Kafka { brokers: "127.0.0.1:9092".into(), topic: "resource-events".into() }
+        Kafka {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "resource-events".into(),
+            security_protocol: String::new(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            ssl_ca_location: String::new(),
+            properties: BTreeMap::new(),
+        }
     }
 }
 
@@ -186,6 +270,21 @@ pub struct Overrides {
     /// Kafka topic of resource events.
     #[arg(long, env = "TALLY_KAFKA_TOPIC")]
     pub kafka_topic: Option<String>,
+    /// Kafka security protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "TALLY_KAFKA_SECURITY_PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+    /// Kafka SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "TALLY_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    /// Kafka SASL user.
+    #[arg(long, env = "TALLY_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// Kafka SASL password.
+    #[arg(long, env = "TALLY_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+    /// CA certificate file (PEM) for the brokers' TLS.
+    #[arg(long, env = "TALLY_KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<String>,
     /// ClickHouse HTTP URL.
     #[arg(long, env = "TALLY_CLICKHOUSE_URL")]
     pub clickhouse_url: Option<String>,
@@ -248,6 +347,11 @@ impl Overrides {
         };
         set(&mut config.kafka.brokers, &self.kafka_brokers);
         set(&mut config.kafka.topic, &self.kafka_topic);
+        set(&mut config.kafka.security_protocol, &self.kafka_security_protocol);
+        set(&mut config.kafka.sasl_mechanism, &self.kafka_sasl_mechanism);
+        set(&mut config.kafka.sasl_username, &self.kafka_sasl_username);
+        set(&mut config.kafka.sasl_password, &self.kafka_sasl_password);
+        set(&mut config.kafka.ssl_ca_location, &self.kafka_ssl_ca_location);
         set(&mut config.clickhouse.url, &self.clickhouse_url);
         set(&mut config.clickhouse.database, &self.clickhouse_database);
         set(&mut config.clickhouse.user, &self.clickhouse_user);

@@ -13,9 +13,17 @@ pub mod cluster;
 pub mod config;
 pub mod fault;
 pub mod logging;
+pub mod metrics;
 pub mod migrate;
 pub mod produce;
 pub mod run;
 pub mod sink;
 pub mod source;
 pub mod workload;
+
+/// Now, in Unix milliseconds (0 before 1970).
+pub fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

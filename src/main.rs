@@ -136,10 +136,10 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
     };
     if args.kafka {
         let config = args.config.load()?;
-        let (brokers, topic) = (&config.kafka.brokers, &config.kafka.topic);
-        tally::produce::ensure_topic(brokers, topic, args.partitions)?;
-        let sent = tally::produce::produce(brokers, topic, Generator::new(workload), args.events)?;
-        eprintln!("tally gen: {sent} messages produced to {topic} at {brokers}");
+        let kafka = &config.kafka;
+        tally::produce::ensure_topic(kafka, args.partitions)?;
+        let sent = tally::produce::produce(kafka, Generator::new(workload), args.events)?;
+        eprintln!("tally gen: {sent} messages produced to {} at {}", kafka.topic, kafka.brokers);
         return Ok(());
     }
     let path = args.out.expect("clap requires --out without --kafka");

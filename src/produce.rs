@@ -8,11 +8,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use std::sync::Mutex;
 
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
+use crate::config::Kafka;
 use crate::workload::Produced;
 
 /// Why producing failed.
@@ -43,10 +43,11 @@ impl ProducerContext for Deliveries {
 }
 
 /// Creates `topic` with `partitions` partitions unless it exists.
-pub fn ensure_topic(brokers: &str, topic: &str, partitions: u32) -> Result<(), ProduceError> {
-    let fail = |what| move |source| ProduceError { brokers: brokers.into(), what, source: Box::new(source) };
+pub fn ensure_topic(kafka: &Kafka, partitions: u32) -> Result<(), ProduceError> {
+    let (brokers, topic) = (&kafka.brokers, &kafka.topic);
+    let fail = |what| move |source| ProduceError { brokers: brokers.clone(), what, source: Box::new(source) };
     let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(fail("create admin client"))?;
+        kafka.client_config().create().map_err(fail("create admin client"))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio starts");
     let new = NewTopic::new(topic, i32::try_from(partitions).unwrap_or(i32::MAX), TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -62,15 +63,11 @@ pub fn ensure_topic(brokers: &str, topic: &str, partitions: u32) -> Result<(), P
 
 /// Sends `messages` to `topic`, reporting progress; fails if Kafka did not
 /// take every one of them.
-pub fn produce(
-    brokers: &str,
-    topic: &str,
-    messages: impl Iterator<Item = Produced>,
-    total: u64,
-) -> Result<u64, ProduceError> {
-    let fail = |what| move |source| ProduceError { brokers: brokers.into(), what, source: Box::new(source) };
-    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+pub fn produce(kafka: &Kafka, messages: impl Iterator<Item = Produced>, total: u64) -> Result<u64, ProduceError> {
+    let (brokers, topic) = (&kafka.brokers, kafka.topic.as_str());
+    let fail = |what| move |source| ProduceError { brokers: brokers.clone(), what, source: Box::new(source) };
+    let producer: ThreadedProducer<Deliveries> = kafka
+        .client_config()
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")

@@ -25,8 +25,9 @@ use crate::checkpoint::store::Store;
 use crate::checkpoint::{self, CheckpointError, Incarnations, Manifest};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::sink::clickhouse::{Warehouse, has_progress, stale_rows};
-use crate::sink::{self, Checkpointing, OffsetsHandle, Target, Versions};
+use crate::sink::{self, AppendedHandle, Checkpointing, OffsetsHandle, Target, Versions};
 use crate::source::kafka::PartitionReader;
 
 /// Epochs the source may run ahead of the last one fully written.
@@ -57,6 +58,10 @@ struct Shared {
     started_millis: u64,
     mode: Mode,
     failure: Mutex<Option<String>>,
+    metrics: Arc<Metrics>,
+    /// Worker threads per process: the first of each process reports its
+    /// process's epochs.
+    threads: usize,
 }
 
 /// Runs this process's workers until the mode says stop; the first error any
@@ -67,6 +72,9 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
     let epoch_interval = Duration::from_millis(config.epoch_interval()?.unsigned_abs());
     let idle_timeout = Duration::from_millis(config.idle_timeout()?.unsigned_abs());
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let metrics = Arc::new(Metrics::new(cluster.threads));
+    crate::metrics::serve(&config.metrics.listen, Arc::clone(&metrics));
+    crate::source::kafka::watch_end_offsets(&config.kafka, Arc::clone(&metrics))?;
     let shared = Arc::new(Shared {
         config,
         prices,
@@ -76,6 +84,8 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
         started_millis: u64::try_from(started.as_millis())?,
         mode,
         failure: Mutex::new(None),
+        metrics,
+        threads: cluster.threads,
     });
     tracing::info!(
         ?mode,
@@ -132,11 +142,13 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), restored };
     let first_epoch = recovery.first_epoch();
     let offsets = OffsetsHandle::default();
+    let appended = AppendedHandle::default();
     let start_offsets = start.manifest.as_ref().map(|m| m.offsets.clone()).unwrap_or_default();
     let checkpointing = Checkpointing {
         store,
         snapshots,
         offsets: Rc::clone(&offsets),
+        appended: Rc::clone(&appended),
         first_epoch,
         keep: config.checkpoint.keep,
         restored: start.manifest,
@@ -149,6 +161,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         topic: config.kafka.topic.clone(),
         prices: Arc::clone(&shared.prices),
         versions,
+        metrics: Arc::clone(&shared.metrics),
     });
     let overflow: Arc<Mutex<Option<String>>> = Arc::default();
     let seen_overflow = Arc::clone(&overflow);
@@ -161,18 +174,25 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     });
 
     let drain = shared.mode == Mode::Drain;
+    let metrics = &shared.metrics;
     let mut reader = PartitionReader::connect(
-        &config.kafka.brokers,
-        &config.kafka.topic,
+        &config.kafka,
         (index, peers),
         start_offsets,
         drain,
         shared.idle_timeout,
+        Arc::clone(metrics),
     )
     .map_err(|e| e.to_string())?;
     input.advance_to(first_epoch);
     let mut items = Vec::new();
     retry_discovery(&mut reader, &mut items);
+    metrics.worker_ready();
+    let reporter = index % shared.threads == 0;
+    if reporter {
+        metrics.set_epoch(first_epoch);
+    }
+    let mut closed = EpochTimes::default();
     let mut last_discovery = Instant::now();
     let mut epoch = first_epoch;
     let mut epoch_started = Instant::now();
@@ -193,12 +213,20 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         if epoch_started.elapsed() >= shared.epoch_interval || epoch_messages >= MAX_EPOCH_MESSAGES {
             epoch_messages = 0;
             offsets.borrow_mut().insert(epoch, reader.positions());
+            appended.borrow_mut().insert(epoch, reader.take_appended());
+            if reporter {
+                closed.close(epoch);
+                metrics.set_epoch(epoch + 1);
+            }
             epoch += 1;
             input.advance_to(epoch);
             epoch_started = Instant::now();
             while probe.less_than(&epoch.saturating_sub(EPOCHS_IN_FLIGHT)) {
                 worker.step_or_park(Some(Duration::from_millis(10)));
             }
+        }
+        if reporter {
+            closed.observe_committed(&probe, metrics);
         }
         if !drain && last_discovery.elapsed() >= DISCOVERY_INTERVAL {
             retry_discovery(&mut reader, &mut items);
@@ -209,13 +237,44 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         input.send(item);
     }
     offsets.borrow_mut().insert(epoch, reader.positions());
+    appended.borrow_mut().insert(epoch, reader.take_appended());
+    if reporter {
+        closed.close(epoch);
+    }
     input.close();
-    while worker.step_or_park(Some(Duration::from_millis(10))) {}
+    while worker.step_or_park(Some(Duration::from_millis(10))) {
+        if reporter {
+            closed.observe_committed(&probe, metrics);
+        }
+    }
+    if reporter {
+        closed.observe_committed(&probe, metrics);
+    }
     if let Some(error) = overflow.lock().expect("no panic holding the lock").take() {
         return Err(format!("stopping: {error}"));
     }
     tracing::info!(worker = index, epochs = epoch + 1 - first_epoch, last_epoch = epoch, "worker done");
     Ok(())
+}
+
+/// When the source closed each epoch not yet committed, to time epochs.
+#[derive(Default)]
+struct EpochTimes(std::collections::VecDeque<(u64, Instant)>);
+
+impl EpochTimes {
+    fn close(&mut self, epoch: u64) {
+        self.0.push_back((epoch, Instant::now()));
+    }
+
+    fn observe_committed(&mut self, probe: &ProbeHandle<u64>, metrics: &Metrics) {
+        while let Some(&(epoch, closed)) = self.0.front() {
+            if probe.less_equal(&epoch) {
+                break;
+            }
+            metrics.observe_epoch(closed.elapsed());
+            self.0.pop_front();
+        }
+    }
 }
 
 /// Where a start begins: the newest committed manifest and the incarnation,

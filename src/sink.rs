@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{Part, SnapshotsHandle};
@@ -24,17 +25,19 @@ use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::rows::{BreakdownRow, Progress, Rejection, TotalRow};
+use tally_dataflows::time::Millis;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Concat, Operator};
+use timely::dataflow::operators::{Concat, Inspect, Operator};
 
 use self::clickhouse::Warehouse;
 use self::rows::{AccountTotal, PipelineProgress, RejectedEvent, UsageBreakdown};
 use crate::checkpoint::store::Store;
 use crate::checkpoint::{self, Manifest, StateSize};
 use crate::fault::{self, Fault};
+use crate::metrics::Metrics;
 
 /// Row versions that only grow, across epochs and across restarts: the
 /// incarnation above 20 bits of epoch. Every start takes an incarnation above
@@ -74,11 +77,17 @@ pub struct Target {
     pub prices: Arc<PriceList>,
     /// Row versions.
     pub versions: Versions,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Each epoch's next offsets of a worker's partitions, recorded by the source
 /// as it moves to the next epoch.
 pub type OffsetsHandle = Rc<RefCell<BTreeMap<u64, BTreeMap<Partition, Offset>>>>;
+
+/// Each epoch's messages by append time (Unix milliseconds), recorded by the
+/// source as it moves to the next epoch, for freshness.
+pub type AppendedHandle = Rc<RefCell<BTreeMap<u64, BTreeMap<Millis, u64>>>>;
 
 /// One worker's part in checkpointing.
 pub struct Checkpointing {
@@ -88,6 +97,8 @@ pub struct Checkpointing {
     pub snapshots: SnapshotsHandle,
     /// Its source's offsets.
     pub offsets: OffsetsHandle,
+    /// Its source's append times.
+    pub appended: AppendedHandle,
     /// The first epoch this run works.
     pub first_epoch: u64,
     /// Manifests to keep.
@@ -123,7 +134,9 @@ pub fn write<'scope>(
     worker: usize,
     workers: usize,
 ) -> StreamVec<'scope, u64, ()> {
-    let Streams { breakdowns, totals, rejections, progress, outcomes: _, errors: _ } = streams;
+    let Streams { breakdowns, totals, rejections, progress, outcomes, errors: _ } = streams;
+    let outcome_metrics = Arc::clone(&target.metrics);
+    outcomes.inspect(move |outcomes| outcome_metrics.count_outcomes(outcomes));
     let output =
         breakdowns.map(Output::Breakdown).concat(totals.map(Output::Total)).concat(rejections.map(Output::Rejection));
     let rows_target = Arc::clone(&target);
@@ -141,8 +154,9 @@ pub fn write<'scope>(
                 }
             }
         });
-    let Checkpointing { store, snapshots, offsets, first_epoch, keep, restored } = checkpointing;
+    let Checkpointing { store, snapshots, offsets, appended, first_epoch, keep, restored } = checkpointing;
     let store = Rc::new(store);
+    let shard_metrics = Arc::clone(&target.metrics);
     let shard_store = Rc::clone(&store);
     let shard_snapshots = Rc::clone(&snapshots);
     let shards = written.unary_frontier::<CapacityContainerBuilder<Vec<ShardAck>>, _, _, _>(
@@ -171,6 +185,12 @@ pub fn write<'scope>(
                     if !complete {
                         break;
                     }
+                    // This worker's rows of `next` are in ClickHouse: its
+                    // events' effects are visible.
+                    let visible = appended.borrow_mut().remove(&next).unwrap_or_default();
+                    for (appended_at, count) in visible {
+                        shard_metrics.observe_visible(appended_at, count);
+                    }
                     let changed = last_written.is_none()
                         || shard_snapshots.borrow().changed_between(last_written.as_ref().map(|(e, _, _)| *e), next);
                     if changed {
@@ -183,8 +203,10 @@ pub fn write<'scope>(
                             })
                             .collect();
                         let parts: Vec<(Part, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+                        let started = Instant::now();
                         let (name, bytes) = checkpoint::write_shard(&shard_store, next, worker, workers, &parts);
                         fault::point(Fault::AfterShardWrite);
+                        shard_metrics.observe_checkpoint("shard", started.elapsed());
                         tracing::debug!(epoch = next, worker, bytes, "shard written");
                         last_written = Some((next, name, bytes));
                     }
@@ -229,12 +251,16 @@ pub fn write<'scope>(
                 new_progress.for_each(|cap, data| pending.second(&cap, port, data));
                 for (epoch, batch) in pending.complete(&[acks_frontier, progress_frontier]) {
                     progress = batch.second.last().copied().unwrap_or(progress);
+                    target.metrics.set_progress(progress.watermark, progress.final_before);
                     if let Some(writer) = &writer {
+                        let started = Instant::now();
                         let manifest =
                             manifest(&target, &snapshots, epoch, batch.first, &mut latest, &restored_offsets);
                         checkpoint::commit_manifest(&store, &manifest);
                         fault::point(Fault::AfterManifest);
                         write_progress(writer, &target, epoch, progress);
+                        target.metrics.observe_checkpoint("commit", started.elapsed());
+                        target.metrics.set_committed(epoch, manifest.state.bytes);
                         known_manifests.insert(epoch, manifest.shards);
                         checkpoint::collect_garbage(&store, keep, &mut known_manifests, &target.topic);
                     }
@@ -295,13 +321,17 @@ fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Outpu
         match output {
             Output::Breakdown(row) => breakdowns.push(UsageBreakdown::of(row, prices, version)),
             Output::Total(row) => totals.push(AccountTotal::of(row, prices, version)),
-            Output::Rejection(rejection) => rejections.push(RejectedEvent::of(rejection, &target.topic, version)),
+            Output::Rejection(rejection) => {
+                target.metrics.count_rejection(rejection.reason.as_str());
+                rejections.push(RejectedEvent::of(rejection, &target.topic, version));
+            }
         }
     }
-    warehouse.insert_all::<UsageBreakdown>("usage_breakdown", &breakdowns);
+    let metrics = &target.metrics;
+    timed_insert::<UsageBreakdown>(warehouse, metrics, "usage_breakdown", &breakdowns);
     fault::point(Fault::BetweenSinkBatches);
-    warehouse.insert_all::<AccountTotal>("account_totals", &totals);
-    warehouse.insert_all::<RejectedEvent>("rejected_events", &rejections);
+    timed_insert::<AccountTotal>(warehouse, metrics, "account_totals", &totals);
+    timed_insert::<RejectedEvent>(warehouse, metrics, "rejected_events", &rejections);
     tracing::debug!(
         epoch,
         breakdowns = breakdowns.len(),
@@ -309,6 +339,20 @@ fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Outpu
         rejections = rejections.len(),
         "epoch written"
     );
+}
+
+fn timed_insert<R: ::clickhouse::Row + ::clickhouse::RowWrite>(
+    warehouse: &Warehouse,
+    metrics: &Metrics,
+    table: &'static str,
+    rows: &[R::Value<'_>],
+) {
+    if rows.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    warehouse.insert_all::<R>(table, rows);
+    metrics.observe_insert(table, rows.len(), started.elapsed());
 }
 
 fn write_progress(warehouse: &Warehouse, target: &Target, epoch: u64, progress: Progress) {

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::message::BorrowedMessage;
@@ -19,9 +18,44 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_dataflows::event::{Message, Offset as EventOffset, Partition};
 use tally_dataflows::judge::{PartitionState, SourceItem};
+use tally_dataflows::time::Millis;
+
+use crate::metrics::Metrics;
 
 /// How long metadata and watermark requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the end offsets of the partitions read are asked for (the lag).
+const END_OFFSETS_INTERVAL: Duration = Duration::from_secs(5);
+/// Append times are counted in steps of this many milliseconds, for freshness.
+const APPEND_STEP: Millis = 100;
+
+/// Asks the broker, on a thread of its own, for the end offset of every
+/// partition this process reads, for the lag metric: a worker waiting out a
+/// ClickHouse outage reads nothing, which is when the lag matters most.
+pub fn watch_end_offsets(kafka: &crate::config::Kafka, metrics: Arc<Metrics>) -> Result<(), SourceError> {
+    let consumer: BaseConsumer = kafka.client_config().create().map_err(|source| SourceError {
+        brokers: kafka.brokers.clone(),
+        what: "create the end offset client".into(),
+        source: Box::new(source),
+    })?;
+    let topic = kafka.topic.clone();
+    let watch = move || {
+        loop {
+            std::thread::sleep(END_OFFSETS_INTERVAL);
+            for partition in metrics.partitions() {
+                match consumer.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT) {
+                    Ok((_, end)) => metrics.set_end_offset(partition, end),
+                    Err(error) => tracing::debug!(partition, %error, "end offset unknown for now"),
+                }
+            }
+        }
+    };
+    std::thread::Builder::new().name("end-offsets".into()).spawn(watch).map(drop).map_err(|e| SourceError {
+        brokers: kafka.brokers.clone(),
+        what: "start the end offset thread".into(),
+        source: Box::new(rdkafka::error::KafkaError::ClientCreation(e.to_string())),
+    })
+}
 
 /// Why Kafka could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -58,21 +92,26 @@ pub struct PartitionReader {
     idle_timeout: Duration,
     start: BTreeMap<Partition, EventOffset>,
     owned: BTreeMap<Partition, Owned>,
+    /// Messages read since [`PartitionReader::take_appended`], by append time
+    /// (Unix milliseconds, in steps of [`APPEND_STEP`]).
+    appended: BTreeMap<Millis, u64>,
+    metrics: Arc<Metrics>,
 }
 
 impl PartitionReader {
     /// Connects; partitions start at the offsets in `start` (else at 0);
     /// `drain` fixes each partition's end at the offset found now.
     pub fn connect(
-        brokers: &str,
-        topic: &str,
+        kafka: &crate::config::Kafka,
         (worker, workers): (usize, usize),
         start: BTreeMap<Partition, EventOffset>,
         drain: bool,
         idle_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<PartitionReader, SourceError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let (brokers, topic) = (&kafka.brokers, &kafka.topic);
+        let consumer: BaseConsumer = kafka
+            .client_config()
             // assign() still wants a group id; nothing is committed to it.
             .set("group.id", "tally")
             .set("enable.auto.commit", "false")
@@ -86,7 +125,7 @@ impl PartitionReader {
             .set("queued.max.messages.kbytes", "16384")
             .create()
             .map_err(|source| SourceError {
-                brokers: brokers.into(),
+                brokers: brokers.clone(),
                 what: "create consumer".into(),
                 source: Box::new(source),
             })?;
@@ -94,14 +133,16 @@ impl PartitionReader {
             consumer: Arc::new(consumer),
             queues: Vec::new(),
             turn: 0,
-            brokers: brokers.into(),
-            topic: topic.into(),
+            brokers: brokers.clone(),
+            topic: topic.clone(),
             worker,
             workers,
             drain,
             idle_timeout,
             start,
             owned: BTreeMap::new(),
+            appended: BTreeMap::new(),
+            metrics,
         })
     }
 
@@ -140,6 +181,7 @@ impl PartitionReader {
             let next_offset = self.start.get(&partition).copied().unwrap_or(0);
             let owned = Owned { next_offset, end, state: PartitionState::Active, last_message: Instant::now() };
             tracing::info!(partition, next_offset, end_offset = ?end, "reading partition");
+            self.metrics.set_next_offset(partition as i32, next_offset);
             out.push(SourceItem::Status { partition, state: PartitionState::Active });
             self.owned.insert(partition, owned);
         }
@@ -168,24 +210,35 @@ impl PartitionReader {
         // anything in them.
         let before = out.len();
         while let Some(result) = self.consumer.poll(Duration::ZERO) {
-            accept(&mut self.owned, result, out);
+            accept(&mut self.owned, &mut self.appended, result, out);
         }
         let share = (max / self.queues.len().max(1)).max(1);
         for step in 0..self.queues.len() {
             let queue = &self.queues[(self.turn + step) % self.queues.len()];
             for _ in 0..share {
                 let Some(result) = queue.poll(Duration::ZERO) else { break };
-                accept(&mut self.owned, result, out);
+                accept(&mut self.owned, &mut self.appended, result, out);
             }
         }
         self.turn = self.turn.wrapping_add(1);
         if out.len() == before
             && let Some(result) = self.consumer.poll(wait)
         {
-            accept(&mut self.owned, result, out);
+            accept(&mut self.owned, &mut self.appended, result, out);
+        }
+        if out.len() > before {
+            for (&partition, owned) in &self.owned {
+                self.metrics.set_next_offset(partition as i32, owned.next_offset);
+            }
         }
         self.mark_exhausted(out);
         self.mark_idle(out);
+    }
+
+    /// The append times of the messages read since the last call, counted in
+    /// steps of 100 ms.
+    pub fn take_appended(&mut self) -> BTreeMap<Millis, u64> {
+        std::mem::take(&mut self.appended)
     }
 
     fn mark_exhausted(&mut self, out: &mut Vec<SourceItem>) {
@@ -225,6 +278,7 @@ impl PartitionReader {
 /// Takes one polled message of an owned partition, in offset order.
 fn accept(
     owned: &mut BTreeMap<Partition, Owned>,
+    appended: &mut BTreeMap<Millis, u64>,
     result: rdkafka::error::KafkaResult<BorrowedMessage<'_>>,
     out: &mut Vec<SourceItem>,
 ) {
@@ -243,17 +297,12 @@ fn accept(
     owned.next_offset = message.offset() + 1;
     owned.last_message = Instant::now();
     owned.state = PartitionState::Active;
-    let timestamp = message.timestamp().to_millis().unwrap_or_else(now_millis);
+    let timestamp = message.timestamp().to_millis().unwrap_or_else(crate::unix_millis);
+    *appended.entry(timestamp - timestamp.rem_euclid(APPEND_STEP)).or_default() += 1;
     out.push(SourceItem::Message(Message {
         partition,
         offset: message.offset(),
         timestamp,
         payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
     }));
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

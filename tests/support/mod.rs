@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clickhouse::Row;
 use serde::Deserialize;
-use tally::config::ClickHouse;
+use tally::config::{ClickHouse, Kafka};
 use tally::sink::clickhouse::Warehouse;
 use tally::workload::Produced;
 use tally_dataflows::event::Message;
@@ -60,6 +60,10 @@ impl Scratch {
         self
     }
 
+    pub fn kafka(&self) -> Kafka {
+        Kafka { brokers: self.brokers.clone(), topic: self.topic.clone(), ..Kafka::default() }
+    }
+
     pub fn clickhouse(&self) -> ClickHouse {
         ClickHouse { url: CLICKHOUSE_URL.into(), database: self.database.clone(), ..ClickHouse::default() }
     }
@@ -67,7 +71,7 @@ impl Scratch {
     /// Produces `messages` to a new topic with `partitions` partitions and
     /// returns them as the partitions hold them (offsets from 0).
     pub fn produce(&self, partitions: u32, messages: Vec<Produced>) -> Vec<Message> {
-        tally::produce::ensure_topic(&self.brokers, &self.topic, partitions).expect("topic created");
+        tally::produce::ensure_topic(&self.kafka(), partitions).expect("topic created");
         self.produce_more(&messages);
         as_read(&messages)
     }
@@ -75,7 +79,7 @@ impl Scratch {
     /// Produces `messages` after what the topic already holds.
     pub fn produce_more(&self, messages: &[Produced]) {
         let total = messages.len() as u64;
-        tally::produce::produce(&self.brokers, &self.topic, messages.iter().cloned(), total).expect("produced");
+        tally::produce::produce(&self.kafka(), messages.iter().cloned(), total).expect("produced");
     }
 
     /// `tally` with this test's topic and database in its environment.
@@ -89,6 +93,7 @@ impl Scratch {
             .env("TALLY_CLICKHOUSE_DATABASE", &self.database)
             .env("TALLY_CHECKPOINT_INTERVAL", "1s")
             .env("TALLY_CHECKPOINT_URL", format!("file://{}", self.state.display()))
+            .env("TALLY_METRICS_LISTEN", "127.0.0.1:0")
             .env_remove("TALLY_FAULT")
             .env("TALLY_LOG", "warn");
         command
