@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod migrate;
 pub mod produce;
+pub mod reconcile;
 pub mod run;
 pub mod sink;
 pub mod source;

@@ -38,6 +38,16 @@ enum Command {
     },
     /// Produce a realistic synthetic workload, seeded and reproducible.
     Gen(GenArgs),
+    /// Recompute the tables from the whole event log in batch and diff them
+    /// against ClickHouse. Exit status: 0 equal, 1 different, 2 not checked.
+    Reconcile {
+        #[command(flatten)]
+        config: Overrides,
+        /// Read this JSON Lines file (as `tally gen --out` writes) instead of
+        /// the topic.
+        #[arg(long, env = "TALLY_RECONCILE_EVENTS")]
+        events: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -117,6 +127,27 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gen(args) => generate(args),
+        Command::Reconcile { config, events } => {
+            let outcome = config
+                .load()
+                .map_err(tally::reconcile::ReconcileError::from)
+                .and_then(|config| tally::reconcile::reconcile(&config, events.as_deref()));
+            match outcome {
+                Err(error) => {
+                    eprintln!("tally reconcile: could not check: {error}");
+                    std::process::exit(2);
+                }
+                Ok(outcome) => {
+                    let differences = outcome.differences.count();
+                    print!("{}", outcome.differences);
+                    println!("reconciled {} messages of {}: {differences} rows differ", outcome.messages, outcome.log);
+                    if differences > 0 {
+                        std::process::exit(1);
+                    }
+                    Ok(())
+                }
+            }
+        }
     }
 }
 

@@ -306,3 +306,122 @@ fn accept(
         payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
     }));
 }
+
+/// The whole topic, for a recomputation: every message of every partition
+/// from offset 0 up to the end offsets found when opened, each partition in
+/// offset order.
+pub struct TopicLog {
+    consumer: BaseConsumer,
+    brokers: String,
+    next: BTreeMap<Partition, i64>,
+    end: BTreeMap<Partition, i64>,
+    /// Messages to read in all.
+    pub total: u64,
+    /// Messages read so far.
+    pub read: u64,
+}
+
+impl TopicLog {
+    /// Finds the topic's partitions and their end offsets; refuses a topic
+    /// that no longer holds its beginning (retention deleted some of it).
+    pub fn open(kafka: &crate::config::Kafka) -> Result<TopicLog, SourceError> {
+        let fail = |what: String| {
+            let brokers = kafka.brokers.clone();
+            move |source| SourceError { brokers, what, source: Box::new(source) }
+        };
+        let consumer: BaseConsumer = kafka
+            .client_config()
+            .set("group.id", "tally-reconcile")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()
+            .map_err(fail("create consumer".into()))?;
+        let metadata =
+            consumer.fetch_metadata(Some(&kafka.topic), REQUEST_TIMEOUT).map_err(fail("fetch metadata".into()))?;
+        let mut log = TopicLog {
+            consumer,
+            brokers: kafka.brokers.clone(),
+            next: BTreeMap::new(),
+            end: BTreeMap::new(),
+            total: 0,
+            read: 0,
+        };
+        let mut assignment = TopicPartitionList::new();
+        for topic in metadata.topics().iter().filter(|t| t.name() == kafka.topic) {
+            for partition in topic.partitions() {
+                let Ok(number) = Partition::try_from(partition.id()) else { continue };
+                let (low, high) = log
+                    .consumer
+                    .fetch_watermarks(&kafka.topic, partition.id(), REQUEST_TIMEOUT)
+                    .map_err(fail(format!("offsets of partition {number}")))?;
+                if low > 0 {
+                    return Err(SourceError {
+                        brokers: kafka.brokers.clone(),
+                        what: format!(
+                            "partition {number} starts at offset {low}, not 0: the topic no longer holds the whole \
+                             history; reconcile from an event file instead"
+                        ),
+                        source: Box::new(rdkafka::error::KafkaError::Seek("history deleted".into())),
+                    });
+                }
+                log.next.insert(number, 0);
+                log.end.insert(number, high);
+                log.total += u64::try_from(high).unwrap_or(0);
+                assignment
+                    .add_partition_offset(&kafka.topic, partition.id(), Offset::Offset(0))
+                    .map_err(fail("build assignment".into()))?;
+            }
+        }
+        if log.end.is_empty() {
+            return Err(SourceError {
+                brokers: kafka.brokers.clone(),
+                what: format!("topic {} has no partitions", kafka.topic),
+                source: Box::new(rdkafka::error::KafkaError::MetadataFetch(
+                    rdkafka::types::RDKafkaErrorCode::UnknownTopic,
+                )),
+            });
+        }
+        log.consumer.assign(&assignment).map_err(fail("assign partitions".into()))?;
+        Ok(log)
+    }
+
+    /// Every partition of the topic.
+    pub fn partitions(&self) -> Vec<Partition> {
+        self.end.keys().copied().collect()
+    }
+}
+
+impl Iterator for TopicLog {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        loop {
+            if self.next.iter().all(|(partition, next)| *next >= self.end[partition]) {
+                return None;
+            }
+            // Nothing within the wait: the broker may be away; librdkafka
+            // reconnects, and the caller's progress shows the stall.
+            let Some(result) = self.consumer.poll(Duration::from_secs(1)) else { continue };
+            let message = match result {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(brokers = self.brokers, %error, "Kafka read failed; librdkafka retries");
+                    continue;
+                }
+            };
+            let Ok(partition) = Partition::try_from(message.partition()) else { continue };
+            let (Some(next), Some(&end)) = (self.next.get_mut(&partition), self.end.get(&partition)) else { continue };
+            if message.offset() < *next || message.offset() >= end {
+                continue;
+            }
+            *next = message.offset() + 1;
+            self.read += 1;
+            return Some(Message {
+                partition,
+                offset: message.offset(),
+                timestamp: message.timestamp().to_millis().unwrap_or_else(crate::unix_millis),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            });
+        }
+    }
+}

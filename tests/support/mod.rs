@@ -13,17 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clickhouse::Row;
-use serde::Deserialize;
 use tally::config::{ClickHouse, Kafka};
 use tally::sink::clickhouse::Warehouse;
 use tally::workload::Produced;
 use tally_dataflows::event::Message;
 use tally_dataflows::oracle;
 use tally_dataflows::prices::PriceList;
-use tally_dataflows::rows::Ledger;
 use tally_dataflows::settings::Settings;
-use tally_dataflows::time::{DAY, SECOND};
 
 pub const BROKERS: &str = "127.0.0.1:9092";
 pub const CLICKHOUSE_URL: &str = "http://127.0.0.1:8123";
@@ -128,191 +124,35 @@ impl Drop for Scratch {
     }
 }
 
-#[derive(Row, Deserialize)]
-struct BreakdownStored {
-    account_id: String,
-    window_start: u32,
-    resource_id: String,
-    sku: String,
-    project_id: String,
-    region: String,
-    labels: String,
-    usage: i128,
-    unit: String,
-    cost: i128,
-    currency: String,
-}
-
-#[derive(Row, Deserialize)]
-struct TotalStored {
-    account_id: String,
-    day: u16,
-    sku: String,
-    usage: i128,
-    cost: i128,
-    currency: String,
-}
-
-#[derive(Row, Deserialize)]
-struct RejectionStored {
-    partition: i32,
-    offset: i64,
-    reason: String,
-    #[serde(with = "serde_bytes")]
-    payload: Vec<u8>,
-}
-
-/// A breakdown row's identity: account, window start (seconds), resource, SKU.
-pub type BreakdownId = (String, u32, String, String);
-/// A breakdown row's content: usage, cost, project, region, labels, unit, currency.
-pub type BreakdownValue = (i128, i128, String, String, String, String, String);
-
-/// Rows keyed and valued as strings and integers, comparable between
-/// ClickHouse and the oracle.
+/// The tables as stored or expected, compared as `tally reconcile` compares
+/// them, failing a test with the differences.
 #[derive(Debug, Default)]
-pub struct Tables {
-    /// `usage_breakdown`.
-    pub breakdowns: BTreeMap<BreakdownId, BreakdownValue>,
-    /// (account, day, sku) → (usage, cost, currency)
-    pub totals: BTreeMap<(String, u16, String), (i128, i128, String)>,
-    /// (partition, offset) → (reason, payload)
-    pub rejections: BTreeMap<(i32, i64), (String, Vec<u8>)>,
-    /// Messages whose `(source, id)` also appears on another partition: when
-    /// one copy is late, whether it or its twin is read first depends on how
-    /// epochs cut the partitions, so its `late` rejection may or may not be
-    /// there (README: copies on different partitions). The money never varies.
-    pub order_dependent: BTreeSet<(i32, i64)>,
-}
+pub struct Tables(pub tally::reconcile::tables::Tables);
 
 impl Tables {
     fn read(warehouse: &Warehouse) -> Tables {
-        let client = warehouse.client();
-        let breakdowns: Vec<BreakdownStored> = warehouse
-            .block_on(
-                client
-                    .query(
-                        "SELECT account_id, window_start, resource_id, sku, project_id, region, labels, usage, unit, cost, currency \
-                         FROM usage_breakdown FINAL WHERE usage != 0",
-                    )
-                    .fetch_all(),
-            )
-            .expect("usage_breakdown readable");
-        let totals: Vec<TotalStored> = warehouse
-            .block_on(
-                client
-                    .query(
-                        "SELECT account_id, day, sku, usage, cost, currency FROM account_totals FINAL WHERE usage != 0",
-                    )
-                    .fetch_all(),
-            )
-            .expect("account_totals readable");
-        let rejections: Vec<RejectionStored> = warehouse
-            .block_on(client.query("SELECT partition, offset, reason, payload FROM rejected_events FINAL").fetch_all())
-            .expect("rejected_events readable");
-        Tables {
-            breakdowns: breakdowns
-                .into_iter()
-                .map(|r| {
-                    (
-                        (r.account_id, r.window_start, r.resource_id, r.sku),
-                        (r.usage, r.cost, r.project_id, r.region, r.labels, r.unit, r.currency),
-                    )
-                })
-                .collect(),
-            totals: totals.into_iter().map(|r| ((r.account_id, r.day, r.sku), (r.usage, r.cost, r.currency))).collect(),
-            rejections: rejections.into_iter().map(|r| ((r.partition, r.offset), (r.reason, r.payload))).collect(),
-            order_dependent: BTreeSet::new(),
-        }
-    }
-
-    /// The oracle's ledger in the same form.
-    pub fn of(ledger: &Ledger, prices: &PriceList) -> Tables {
-        let mut tables = Tables::default();
-        for row in ledger.breakdowns.values() {
-            let sku = prices.sku(row.key.sku);
-            tables.breakdowns.insert(
-                (
-                    row.key.account.clone(),
-                    (row.key.window_start / SECOND) as u32,
-                    row.key.resource.clone(),
-                    sku.id.clone(),
-                ),
-                (
-                    row.usage.scaled(),
-                    row.cost.scaled(),
-                    row.meta.project_id.clone(),
-                    row.meta.region.clone(),
-                    row.meta.labels.clone(),
-                    sku.unit.clone(),
-                    sku.currency.clone(),
-                ),
-            );
-        }
-        for row in ledger.totals.values() {
-            let sku = prices.sku(row.key.sku);
-            tables.totals.insert(
-                (row.key.account.clone(), (row.key.day / DAY) as u16, sku.id.clone()),
-                (row.usage.scaled(), row.cost.scaled(), sku.currency.clone()),
-            );
-        }
-        for rejection in ledger.rejections.values() {
-            tables.rejections.insert(
-                (rejection.partition as i32, rejection.offset),
-                (rejection.reason.as_str().to_owned(), rejection.payload.clone()),
-            );
-        }
-        tables
+        Tables(tally::reconcile::tables::Tables::read(warehouse).expect("the tables are readable"))
     }
 
     /// Asserts equality, naming the first differences rather than dumping all.
     pub fn assert_same(&self, expected: &Tables) {
-        fn diff<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
-            what: &str,
-            actual: &BTreeMap<K, V>,
-            expected: &BTreeMap<K, V>,
-        ) {
-            let missing: Vec<_> = expected.iter().filter(|(k, _)| !actual.contains_key(k)).take(5).collect();
-            let extra: Vec<_> = actual.iter().filter(|(k, _)| !expected.contains_key(k)).take(5).collect();
-            let different: Vec<_> = expected
-                .iter()
-                .filter_map(|(k, v)| actual.get(k).filter(|a| *a != v).map(|a| (k, v, a)))
-                .take(5)
-                .collect();
-            assert!(
-                missing.is_empty() && extra.is_empty() && different.is_empty(),
-                "{what}: {} expected, {} stored\nmissing: {missing:?}\nextra: {extra:?}\ndifferent (expected, stored): {different:?}",
-                expected.len(),
-                actual.len()
-            );
-        }
-        diff("usage_breakdown", &self.breakdowns, &expected.breakdowns);
-        diff("account_totals", &self.totals, &expected.totals);
-        let (stored, oracle) = self.rejections_beside_order(expected);
-        diff("rejected_events", &stored, &oracle);
+        let differences = self.0.differences(&expected.0);
+        assert!(differences.count() == 0, "ClickHouse differs from the oracle:\n{differences}");
     }
 
     /// Whether the tables hold what `expected` says, as [`Tables::assert_same`] checks.
     pub fn matches(&self, expected: &Tables) -> bool {
-        let (stored, oracle) = self.rejections_beside_order(expected);
-        self.breakdowns == expected.breakdowns && self.totals == expected.totals && stored == oracle
-    }
-
-    /// Both sides' rejections without the `late` ones of order-dependent copies.
-    fn rejections_beside_order(&self, expected: &Tables) -> (Rejections, Rejections) {
-        fn late_or_absent(side: &Rejections, key: &(i32, i64)) -> bool {
-            side.get(key).is_none_or(|(reason, _)| reason == "late")
-        }
-        let varies = |key: &(i32, i64)| {
-            expected.order_dependent.contains(key)
-                && late_or_absent(&self.rejections, key)
-                && late_or_absent(&expected.rejections, key)
-        };
-        let keep = |side: &Rejections| side.iter().filter(|(k, _)| !varies(k)).map(|(k, v)| (*k, v.clone())).collect();
-        (keep(&self.rejections), keep(&expected.rejections))
+        self.0.differences(&expected.0).count() == 0
     }
 }
 
-type Rejections = BTreeMap<(i32, i64), (String, Vec<u8>)>;
+impl std::ops::Deref for Tables {
+    type Target = tally::reconcile::tables::Tables;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
 
 /// The shipped price list.
 pub fn prices() -> Arc<PriceList> {
@@ -324,7 +164,7 @@ pub fn expected(partitions: u32, messages: &[Message]) -> Tables {
     let prices = prices();
     let all: Vec<u32> = (0..partitions).collect();
     let ledger = oracle::run(&all, messages.to_vec(), &prices, &Settings::default()).expect("no overflow");
-    let mut tables = Tables::of(&ledger, &prices);
+    let mut tables = tally::reconcile::tables::Tables::of(&ledger, &prices);
     let identity = |m: &Message| {
         let event: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
         Some((event.get("source")?.as_str()?.to_owned(), event.get("id")?.as_str()?.to_owned()))
@@ -340,7 +180,7 @@ pub fn expected(partitions: u32, messages: &[Message]) -> Tables {
         .filter(|m| identity(m).is_some_and(|i| partitions_of[&i].len() > 1))
         .map(|m| (m.partition as i32, m.offset))
         .collect();
-    tables
+    Tables(tables)
 }
 
 /// `messages`, produced in this order to an empty topic, as its partitions
