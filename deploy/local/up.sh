@@ -31,6 +31,7 @@ wait_for() { # name, seconds, command...
 }
 
 clickhouse_answers() { curl -sf http://127.0.0.1:8123/ping >/dev/null; }
+clickhouse_https_answers() { curl -sf --cacert "$STATE/clickhouse/ca.crt" https://127.0.0.1:8443/ping >/dev/null; }
 broker_answers() { (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; }
 
 apt_updated=
@@ -42,17 +43,65 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# HTTPS on 8443 with a certificate from a local CA (ca.crt, for
+# SSL_CERT_FILE), and a user with a password: the tests of TLS and
+# credentials use both. Loopback only.
+secure_clickhouse() { # dir
+  local dir=$1
+  command -v openssl >/dev/null || apt_install openssl
+  if [ ! -f "$dir/ca.crt" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=tally local CA" \
+      -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+      -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$dir/server.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
+    openssl dhparam -dsaparam -out "$dir/dhparam.pem" 2048 2>/dev/null
+  fi
+  mkdir -p "$dir/config.d" "$dir/users.d"
+  cat > "$dir/config.d/https.xml" <<XML
+<yandex>
+  <https_port>8443</https_port>
+  <openSSL><server>
+    <certificateFile>$dir/server.crt</certificateFile>
+    <privateKeyFile>$dir/server.key</privateKeyFile>
+    <dhParamsFile>$dir/dhparam.pem</dhParamsFile>
+  </server></openSSL>
+</yandex>
+XML
+  cat > "$dir/users.d/tally-secured.xml" <<'XML'
+<yandex><users><tally_secured>
+  <password>tally-local-secret</password>
+  <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+  <profile>default</profile>
+  <quota>default</quota>
+</tally_secured></users></yandex>
+XML
+}
+
 start_clickhouse() {
+  local dir="$STATE/clickhouse"
   if clickhouse_answers; then
-    say "ClickHouse already answers on 127.0.0.1:8123"
-    return
+    if clickhouse_https_answers; then
+      say "ClickHouse already answers on 127.0.0.1:8123 and :8443"
+      return
+    fi
+    local pid
+    pid=$(pgrep -f "clickhouse-server --config-file=$dir/config.xml" | head -1 || true)
+    if [ -z "$pid" ]; then
+      say "a ClickHouse not started by this script answers on 8123 without HTTPS on 8443; leaving it alone"
+      return
+    fi
+    say "ClickHouse answers without HTTPS on 8443: restarting it with it"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   fi
   command -v curl >/dev/null || apt_install curl
   if ! command -v clickhouse-server >/dev/null; then
     say "installing clickhouse-server (Debian package)"
     apt_install clickhouse-server clickhouse-client
   fi
-  local dir="$STATE/clickhouse"
   mkdir -p "$dir/data/tmp" "$dir/data/user_files" "$dir/data/format_schemas" "$dir/log"
   sed -e "s|/var/lib/clickhouse/|$dir/data/|g" \
       -e "s|/var/log/clickhouse-server/|$dir/log/|g" \
@@ -60,10 +109,14 @@ start_clickhouse() {
       -e 's|<!-- <timezone>Europe/Moscow</timezone> -->|<timezone>UTC</timezone>|' \
       /etc/clickhouse-server/config.xml > "$dir/config.xml"
   cp /etc/clickhouse-server/users.xml "$dir/users.xml"
+  secure_clickhouse "$dir"
   say "starting ClickHouse (data in $dir)"
-  (cd "$dir" && setsid nohup clickhouse-server --config-file="$dir/config.xml" \
-      >"$STATE/log/clickhouse.out" 2>&1 < /dev/null & echo $! > "$STATE/clickhouse.pid")
+  # exec: no shell lingers holding this script's output open.
+  (cd "$dir" && exec setsid nohup clickhouse-server --config-file="$dir/config.xml") \
+      >"$STATE/log/clickhouse.out" 2>&1 < /dev/null &
+  echo $! > "$STATE/clickhouse.pid"
   wait_for ClickHouse 60 clickhouse_answers
+  wait_for "ClickHouse HTTPS" 30 clickhouse_https_answers
 }
 
 install_broker() {
@@ -90,7 +143,7 @@ start_broker() {
     *) say "TALLY_BROKER_STORAGE must be memory or sqlite, found $STORAGE"; exit 2 ;;
   esac
   say "starting nisshi broker ($STORAGE storage)"
-  (cd "$dir" && setsid nohup "$STATE/bin/nisshi" broker \
+  (cd "$dir" && exec setsid nohup "$STATE/bin/nisshi" broker \
       --listener-url tcp://127.0.0.1:9092 \
       --advertised-listener-url tcp://127.0.0.1:9092 \
       --group-initial-rebalance-delay 0s \
@@ -119,5 +172,5 @@ start_clickhouse
 start_broker
 install_chdb
 install_moto
-echo "clickhouse http://127.0.0.1:8123"
+echo "clickhouse http://127.0.0.1:8123 https://127.0.0.1:8443 (CA: $STATE/clickhouse/ca.crt)"
 echo "kafka 127.0.0.1:9092"

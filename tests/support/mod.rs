@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -213,6 +213,8 @@ pub struct PrivateBroker {
     pub address: String,
     /// With SQLite storage in this directory, the broker survives a restart.
     storage: Option<PathBuf>,
+    /// Flags beyond listener and storage.
+    flags: Vec<String>,
     process: std::process::Child,
 }
 
@@ -220,25 +222,57 @@ impl PrivateBroker {
     /// A broker with memory storage.
     pub fn start() -> PrivateBroker {
         let port = free_port();
-        PrivateBroker::spawn(format!("127.0.0.1:{port}"), None)
+        PrivateBroker::spawn(format!("127.0.0.1:{port}"), None, Vec::new())
+    }
+
+    /// A broker that serves only TLS (with `certificate` and `key`) and
+    /// requires SASL/SCRAM-SHA-512 login as `user`.
+    pub fn start_secured(
+        storage: PathBuf,
+        user: &str,
+        password: &str,
+        certificate: &Path,
+        key: &Path,
+    ) -> PrivateBroker {
+        std::fs::create_dir_all(&storage).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        // Users are created through a broker that does not require them yet.
+        let open = PrivateBroker::spawn(address.clone(), Some(storage.clone()), Vec::new());
+        let status = Command::new(nisshi())
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &format!("tcp://{address}"),
+                "--mechanism",
+                "scram512",
+                user,
+                password,
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("nisshi user create runs");
+        assert!(status.success(), "nisshi could not create user {user}");
+        drop(open);
+        let flags =
+            ["--authentication", "--cert", &certificate.display().to_string(), "--key", &key.display().to_string()]
+                .map(str::to_owned)
+                .to_vec();
+        PrivateBroker::spawn(address, Some(storage), flags)
     }
 
     /// A broker keeping its data in SQLite under `storage`, so that it can be
     /// killed and restarted.
     pub fn start_persistent(storage: PathBuf) -> PrivateBroker {
         std::fs::create_dir_all(&storage).unwrap();
-        PrivateBroker::spawn(format!("127.0.0.1:{}", free_port()), Some(storage))
+        PrivateBroker::spawn(format!("127.0.0.1:{}", free_port()), Some(storage), Vec::new())
     }
 
-    fn spawn(address: String, storage: Option<PathBuf>) -> PrivateBroker {
-        let local = std::env::var("TALLY_LOCAL_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".tally-local"));
-        let binary = local.join("bin/nisshi");
-        assert!(binary.exists(), "no broker binary at {}: run deploy/local/up.sh", binary.display());
+    fn spawn(address: String, storage: Option<PathBuf>, flags: Vec<String>) -> PrivateBroker {
         let url = format!("tcp://{address}");
-        let mut command = Command::new(binary);
+        let mut command = Command::new(nisshi());
         command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
+        command.args(&flags);
         command.args(["--group-initial-rebalance-delay", "0s"]);
         match &storage {
             // nisshi takes SQLite paths relative to its working directory.
@@ -251,7 +285,7 @@ impl PrivateBroker {
             .spawn()
             .expect("the broker starts");
         wait_for_port(&address, "private broker");
-        PrivateBroker { address, storage, process }
+        PrivateBroker { address, storage, flags, process }
     }
 
     /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
@@ -259,7 +293,7 @@ impl PrivateBroker {
         assert!(self.storage.is_some(), "only a persistent broker keeps its data across a restart");
         self.process.kill().unwrap();
         self.process.wait().unwrap();
-        let restarted = PrivateBroker::spawn(self.address.clone(), self.storage.clone());
+        let restarted = PrivateBroker::spawn(self.address.clone(), self.storage.clone(), self.flags.clone());
         *self = restarted;
     }
 
@@ -269,6 +303,36 @@ impl PrivateBroker {
         let status = Command::new("kill").args([signal, &self.process.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
+}
+
+/// The state folder of `deploy/local/up.sh`.
+pub fn local_dir() -> PathBuf {
+    std::env::var("TALLY_LOCAL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".tally-local"))
+}
+
+fn nisshi() -> PathBuf {
+    let binary = local_dir().join("bin/nisshi");
+    assert!(binary.exists(), "no broker binary at {}: run deploy/local/up.sh", binary.display());
+    binary
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key (PEM) in `dir`.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (certificate, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&certificate)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs (deploy/local/up.sh installs it)");
+    assert!(status.success(), "openssl could not make a certificate");
+    (certificate, key)
 }
 
 /// A port nothing listens on now.
@@ -342,7 +406,10 @@ impl Drop for S3Server {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         // Thawed first, so that the kill takes; it may be gone already.
-        let _ = Command::new("kill").args(["-CONT", &self.process.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.process.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
