@@ -101,12 +101,28 @@ fn rfc3339(text: &str) -> Result<Millis, String> {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit status of a process that lost another process of its cluster.
+const EXIT_PEER_LOST: i32 = 3;
+
 fn main() -> anyhow::Result<()> {
     tally::logging::init();
     // A worker that panics leaves its peers waiting on it forever: end the
-    // process instead, as a crash, for the supervisor to restart it.
+    // process instead, as a crash, for the supervisor to restart it. timely's
+    // network threads panic when another process of the cluster goes away:
+    // this process cannot go on without it and stops with its own status.
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current()
+            .name()
+            .is_some_and(|name| name.starts_with("timely:send") || name.starts_with("timely:recv"))
+        {
+            tracing::error!(
+                cause = %info,
+                "lost the connection to another process of the cluster: stopping; restart the whole cluster \
+                 (it resumes from the last checkpoint)"
+            );
+            std::process::exit(EXIT_PEER_LOST);
+        }
         report(info);
         std::process::abort();
     }));
