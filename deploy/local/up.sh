@@ -15,6 +15,7 @@ STORAGE="${TALLY_BROKER_STORAGE:-memory}"
 NISSHI_VERSION=0.8.1
 CHDB_VERSION=4.4.0
 MOTO_VERSION=5.1.22
+KUBERNETES_VALIDATE_VERSION=1.37.0
 mkdir -p "$STATE/bin" "$STATE/log"
 
 say() { printf 'up.sh: %s\n' "$*" >&2; }
@@ -168,9 +169,21 @@ install_moto() {
     || python3 -m pip install --quiet --break-system-packages "moto[server]==$MOTO_VERSION"
 }
 
+install_manifest_checkers() {
+  # The deploy/ tests check the Kubernetes manifests against the API schemas
+  # (kubernetes-validate, PyPI) and the systemd unit with systemd-analyze.
+  if ! command -v kubernetes-validate >/dev/null 2>&1; then
+    say "installing kubernetes-validate (PyPI) for the manifest checks"
+    python3 -m pip install --quiet "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  fi
+  command -v systemd-analyze >/dev/null || apt_install systemd
+}
+
 start_clickhouse
 start_broker
 install_chdb
 install_moto
+install_manifest_checkers
 echo "clickhouse http://127.0.0.1:8123 https://127.0.0.1:8443 (CA: $STATE/clickhouse/ca.crt)"
 echo "kafka 127.0.0.1:9092"
