@@ -44,3 +44,6 @@ query "SELECT reason, count() AS events FROM $db.rejected_events FINAL GROUP BY 
 echo
 echo "Pipeline progress:"
 query "SELECT pipeline, watermark, final_before, epoch, committed_at FROM $db.pipeline_progress FINAL"
+echo
+echo "Independent check (tally reconcile: the whole topic recomputed in batch, compared with ClickHouse):"
+"$tally" reconcile | tail -4

@@ -7,7 +7,7 @@
 //! by itself after a broker outage; reading resumes at the next offset, so
 //! nothing is skipped or read twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const END_OFFSETS_INTERVAL: Duration = Duration::from_secs(5);
 /// Append times are counted in steps of this many milliseconds, for freshness.
 const APPEND_STEP: Millis = 100;
+/// Messages fetched ahead per partition, for the merge by timestamp.
+const LOOKAHEAD: usize = 512;
+/// How far past the next partition's head the merge keeps taking from one
+/// partition.
+const MERGE_SLACK: Millis = 1_000;
 
 /// Asks the broker, on a thread of its own, for the end offset of every
 /// partition this process reads, for the lag metric: a worker waiting out a
@@ -67,7 +72,13 @@ pub struct SourceError {
 }
 
 struct Owned {
+    /// Next offset to hand out: messages before it are in the dataflow.
     next_offset: i64,
+    /// Next offset expected from the partition's queue.
+    fetched: i64,
+    /// Fetched, not yet handed out: the head of the partition in the merge by
+    /// timestamp.
+    ahead: VecDeque<Message>,
     /// In a drain: the end offset found at start.
     end: Option<i64>,
     state: PartitionState,
@@ -77,13 +88,13 @@ struct Owned {
 /// The partitions one worker reads.
 pub struct PartitionReader {
     consumer: Arc<BaseConsumer>,
-    /// One queue per partition, read in turn, so that partitions advance
-    /// together: read from one shared queue, they drift apart by hours of
-    /// event time over a backlog, and everything ahead of the watermark stays
-    /// in memory until the slowest catches up.
-    queues: Vec<PartitionQueue<DefaultConsumerContext>>,
-    /// The queue to read first on the next poll.
-    turn: usize,
+    /// One queue per partition, merged by message timestamp, so that
+    /// partitions advance together in time: read by message count, partitions
+    /// of different event densities drift apart by hours over a backlog, and
+    /// everything ahead of the watermark (the slowest partition) stays in
+    /// memory until it catches up. The order across partitions never changes
+    /// a result (the contract's determinism); only memory.
+    queues: Vec<(Partition, PartitionQueue<DefaultConsumerContext>)>,
     brokers: String,
     topic: String,
     worker: usize,
@@ -132,7 +143,6 @@ impl PartitionReader {
         Ok(PartitionReader {
             consumer: Arc::new(consumer),
             queues: Vec::new(),
-            turn: 0,
             brokers: brokers.clone(),
             topic: topic.clone(),
             worker,
@@ -179,13 +189,26 @@ impl PartitionReader {
                 None
             };
             let next_offset = self.start.get(&partition).copied().unwrap_or(0);
-            let owned = Owned { next_offset, end, state: PartitionState::Active, last_message: Instant::now() };
+            let owned = Owned {
+                next_offset,
+                fetched: next_offset,
+                ahead: VecDeque::new(),
+                end,
+                state: PartitionState::Active,
+                last_message: Instant::now(),
+            };
             tracing::info!(partition, next_offset, end_offset = ?end, "reading partition");
             self.metrics.set_next_offset(partition as i32, next_offset);
             out.push(SourceItem::Status { partition, state: PartitionState::Active });
             self.owned.insert(partition, owned);
         }
         let mut assignment = TopicPartitionList::new();
+        for owned in self.owned.values_mut() {
+            // The new assignment starts every partition at what was handed
+            // out: what was fetched beyond it comes again.
+            owned.ahead.clear();
+            owned.fetched = owned.next_offset;
+        }
         for (&partition, owned) in &self.owned {
             assignment
                 .add_partition_offset(&self.topic, partition as i32, Offset::Offset(owned.next_offset))
@@ -196,35 +219,46 @@ impl PartitionReader {
         self.queues = self
             .owned
             .keys()
-            .filter_map(|&partition| self.consumer.split_partition_queue(&self.topic, partition as i32))
+            .filter_map(|&partition| {
+                self.consumer.split_partition_queue(&self.topic, partition as i32).map(|queue| (partition, queue))
+            })
             .collect();
         self.mark_exhausted(out);
         Ok(())
     }
 
-    /// Reads up to about `max` messages, an equal share from each partition in
-    /// turn, waiting at most `wait` when there are none.
+    /// Hands out up to `max` messages, merging the partitions by timestamp,
+    /// waiting at most `wait` when there are none.
     pub fn poll(&mut self, max: usize, wait: Duration, out: &mut Vec<SourceItem>) {
         // The consumer's own queue first: it serves events, and holds what was
         // fetched before the partition queues were split, which precedes
         // anything in them.
         let before = out.len();
         while let Some(result) = self.consumer.poll(Duration::ZERO) {
-            accept(&mut self.owned, &mut self.appended, result, out);
+            fetch(&mut self.owned, result);
         }
-        let share = (max / self.queues.len().max(1)).max(1);
-        for step in 0..self.queues.len() {
-            let queue = &self.queues[(self.turn + step) % self.queues.len()];
-            for _ in 0..share {
-                let Some(result) = queue.poll(Duration::ZERO) else { break };
-                accept(&mut self.owned, &mut self.appended, result, out);
+        for (partition, queue) in &self.queues {
+            refill(&mut self.owned, *partition, queue);
+        }
+        while out.len() - before < max {
+            let Some((partition, bound)) = self.earliest() else { break };
+            let owned = self.owned.get_mut(&partition).expect("the earliest partition is owned");
+            while out.len() - before < max && owned.ahead.front().is_some_and(|m| m.timestamp <= bound) {
+                let message = owned.ahead.pop_front().expect("a front message");
+                owned.next_offset = message.offset + 1;
+                *self.appended.entry(message.timestamp - message.timestamp.rem_euclid(APPEND_STEP)).or_default() += 1;
+                out.push(SourceItem::Message(message));
+            }
+            if owned.ahead.is_empty()
+                && let Some((_, queue)) = self.queues.iter().find(|(p, _)| *p == partition)
+            {
+                refill(&mut self.owned, partition, queue);
             }
         }
-        self.turn = self.turn.wrapping_add(1);
         if out.len() == before
             && let Some(result) = self.consumer.poll(wait)
         {
-            accept(&mut self.owned, &mut self.appended, result, out);
+            fetch(&mut self.owned, result);
         }
         if out.len() > before {
             for (&partition, owned) in &self.owned {
@@ -233,6 +267,21 @@ impl PartitionReader {
         }
         self.mark_exhausted(out);
         self.mark_idle(out);
+    }
+
+    /// The partition whose next message is the earliest, and up to which
+    /// timestamp to take from it: the next partition's head, plus
+    /// [`MERGE_SLACK`] so that it takes runs rather than single messages.
+    fn earliest(&self) -> Option<(Partition, Millis)> {
+        let mut heads: Vec<(Millis, Partition)> = self
+            .owned
+            .iter()
+            .filter_map(|(&partition, owned)| owned.ahead.front().map(|m| (m.timestamp, partition)))
+            .collect();
+        heads.sort_unstable();
+        let (_, partition) = *heads.first()?;
+        let bound = heads.get(1).map_or(Millis::MAX, |(next, _)| next.saturating_add(MERGE_SLACK));
+        Some((partition, bound))
     }
 
     /// The append times of the messages read since the last call, counted in
@@ -257,7 +306,8 @@ impl PartitionReader {
             return;
         }
         for (&partition, owned) in &mut self.owned {
-            if owned.state == PartitionState::Active && owned.last_message.elapsed() >= self.idle_timeout {
+            let waiting = owned.ahead.is_empty() && owned.last_message.elapsed() >= self.idle_timeout;
+            if owned.state == PartitionState::Active && waiting {
                 owned.state = PartitionState::Idle;
                 out.push(SourceItem::Status { partition, state: PartitionState::Idle });
             }
@@ -275,13 +325,23 @@ impl PartitionReader {
     }
 }
 
-/// Takes one polled message of an owned partition, in offset order.
-fn accept(
+/// Polls `partition`'s queue until [`LOOKAHEAD`] messages are ahead or the
+/// queue is empty.
+fn refill(
     owned: &mut BTreeMap<Partition, Owned>,
-    appended: &mut BTreeMap<Millis, u64>,
-    result: rdkafka::error::KafkaResult<BorrowedMessage<'_>>,
-    out: &mut Vec<SourceItem>,
+    partition: Partition,
+    queue: &PartitionQueue<DefaultConsumerContext>,
 ) {
+    let ahead = |owned: &BTreeMap<Partition, Owned>| owned.get(&partition).map_or(LOOKAHEAD, |o| o.ahead.len());
+    while ahead(owned) < LOOKAHEAD {
+        let Some(result) = queue.poll(Duration::ZERO) else { break };
+        fetch(owned, result);
+    }
+}
+
+/// Takes one polled message of an owned partition, in offset order, into the
+/// partition's messages ahead.
+fn fetch(owned: &mut BTreeMap<Partition, Owned>, result: rdkafka::error::KafkaResult<BorrowedMessage<'_>>) {
     let message = match result {
         Ok(message) => message,
         Err(error) => {
@@ -291,20 +351,18 @@ fn accept(
     };
     let Ok(partition) = Partition::try_from(message.partition()) else { return };
     let Some(owned) = owned.get_mut(&partition) else { return };
-    if owned.end.is_some_and(|end| message.offset() >= end) || message.offset() < owned.next_offset {
+    if owned.end.is_some_and(|end| message.offset() >= end) || message.offset() < owned.fetched {
         return;
     }
-    owned.next_offset = message.offset() + 1;
+    owned.fetched = message.offset() + 1;
     owned.last_message = Instant::now();
     owned.state = PartitionState::Active;
-    let timestamp = message.timestamp().to_millis().unwrap_or_else(crate::unix_millis);
-    *appended.entry(timestamp - timestamp.rem_euclid(APPEND_STEP)).or_default() += 1;
-    out.push(SourceItem::Message(Message {
+    owned.ahead.push_back(Message {
         partition,
         offset: message.offset(),
-        timestamp,
+        timestamp: message.timestamp().to_millis().unwrap_or_else(crate::unix_millis),
         payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-    }));
+    });
 }
 
 /// The whole topic, for a recomputation: every message of every partition
