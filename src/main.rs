@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally::cluster::Cluster;
 use tally::config::Overrides;
+use tally::produce::Pace;
 use tally::run::Mode;
 use tally::workload::{Generator, Workload};
 use tally_dataflows::time::{Millis, parse_duration, parse_rfc3339};
@@ -75,7 +76,7 @@ struct GenArgs {
     /// Partitions of the topic.
     #[arg(long, default_value_t = 4, env = "TALLY_GEN_PARTITIONS")]
     partitions: u32,
-    /// Event time of the first event (RFC 3339).
+    /// Event time of the first event (RFC 3339, or `now`).
     #[arg(long, default_value = "2026-11-23T00:00:00Z", value_parser = rfc3339, env = "TALLY_GEN_START")]
     start: Millis,
     /// Mean time between counter records of a running resource.
@@ -90,9 +91,17 @@ struct GenArgs {
     /// Fraction of broken messages.
     #[arg(long, default_value_t = 0.001, env = "TALLY_GEN_MALFORMED_RATE")]
     malformed_rate: f64,
+    /// With --kafka: send this many messages per second, each stamped with
+    /// the wall clock (a live source); pair with `--start` now and a fleet
+    /// and counter interval whose event rate matches.
+    #[arg(long, requires = "kafka", env = "TALLY_GEN_RATE")]
+    rate: Option<u32>,
 }
 
 fn rfc3339(text: &str) -> Result<Millis, String> {
+    if text == "now" {
+        return Ok(tally::unix_millis());
+    }
     parse_rfc3339(text).ok_or_else(|| format!("expected an RFC 3339 time with an offset, found {text:?}"))
 }
 
@@ -185,7 +194,8 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
         let config = args.config.load()?;
         let kafka = &config.kafka;
         tally::produce::ensure_topic(kafka, args.partitions)?;
-        let sent = tally::produce::produce(kafka, Generator::new(workload), args.events)?;
+        let pace = args.rate.map_or(Pace::Unpaced, Pace::PerSecond);
+        let sent = tally::produce::produce(kafka, Generator::new(workload), args.events, pace)?;
         eprintln!("tally gen: {sent} messages produced to {} at {}", kafka.topic, kafka.brokers);
         return Ok(());
     }

@@ -61,9 +61,24 @@ pub fn ensure_topic(kafka: &Kafka, partitions: u32) -> Result<(), ProduceError> 
     Ok(())
 }
 
+/// How fast to send.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    /// As fast as Kafka takes them, each with its own timestamp.
+    Unpaced,
+    /// This many messages per second, each stamped with the wall clock when
+    /// sent: a live source, for measuring freshness.
+    PerSecond(u32),
+}
+
 /// Sends `messages` to `topic`, reporting progress; fails if Kafka did not
 /// take every one of them.
-pub fn produce(kafka: &Kafka, messages: impl Iterator<Item = Produced>, total: u64) -> Result<u64, ProduceError> {
+pub fn produce(
+    kafka: &Kafka,
+    messages: impl Iterator<Item = Produced>,
+    total: u64,
+    pace: Pace,
+) -> Result<u64, ProduceError> {
     let (brokers, topic) = (&kafka.brokers, kafka.topic.as_str());
     let fail = |what| move |source| ProduceError { brokers: brokers.clone(), what, source: Box::new(source) };
     let producer: ThreadedProducer<Deliveries> = kafka
@@ -77,12 +92,23 @@ pub fn produce(kafka: &Kafka, messages: impl Iterator<Item = Produced>, total: u
         .map_err(fail("create producer"))?;
     let mut sent = 0u64;
     let step = (total / 10).max(1);
+    let started = std::time::Instant::now();
     for message in messages {
+        let timestamp = match pace {
+            Pace::Unpaced => message.timestamp,
+            Pace::PerSecond(rate) => {
+                let due = Duration::from_secs_f64(sent as f64 / f64::from(rate.max(1)));
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                crate::unix_millis()
+            }
+        };
         let mut record = BaseRecord::to(topic)
             .partition(i32::try_from(message.partition).unwrap_or(i32::MAX))
             .key(&message.key)
             .payload(&message.payload)
-            .timestamp(message.timestamp);
+            .timestamp(timestamp);
         loop {
             match producer.send(record) {
                 Ok(()) => break,

@@ -32,7 +32,7 @@ use crate::prices::PriceList;
 use crate::rows::{BreakdownRow, Outcomes, Progress, Rejection, TotalRow};
 use crate::settings::Settings;
 
-mod dedup;
+pub mod dedup;
 pub mod partitions;
 pub mod pending;
 mod totals;

@@ -75,7 +75,8 @@ impl Scratch {
     /// Produces `messages` after what the topic already holds.
     pub fn produce_more(&self, messages: &[Produced]) {
         let total = messages.len() as u64;
-        tally::produce::produce(&self.kafka(), messages.iter().cloned(), total).expect("produced");
+        tally::produce::produce(&self.kafka(), messages.iter().cloned(), total, tally::produce::Pace::Unpaced)
+            .expect("produced");
     }
 
     /// `tally` with this test's topic and database in its environment.

@@ -43,13 +43,14 @@ pub enum Deduped {
 /// The identities remembered, with their event times for expiry. Each
 /// identity is held once, shared by both indexes.
 #[derive(Default)]
-struct Seen {
+pub struct Seen {
     times: BTreeMap<Rc<Identity>, Millis>,
     by_time: BTreeSet<(Millis, Rc<Identity>)>,
 }
 
 impl Seen {
-    fn restore(restored: BTreeMap<Identity, Millis>) -> Seen {
+    /// The identities of a checkpoint.
+    pub fn restore(restored: BTreeMap<Identity, Millis>) -> Seen {
         let mut seen = Seen::default();
         for (identity, time) in restored {
             seen.insert(identity, time);
@@ -57,17 +58,20 @@ impl Seen {
         seen
     }
 
-    fn contains(&self, identity: &Identity) -> bool {
+    /// Whether `identity` was counted.
+    pub fn contains(&self, identity: &Identity) -> bool {
         self.times.contains_key(identity)
     }
 
-    fn insert(&mut self, identity: Identity, time: Millis) {
+    /// Remembers `identity`, counted at event time `time`.
+    pub fn insert(&mut self, identity: Identity, time: Millis) {
         let identity = Rc::new(identity);
         self.by_time.insert((time, Rc::clone(&identity)));
         self.times.insert(identity, time);
     }
 
-    fn forget_before(&mut self, time: Millis) {
+    /// Forgets every identity counted before `time`.
+    pub fn forget_before(&mut self, time: Millis) {
         while self.by_time.first().is_some_and(|(t, _)| *t < time) {
             if let Some((_, identity)) = self.by_time.pop_first() {
                 self.times.remove(&*identity);

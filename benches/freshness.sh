@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Freshness under steady load: a live `tally run` while `tally gen --rate`
+# sends RATE events per second for SECONDS, each stamped with the wall clock
+# (its append time). Reports tally's own histogram of append → visible in
+# ClickHouse (`tally_freshness_seconds`, p50 and p99 by Prometheus's linear
+# interpolation within buckets), the rate achieved, and tally's CPU and peak
+# memory.
+#
+#   benches/freshness.sh [RATE] [SECONDS] [FLEET]    (defaults 50000 300 50000)
+#   TALLY_CHECKPOINT_INTERVAL sets the epoch length (default here 2s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATE="${1:-50000}"
+SECONDS_RUN="${2:-300}"
+FLEET="${3:-50000}"
+WORKERS="${WORKERS:-2}"
+export TALLY_CHECKPOINT_INTERVAL="${TALLY_CHECKPOINT_INTERVAL:-2s}"
+export TALLY_KAFKA_TOPIC="bench-fresh-$(date +%s)"
+export TALLY_CLICKHOUSE_DATABASE=tally_bench_fresh
+export TALLY_LOG=warn
+store="$(mktemp -d)"
+export TALLY_CHECKPOINT_URL="file://$store"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export TALLY_METRICS_LISTEN="127.0.0.1:$port"
+
+deploy/local/up.sh >/dev/null
+command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+cargo build --release --locked --bin tally 2>/dev/null
+tally=target/release/tally
+
+curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
+"$tally" migrate 2>/dev/null
+# Creates the topic (8 partitions) before tally looks for it.
+"$tally" gen --kafka --events 0 --partitions 8 2>/dev/null
+
+log=$(mktemp)
+/usr/bin/time -v "$tally" run --workers "$WORKERS" 2>"$log" &
+runner=$!
+events=$((RATE * SECONDS_RUN))
+# One counter per resource per FLEET/RATE seconds: event time keeps pace with
+# the wall clock.
+interval_ms=$((FLEET * 1000 / RATE))
+gen_start=$(date +%s%N)
+"$tally" gen --kafka --rate "$RATE" --events "$events" --partitions 8 --fleet "$FLEET" --accounts 2000 \
+  --counter-interval "${interval_ms}ms" --start now 2>/dev/null
+gen_ms=$(( ($(date +%s%N) - gen_start) / 1000000 ))
+
+python3 - "$port" "$events" <<'PY'
+import sys, time, urllib.request
+
+port, events = sys.argv[1], int(sys.argv[2])
+
+def scrape():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+deadline = time.time() + 300
+while True:
+    samples = scrape()
+    if samples.get("tally_freshness_seconds_count", 0) >= events or time.time() > deadline:
+        break
+    time.sleep(1)
+
+buckets = sorted(
+    (float(name.split('le="')[1].split('"')[0]), count)
+    for name, count in samples.items() if name.startswith("tally_freshness_seconds_bucket")
+)
+total = samples["tally_freshness_seconds_count"]
+
+def quantile(q):
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, cumulative in buckets:
+        if cumulative >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(cumulative - below, 1)
+        lower, below = upper, cumulative
+    return lower
+
+print(f"visible: {int(total):,} of {events:,} events; mean {samples['tally_freshness_seconds_sum'] / max(total, 1):.2f} s")
+print(f"freshness p50 {quantile(0.5):.2f} s, p99 {quantile(0.99):.2f} s")
+print("buckets (le, cumulative):", ", ".join(f"{u:g}:{int(c)}" for u, c in buckets))
+PY
+pkill -INT -P "$runner" 2>/dev/null || true
+wait "$runner" 2>/dev/null || true
+printf 'sent %d events in %d.%03d s = %d events/s (asked %d/s), epochs of %s\n' "$events" $((gen_ms / 1000)) \
+  $((gen_ms % 1000)) $((events * 1000 / gen_ms)) "$RATE" "$TALLY_CHECKPOINT_INTERVAL"
+grep -E "Maximum resident set size|User time|System time|Percent of CPU" "$log" || true
+rm -rf "$log" "$store"

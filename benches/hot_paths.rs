@@ -1,0 +1,146 @@
+//! The hot paths one at a time, outside the dataflow, on a generated workload:
+//! deduplication, the lifecycle (a resource's events → its breakdown rows),
+//! rating, and the sink's encoding of rows for ClickHouse (RowBinary, LZ4,
+//! over HTTP to an in-process mock server).
+//!
+//! `cargo bench --bench hot_paths`; figures go to BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use tally::sink::rows::UsageBreakdown;
+use tally::workload::{Generator, Workload};
+use tally_dataflows::dataflow::dedup::Seen;
+use tally_dataflows::decode::decode;
+use tally_dataflows::event::{Event, ResourceKey};
+use tally_dataflows::fixed::Amount;
+use tally_dataflows::lifecycle::Resource;
+use tally_dataflows::oracle;
+use tally_dataflows::prices::{PriceList, SkuKind};
+use tally_dataflows::rows::BreakdownRow;
+use tally_dataflows::settings::Settings;
+use tally_dataflows::time::HOUR;
+
+fn prices() -> Arc<PriceList> {
+    Arc::new(PriceList::parse(include_str!("../schemas/prices.toml")).expect("shipped price list"))
+}
+
+fn workload(events: u64) -> Workload {
+    Workload { events, fleet: 20_000, accounts: 2_000, partitions: 8, ..Workload::default() }
+}
+
+/// The well-formed events of a generated workload, in message order.
+fn events(count: u64, prices: &PriceList) -> Vec<Event> {
+    Generator::new(workload(count)).messages().iter().filter_map(|m| decode(&m.payload, prices).ok()).collect()
+}
+
+fn dedup(c: &mut Criterion) {
+    let prices = prices();
+    let events = events(200_000, &prices);
+    let mut group = c.benchmark_group("dedup");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("check_insert_expire", |b| {
+        b.iter(|| {
+            let mut seen = Seen::default();
+            let mut accepted = 0usize;
+            for (i, event) in events.iter().enumerate() {
+                let identity = (event.order.source.clone(), event.order.id.clone());
+                if !seen.contains(&identity) {
+                    seen.insert(identity, event.time());
+                    accepted += 1;
+                }
+                if i % 20_000 == 0 {
+                    seen.forget_before(event.time() - 25 * HOUR);
+                }
+            }
+            accepted
+        })
+    });
+    group.finish();
+}
+
+fn lifecycle(c: &mut Criterion) {
+    let prices = prices();
+    let events = events(200_000, &prices);
+    let mut by_resource: BTreeMap<ResourceKey, Vec<Event>> = BTreeMap::new();
+    for event in &events {
+        by_resource.entry(event.resource.clone()).or_default().push(event.clone());
+    }
+    let end = events.iter().map(Event::time).max().expect("events");
+    let mut group = c.benchmark_group("lifecycle");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("insert_refresh_fold", |b| {
+        b.iter_batched(
+            || by_resource.clone(),
+            |by_resource| {
+                let mut rows = 0usize;
+                for (key, history) in by_resource {
+                    let mut resource = Resource::default();
+                    let mut from = i64::MAX;
+                    for event in history {
+                        from = from.min(resource.insert(event));
+                    }
+                    let changes = resource.refresh(&key, from, end, Some(end), &prices).expect("no overflow");
+                    rows += changes.len();
+                    resource.fold(end - HOUR);
+                }
+                rows
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+fn rating(c: &mut Criterion) {
+    let prices = prices();
+    let usages: Vec<Amount> =
+        (1..=100_000i128).map(|i| Amount::from_scaled(i * 3_600_123_456_789).expect("in range")).collect();
+    let mut group = c.benchmark_group("rating");
+    group.throughput(Throughput::Elements(usages.len() as u64));
+    for (name, kind) in [("gauge", SkuKind::Gauge), ("counter", SkuKind::Counter)] {
+        let price = prices.sku(tally_dataflows::prices::SkuId(0)).prices[0].unit_price;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                usages
+                    .iter()
+                    .map(|&usage| tally_dataflows::rate::cost(usage, price, kind).expect("no overflow"))
+                    .fold(0i128, |sum, cost| sum + cost.scaled())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn sink_encoding(c: &mut Criterion) {
+    let prices = prices();
+    let messages = Generator::new(workload(100_000)).messages();
+    let partitions: Vec<u32> = (0..8).collect();
+    let ledger = oracle::run(&partitions, messages, &prices, &Settings::default()).expect("no overflow");
+    let rows: Vec<BreakdownRow> = ledger.breakdowns.into_values().collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio starts");
+    // The mock serves on the runtime it is made in.
+    let _entered = runtime.enter();
+    let mock = clickhouse::test::Mock::new();
+    let client = clickhouse::Client::default().with_url(mock.url()).with_validation(false);
+    let mut group = c.benchmark_group("sink");
+    group.throughput(Throughput::Elements(rows.len() as u64));
+    group.bench_function("encode_usage_breakdown", |b| {
+        b.iter(|| {
+            // Takes the body whatever it is and answers 200, as an insert would.
+            mock.add(clickhouse::test::handlers::record_ddl());
+            runtime.block_on(async {
+                let mut insert = client.insert::<UsageBreakdown<'_>>("usage_breakdown").await.expect("insert");
+                for row in &rows {
+                    insert.write(&UsageBreakdown::of(row, &prices, 1)).await.expect("write");
+                }
+                insert.end().await.expect("end");
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, dedup, lifecycle, rating, sink_encoding);
+criterion_main!(benches);
