@@ -92,8 +92,7 @@ struct GenArgs {
     #[arg(long, default_value_t = 0.001, env = "TALLY_GEN_MALFORMED_RATE")]
     malformed_rate: f64,
     /// With --kafka: send this many messages per second, each stamped with
-    /// the wall clock (a live source); pair with `--start` now and a fleet
-    /// and counter interval whose event rate matches.
+    /// the wall clock when sent (a live source), whatever its event time.
     #[arg(long, requires = "kafka", env = "TALLY_GEN_RATE")]
     rate: Option<u32>,
 }
