@@ -180,6 +180,12 @@ install_manifest_checkers() {
   command -v systemd-analyze >/dev/null || apt_install systemd
 }
 
+install_build_dependencies() {
+  # tally's librdkafka is built against the system OpenSSL (TLS, SCRAM).
+  dpkg -s libssl-dev pkg-config >/dev/null 2>&1 || apt_install libssl-dev pkg-config
+}
+
+install_build_dependencies
 start_clickhouse
 start_broker
 install_chdb
