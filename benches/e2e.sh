@@ -10,23 +10,10 @@ cd "$(dirname "$0")/.."
 EVENTS="${1:-1000000}"
 WORKERS="${2:-2}"
 FLEET="${3:-20000}"
-export TALLY_KAFKA_TOPIC="bench-$(date +%s)"
-export TALLY_CLICKHOUSE_DATABASE=tally_bench
-export TALLY_LOG=warn
-store="$(mktemp -d)"
-export TALLY_CHECKPOINT_URL="file://$store"
-
-deploy/local/up.sh >/dev/null
-command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-cargo build --release --locked --bin tally 2>/dev/null
-tally=target/release/tally
-
-curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
-"$tally" migrate 2>/dev/null
-# Long workloads span days of event time: start them in the past, where the
-# broker accepts their timestamps.
-"$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 \
-  --start "$(date -u -d '-10 days' +%Y-%m-%dT00:00:00Z)" 2>/dev/null
+. benches/common.sh
+bench_setup e2e
+"$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 --start "$(days_ago 10)" \
+  2>/dev/null
 
 log=$(mktemp)
 start=$(date +%s%N)

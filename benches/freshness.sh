@@ -16,21 +16,9 @@ SECONDS_RUN="${2:-300}"
 FLEET="${3:-50000}"
 WORKERS="${WORKERS:-2}"
 export TALLY_CHECKPOINT_INTERVAL="${TALLY_CHECKPOINT_INTERVAL:-2s}"
-export TALLY_KAFKA_TOPIC="bench-fresh-$(date +%s)"
-export TALLY_CLICKHOUSE_DATABASE=tally_bench_fresh
-export TALLY_LOG=warn
-store="$(mktemp -d)"
-export TALLY_CHECKPOINT_URL="file://$store"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export TALLY_METRICS_LISTEN="127.0.0.1:$port"
-
-deploy/local/up.sh >/dev/null
-command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-cargo build --release --locked --bin tally 2>/dev/null
-tally=target/release/tally
-
-curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
-"$tally" migrate 2>/dev/null
+. benches/common.sh
+bench_setup fresh
+bench_metrics_port
 # Creates the topic (8 partitions) before tally looks for it.
 "$tally" gen --kafka --events 0 --partitions 8 2>/dev/null
 

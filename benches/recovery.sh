@@ -12,18 +12,10 @@ cd "$(dirname "$0")/.."
 FLEET="${1:?FLEET}"
 EVENTS="${2:?EVENTS}"
 WORKERS="${WORKERS:-2}"
-export TALLY_KAFKA_TOPIC="bench-recovery-$(date +%s)"
-export TALLY_CLICKHOUSE_DATABASE=tally_bench_recovery
 export TALLY_CHECKPOINT_INTERVAL="${INTERVAL:-5s}"
-store="$(mktemp -d)"
-export TALLY_CHECKPOINT_URL="file://$store"
-
-deploy/local/up.sh >/dev/null
-cargo build --release --locked --bin tally 2>/dev/null
-tally=target/release/tally
-curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
-TALLY_LOG=warn "$tally" migrate 2>/dev/null
-TALLY_LOG=warn "$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 2>/dev/null
+. benches/common.sh
+bench_setup recovery
+"$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 2>/dev/null
 
 manifests="$store/$TALLY_KAFKA_TOPIC/manifests"
 committed_offsets() {

@@ -15,25 +15,11 @@ shift
 [ $# -gt 0 ] || { echo "usage: benches/state.sh FLEET MILESTONE..." >&2; exit 2; }
 WORKERS="${WORKERS:-2}"
 EVENTS="${*: -1}"
-export TALLY_CLICKHOUSE_DATABASE=tally_bench_state
-export TALLY_LOG=warn
-export TALLY_KAFKA_TOPIC="bench-state-$EVENTS-$(date +%s)"
-store="$(mktemp -d)"
-export TALLY_CHECKPOINT_URL="file://$store"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export TALLY_METRICS_LISTEN="127.0.0.1:$port"
-
-deploy/local/up.sh >/dev/null
-command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-cargo build --release --locked --bin tally 2>/dev/null
-tally=target/release/tally
-
-curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
-"$tally" migrate 2>/dev/null
-# Long runs span days of event time: end them in the past, where the broker
-# accepts their timestamps.
-"$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 \
-  --start "$(date -u -d '-30 days' +%Y-%m-%dT00:00:00Z)" >/dev/null
+. benches/common.sh
+bench_setup state
+bench_metrics_port
+"$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 --start "$(days_ago 30)" \
+  >/dev/null
 
 log=$(mktemp)
 python3 - "$store/$TALLY_KAFKA_TOPIC/manifests" "$port" "$FLEET" "$@" -- \
