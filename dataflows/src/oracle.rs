@@ -58,11 +58,16 @@ pub fn run(
             continue;
         }
         // Every partition holds the watermark back until the end of the input.
-        // Identities expire only when it moves, not on every message.
+        // Remembering an identity longer than the horizon changes nothing (a
+        // copy that far behind is rejected above), so identities expire in
+        // steps of an hour of watermark, not each time it moves.
         let watermark = clocks.values().copied().min().flatten();
-        if watermark > expired_at
-            && let Some(watermark) = watermark
-        {
+        let expiry_due = match (watermark, expired_at) {
+            (Some(watermark), Some(expired)) => watermark >= expired + HOUR,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if expiry_due && let Some(watermark) = watermark {
             seen.retain(|_, &mut t| t >= watermark - settings.dedup_horizon);
             expired_at = Some(watermark);
         }
