@@ -140,19 +140,10 @@ fn every_metric_moves_during_a_live_run() {
         s.is("tally_partition_lag", |v| v > 0.0) && s.is("tally_checkpoint_age_seconds", |v| v > 2.0)
     });
     clickhouse.set(true);
-    let total = first.len() + second.len();
-    let after = scrape_until(&address, "everything read, committed, no lag", Duration::from_secs(90), |s| {
-        read_all(total)(s)
-            && s.is("tally_partition_end_offset", |v| v as usize == total)
-            && s.is("tally_partition_lag", |v| v == 0.0)
-            && s.is("tally_checkpoint_age_seconds", |v| v < 2.0)
-    });
-
-    let grew = |name: &str| {
-        let (was, is) = (before.total(name), after.total(name));
-        assert!(is > was, "{name} did not grow: {was} then {is}");
-    };
-    for name in [
+    // Workers come back from the outage each at its own retry (backoff up to
+    // 30 s), and progress follows the data by an epoch: wait until every
+    // metric has moved, failing with the last scrape if one never does.
+    let families = [
         "tally_partition_next_offset",
         "tally_partition_end_offset",
         "tally_watermark_seconds",
@@ -164,14 +155,8 @@ fn every_metric_moves_during_a_live_run() {
         "tally_sink_insert_duration_seconds_sum",
         "tally_freshness_seconds_count",
         "tally_freshness_seconds_sum",
-    ] {
-        grew(name);
-    }
-    let grew_sample = |sample: &str| {
-        let (was, is) = (before.sample(sample), after.sample(sample));
-        assert!(is > was, "{sample} did not grow: {was} then {is}");
-    };
-    for sample in [
+    ];
+    let samples = [
         r#"tally_events_total{outcome="accepted",reason=""}"#,
         r#"tally_events_total{outcome="duplicate",reason=""}"#,
         r#"tally_events_total{outcome="rejected",reason="malformed_json"}"#,
@@ -180,9 +165,20 @@ fn every_metric_moves_during_a_live_run() {
         r#"tally_sink_rows_total{table="usage_breakdown"}"#,
         r#"tally_sink_rows_total{table="account_totals"}"#,
         r#"tally_sink_rows_total{table="rejected_events"}"#,
-    ] {
-        grew_sample(sample);
-    }
+    ];
+    let all_moved = |s: &Scrape| {
+        families.iter().all(|name| s.is(name, |v| v > before.total(name)))
+            && samples.iter().all(|sample| s.0.get(*sample).is_some_and(|v| *v > before.sample(sample)))
+    };
+    let total = first.len() + second.len();
+    let after =
+        scrape_until(&address, "everything read and committed, every metric moved", Duration::from_secs(120), |s| {
+            read_all(total)(s)
+                && s.is("tally_partition_end_offset", |v| v as usize == total)
+                && s.is("tally_partition_lag", |v| v == 0.0)
+                && s.is("tally_checkpoint_age_seconds", |v| v < 2.0)
+                && all_moved(s)
+        });
     assert!(after.total("tally_checkpoint_bytes") > 0.0);
     assert!(stalled.total("tally_partition_lag") > 0.0);
     // The second batch waited out the outage: its freshness shows it.
