@@ -38,7 +38,7 @@ const MERGE_SLACK: Millis = 1_000;
 /// partition this process reads, for the lag metric: a worker waiting out a
 /// ClickHouse outage reads nothing, which is when the lag matters most.
 pub fn watch_end_offsets(kafka: &crate::config::Kafka, metrics: Arc<Metrics>) -> Result<(), SourceError> {
-    let consumer: BaseConsumer = kafka.client_config().create().map_err(|source| SourceError {
+    let consumer: BaseConsumer = kafka.client_config().create().map_err(|source| SourceError::Kafka {
         brokers: kafka.brokers.clone(),
         what: "create the end offset client".into(),
         source: Box::new(source),
@@ -55,20 +55,33 @@ pub fn watch_end_offsets(kafka: &crate::config::Kafka, metrics: Arc<Metrics>) ->
             }
         }
     };
-    std::thread::Builder::new().name("end-offsets".into()).spawn(watch).map(drop).map_err(|e| SourceError {
+    std::thread::Builder::new().name("end-offsets".into()).spawn(watch).map(drop).map_err(|e| SourceError::Unusable {
         brokers: kafka.brokers.clone(),
-        what: "start the end offset thread".into(),
-        source: Box::new(rdkafka::error::KafkaError::ClientCreation(e.to_string())),
+        what: format!("cannot start the end offset thread: {e}"),
     })
 }
 
 /// Why Kafka could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("Kafka at {brokers}: {what}: {source}")]
-pub struct SourceError {
-    brokers: String,
-    what: String,
-    source: Box<rdkafka::error::KafkaError>,
+pub enum SourceError {
+    /// Kafka answered with an error, or not at all.
+    #[error("Kafka at {brokers}: {what}: {source}")]
+    Kafka {
+        /// Bootstrap servers.
+        brokers: String,
+        /// What was being done.
+        what: String,
+        /// What librdkafka said.
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// What Kafka holds cannot be used as asked.
+    #[error("Kafka at {brokers}: {what}")]
+    Unusable {
+        /// Bootstrap servers.
+        brokers: String,
+        /// What is wrong.
+        what: String,
+    },
 }
 
 struct Owned {
@@ -135,7 +148,7 @@ impl PartitionReader {
             .set("queued.min.messages", "20000")
             .set("queued.max.messages.kbytes", "16384")
             .create()
-            .map_err(|source| SourceError {
+            .map_err(|source| SourceError::Kafka {
                 brokers: brokers.clone(),
                 what: "create consumer".into(),
                 source: Box::new(source),
@@ -158,7 +171,7 @@ impl PartitionReader {
 
     fn error(&self, what: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> SourceError {
         let (brokers, what) = (self.brokers.clone(), what.into());
-        move |source| SourceError { brokers, what, source: Box::new(source) }
+        move |source| SourceError::Kafka { brokers, what, source: Box::new(source) }
     }
 
     /// Looks for partitions of this worker not assigned yet and starts reading
@@ -385,7 +398,7 @@ impl TopicLog {
     pub fn open(kafka: &crate::config::Kafka) -> Result<TopicLog, SourceError> {
         let fail = |what: String| {
             let brokers = kafka.brokers.clone();
-            move |source| SourceError { brokers, what, source: Box::new(source) }
+            move |source| SourceError::Kafka { brokers, what, source: Box::new(source) }
         };
         let consumer: BaseConsumer = kafka
             .client_config()
@@ -413,13 +426,12 @@ impl TopicLog {
                     .fetch_watermarks(&kafka.topic, partition.id(), REQUEST_TIMEOUT)
                     .map_err(fail(format!("offsets of partition {number}")))?;
                 if low > 0 {
-                    return Err(SourceError {
+                    return Err(SourceError::Unusable {
                         brokers: kafka.brokers.clone(),
                         what: format!(
                             "partition {number} starts at offset {low}, not 0: the topic no longer holds the whole \
                              history; reconcile from an event file instead"
                         ),
-                        source: Box::new(rdkafka::error::KafkaError::Seek("history deleted".into())),
                     });
                 }
                 log.next.insert(number, 0);
@@ -431,12 +443,9 @@ impl TopicLog {
             }
         }
         if log.end.is_empty() {
-            return Err(SourceError {
+            return Err(SourceError::Unusable {
                 brokers: kafka.brokers.clone(),
                 what: format!("topic {} has no partitions", kafka.topic),
-                source: Box::new(rdkafka::error::KafkaError::MetadataFetch(
-                    rdkafka::types::RDKafkaErrorCode::UnknownTopic,
-                )),
             });
         }
         log.consumer.assign(&assignment).map_err(fail("assign partitions".into()))?;
