@@ -171,7 +171,6 @@ impl Metrics {
 
     /// The next offset to read of `partition`.
     pub fn set_next_offset(&self, partition: i32, offset: i64) {
-        self.next_offset.get_or_create(&PartitionLabel { partition }).set(offset);
         self.offsets.lock().expect("no panic holding the lock").entry(partition).or_default().next = Some(offset);
     }
 
@@ -182,7 +181,6 @@ impl Metrics {
 
     /// The end offset the broker reported for `partition`.
     pub fn set_end_offset(&self, partition: i32, offset: i64) {
-        self.end_offset.get_or_create(&PartitionLabel { partition }).set(offset);
         self.offsets.lock().expect("no panic holding the lock").entry(partition).or_default().end = Some(offset);
     }
 
@@ -256,11 +254,19 @@ impl Metrics {
         self.workers_ready.load(Ordering::Relaxed) >= self.workers
     }
 
-    /// The registry in the OpenMetrics text format, derived values updated.
+    /// The registry in the OpenMetrics text format, the partitions' offsets,
+    /// lag and the checkpoint's age set as of now.
     pub fn encode(&self) -> String {
         for (&partition, offsets) in self.offsets.lock().expect("no panic holding the lock").iter() {
+            let label = PartitionLabel { partition };
+            if let Some(next) = offsets.next {
+                self.next_offset.get_or_create(&label).set(next);
+            }
+            if let Some(end) = offsets.end {
+                self.end_offset.get_or_create(&label).set(end);
+            }
             if let (Some(next), Some(end)) = (offsets.next, offsets.end) {
-                self.lag.get_or_create(&PartitionLabel { partition }).set((end - next).max(0));
+                self.lag.get_or_create(&label).set((end - next).max(0));
             }
         }
         if let Some(last) = *self.last_checkpoint.lock().expect("no panic holding the lock") {

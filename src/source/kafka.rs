@@ -286,15 +286,20 @@ impl PartitionReader {
     /// timestamp to take from it: the next partition's head, plus
     /// [`MERGE_SLACK`] so that it takes runs rather than single messages.
     fn earliest(&self) -> Option<(Partition, Millis)> {
-        let mut heads: Vec<(Millis, Partition)> = self
-            .owned
-            .iter()
-            .filter_map(|(&partition, owned)| owned.ahead.front().map(|m| (m.timestamp, partition)))
-            .collect();
-        heads.sort_unstable();
-        let (_, partition) = *heads.first()?;
-        let bound = heads.get(1).map_or(Millis::MAX, |(next, _)| next.saturating_add(MERGE_SLACK));
-        Some((partition, bound))
+        let mut first: Option<(Millis, Partition)> = None;
+        let mut second: Option<Millis> = None;
+        for (&partition, owned) in &self.owned {
+            let Some(head) = owned.ahead.front().map(|m| m.timestamp) else { continue };
+            match first {
+                Some((earliest, _)) if head >= earliest => second = Some(second.map_or(head, |s| s.min(head))),
+                _ => {
+                    second = first.map(|(earliest, _)| earliest);
+                    first = Some((head, partition));
+                }
+            }
+        }
+        let (_, partition) = first?;
+        Some((partition, second.map_or(Millis::MAX, |next| next.saturating_add(MERGE_SLACK))))
     }
 
     /// The append times of the messages read since the last call, counted in
