@@ -15,6 +15,7 @@ use tally_dataflows::dataflow::dedup::Seen;
 use tally_dataflows::decode::decode;
 use tally_dataflows::event::{Event, ResourceKey};
 use tally_dataflows::fixed::Amount;
+use tally_dataflows::identity::Fingerprint;
 use tally_dataflows::lifecycle::Resource;
 use tally_dataflows::oracle;
 use tally_dataflows::prices::{PriceList, SkuKind};
@@ -45,7 +46,7 @@ fn dedup(c: &mut Criterion) {
             let mut seen = Seen::default();
             let mut accepted = 0usize;
             for (i, event) in events.iter().enumerate() {
-                let identity = (event.order.source.clone(), event.order.id.clone());
+                let identity = Fingerprint::of(&event.order.source, &event.order.id);
                 if !seen.contains(&identity) {
                     seen.insert(identity, event.time());
                     accepted += 1;

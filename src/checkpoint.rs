@@ -67,7 +67,8 @@ use self::store::Store;
 use crate::fault::Fault;
 
 /// Version of the formats below; a store written in another is refused.
-pub const FORMAT: u32 = 1;
+/// 2: dedup identities are fingerprints.
+pub const FORMAT: u32 = 2;
 
 /// A committed checkpoint: everything a restore needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

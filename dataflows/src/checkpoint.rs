@@ -28,13 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataflow::route;
 use crate::event::{Partition, ResourceKey};
+use crate::identity::Fingerprint;
 use crate::judge::PartitionClock;
 use crate::lifecycle::Resource;
 use crate::rows::{BreakdownKey, Delta, Progress, TotalKey};
 use crate::time::Millis;
-
-/// The identity deduplication goes by: `(source, id)`.
-pub type Identity = (String, String);
 
 /// A piece of keyed state, owned by one operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -169,8 +167,8 @@ pub struct Restored {
     pub epoch: u64,
     /// Clocks and progress after the epoch.
     pub shared: Shared,
-    /// Identities remembered.
-    pub seen: BTreeMap<Identity, Millis>,
+    /// Identities remembered, with their event times.
+    pub seen: Vec<(Fingerprint, Millis)>,
     /// Resources with open windows.
     pub resources: BTreeMap<ResourceKey, Resource>,
     /// Sums of open days.
@@ -192,8 +190,8 @@ impl Restored {
         for (part, bytes) in parts {
             match part {
                 Part::Dedup => {
-                    let seen: BTreeMap<Identity, Millis> = decode(*part, bytes)?;
-                    self.seen.extend(seen.into_iter().filter(|(identity, _)| mine(route(identity))));
+                    let seen: Vec<(Fingerprint, Millis)> = decode(*part, bytes)?;
+                    self.seen.extend(seen.into_iter().filter(|(identity, _)| mine(identity.route())));
                 }
                 Part::Usage => {
                     let resources: BTreeMap<ResourceKey, Resource> = decode(*part, bytes)?;
@@ -228,7 +226,7 @@ impl Restored {
 /// never recorded a snapshot holds.
 pub fn empty(part: Part) -> Vec<u8> {
     let encoded = match part {
-        Part::Dedup => postcard::to_stdvec(&BTreeMap::<Identity, Millis>::new()),
+        Part::Dedup => postcard::to_stdvec(&Vec::<(Fingerprint, Millis)>::new()),
         Part::Usage => postcard::to_stdvec(&BTreeMap::<ResourceKey, Resource>::new()),
         Part::Totals => postcard::to_stdvec(&BTreeMap::<TotalKey, Delta>::new()),
     };
@@ -272,9 +270,9 @@ impl Recorder {
         Recorder { snapshots: snapshots.cloned() }
     }
 
-    pub(crate) fn record<K: Serialize, V: Serialize>(&self, part: Part, epoch: u64, state: &BTreeMap<K, V>) {
+    pub(crate) fn record<T: Serialize>(&self, part: Part, epoch: u64, state: &T, entries: usize) {
         if let Some(snapshots) = &self.snapshots {
-            snapshots.borrow_mut().record(part, epoch, state, state.len());
+            snapshots.borrow_mut().record(part, epoch, state, entries);
         }
     }
 

@@ -71,9 +71,9 @@ pub fn billing<'scope>(
     // A restored worker's state as of the checkpoint is its first snapshot:
     // an operator that never works an epoch still checkpoints what it holds.
     if let Some(restored) = &recovery.restored {
-        recorder.record(Part::Dedup, restored.epoch, &restored.seen);
-        recorder.record(Part::Usage, restored.epoch, &restored.resources);
-        recorder.record(Part::Totals, restored.epoch, &restored.totals);
+        recorder.record(Part::Dedup, restored.epoch, &restored.seen, restored.seen.len());
+        recorder.record(Part::Usage, restored.epoch, &restored.resources, restored.resources.len());
+        recorder.record(Part::Totals, restored.epoch, &restored.totals, restored.totals.len());
         recorder.record_shared(restored.epoch, || restored.shared.clone());
     }
     let Restored { shared, seen, resources, totals: sums, stale, .. } = recovery.restored.unwrap_or_default();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::decode;
 use crate::event::{Event, Message, Offset, Partition, Reason};
+use crate::identity::Fingerprint;
 use crate::prices::PriceList;
 use crate::rows::Rejection;
 use crate::settings::Settings;
@@ -66,6 +67,8 @@ pub struct ClockReport {
 pub struct Candidate {
     /// The event.
     pub event: Event,
+    /// Its identity.
+    pub identity: Fingerprint,
     /// Where it was read.
     pub partition: Partition,
     /// Its offset there.
@@ -142,7 +145,8 @@ impl PartitionClock {
             let detail = behind_clock(time, self.clock, "allowed_lateness");
             Box::new(LateCopy { message, detail })
         });
-        Verdict::Candidate(Candidate { event, partition, offset, late })
+        let identity = Fingerprint::of(&event.order.source, &event.order.id);
+        Verdict::Candidate(Candidate { event, identity, partition, offset, late })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod dataflow;
 pub mod decode;
 pub mod event;
 pub mod fixed;
+pub mod identity;
 pub mod judge;
 pub mod lifecycle;
 pub mod memory;

@@ -11,9 +11,11 @@
 //! time by the dedup horizon; the partition stage rejects anything further
 //! behind, so a remembered identity is never needed after it is forgotten.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::rc::Rc;
+use std::collections::BTreeMap;
+#[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
+use std::collections::HashMap;
 
+use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -21,13 +23,13 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
-use super::route;
-use crate::checkpoint::{Identity, Part, Recorder};
+use crate::checkpoint::{Part, Recorder};
 use crate::event::{Event, Reason};
+use crate::identity::{BuildFingerprintHasher, Fingerprint};
 use crate::judge::Candidate;
 use crate::rows::{Outcomes, Progress, Rejection};
 use crate::settings::Settings;
-use crate::time::Millis;
+use crate::time::{HOUR, Millis, window_start};
 
 /// What deduplication emits.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,18 +42,22 @@ pub enum Deduped {
     Outcomes(Outcomes),
 }
 
-/// The identities remembered, with their event times for expiry. Each
-/// identity is held once, shared by both indexes.
+/// The identities remembered, with their event times, filed by the hour of
+/// their event time so that expiry takes whole hours at once. Forgetting up to
+/// an hour later than the horizon allows changes nothing: the partition stage
+/// rejects any copy that far behind.
 #[derive(Default)]
 pub struct Seen {
-    times: BTreeMap<Rc<Identity>, Millis>,
-    by_time: BTreeSet<(Millis, Rc<Identity>)>,
+    #[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
+    times: HashMap<Fingerprint, Millis, BuildFingerprintHasher>,
+    by_hour: BTreeMap<Millis, Vec<Fingerprint>>,
 }
 
 impl Seen {
     /// The identities of a checkpoint.
-    pub fn restore(restored: BTreeMap<Identity, Millis>) -> Seen {
+    pub fn restore(restored: Vec<(Fingerprint, Millis)>) -> Seen {
         let mut seen = Seen::default();
+        seen.times.reserve(restored.len());
         for (identity, time) in restored {
             seen.insert(identity, time);
         }
@@ -59,24 +65,48 @@ impl Seen {
     }
 
     /// Whether `identity` was counted.
-    pub fn contains(&self, identity: &Identity) -> bool {
+    pub fn contains(&self, identity: &Fingerprint) -> bool {
         self.times.contains_key(identity)
     }
 
     /// Remembers `identity`, counted at event time `time`.
-    pub fn insert(&mut self, identity: Identity, time: Millis) {
-        let identity = Rc::new(identity);
-        self.by_time.insert((time, Rc::clone(&identity)));
-        self.times.insert(identity, time);
+    pub fn insert(&mut self, identity: Fingerprint, time: Millis) {
+        if self.times.insert(identity, time).is_none() {
+            self.by_hour.entry(window_start(time)).or_default().push(identity);
+        }
     }
 
-    /// Forgets every identity counted before `time`.
+    /// Forgets the identities counted in hours that ended by `time`.
     pub fn forget_before(&mut self, time: Millis) {
-        while self.by_time.first().is_some_and(|(t, _)| *t < time) {
-            if let Some((_, identity)) = self.by_time.pop_first() {
-                self.times.remove(&*identity);
+        while let Some(hour) = self.by_hour.first_entry() {
+            if hour.key().saturating_add(HOUR) > time {
+                break;
+            }
+            for identity in hour.remove() {
+                self.times.remove(&identity);
             }
         }
+    }
+
+    /// How many identities are remembered.
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+}
+
+/// Encoded as the sequence of `(fingerprint, time)`, oldest hour first.
+impl Serialize for Seen {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.times.len()))?;
+        for identity in self.by_hour.values().flatten() {
+            seq.serialize_element(&(identity, self.times[identity]))?;
+        }
+        seq.end()
     }
 }
 
@@ -86,10 +116,10 @@ pub(crate) fn dedup<'scope>(
     candidates: StreamVec<'scope, u64, Candidate>,
     progress: StreamVec<'scope, u64, Progress>,
     settings: Settings,
-    restored: BTreeMap<Identity, Millis>,
+    restored: Vec<(Fingerprint, Millis)>,
     recorder: Recorder,
 ) -> StreamVec<'scope, u64, Deduped> {
-    let by_identity = Exchange::new(|c: &Candidate| route(&(&c.event.order.source, &c.event.order.id)));
+    let by_identity = Exchange::new(|c: &Candidate| c.identity.route());
     candidates.binary_frontier::<_, CapacityContainerBuilder<Vec<Deduped>>, _, _, _, _>(
         progress,
         by_identity,
@@ -107,8 +137,7 @@ pub(crate) fn dedup<'scope>(
                     let mut outcomes = Outcomes::default();
                     epoch.first.sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
                     for candidate in epoch.first {
-                        let order = &candidate.event.order;
-                        let identity = (order.source.clone(), order.id.clone());
+                        let identity = candidate.identity;
                         if seen.contains(&identity) {
                             outcomes.duplicates += 1;
                         } else if let Some(late) = candidate.late {
@@ -126,7 +155,7 @@ pub(crate) fn dedup<'scope>(
                     if let Some(watermark) = epoch.second.last().and_then(|p| p.watermark) {
                         seen.forget_before(watermark.saturating_sub(settings.dedup_horizon));
                     }
-                    recorder.record(Part::Dedup, time, &seen.times);
+                    recorder.record(Part::Dedup, time, &seen, seen.len());
                 }
             }
         },

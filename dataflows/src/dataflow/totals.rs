@@ -79,7 +79,7 @@ pub(crate) fn totals<'scope>(
                     if let Some(boundary) = epoch.second.last().and_then(|p| p.final_before) {
                         sums.retain(|key, _| key.day + DAY > boundary);
                     }
-                    recorder.record(Part::Totals, time, &sums);
+                    recorder.record(Part::Totals, time, &sums, sums.len());
                 }
             }
         },

@@ -98,7 +98,7 @@ pub(crate) fn usage<'scope>(
                         });
                     }
                     progress = next;
-                    recorder.record(Part::Usage, time, &resources);
+                    recorder.record(Part::Usage, time, &resources, resources.len());
                 }
             }
         },
