@@ -195,7 +195,10 @@ impl Restored {
                 }
                 Part::Usage => {
                     let resources: BTreeMap<ResourceKey, Resource> = decode(*part, bytes)?;
-                    self.resources.extend(resources.into_iter().filter(|(key, _)| mine(route(key))));
+                    for (key, mut resource) in resources.into_iter().filter(|(key, _)| mine(route(key))) {
+                        resource.share_metas();
+                        self.resources.insert(key, resource);
+                    }
                 }
                 Part::Totals => {
                     let totals: BTreeMap<TotalKey, Delta> = decode(*part, bytes)?;

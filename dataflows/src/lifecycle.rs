@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use sorted::SortedMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind, EventOrder, Meta, ResourceKey};
@@ -51,8 +53,8 @@ pub struct RowChange {
 pub struct Resource {
     base: Vec<(SkuId, Quantity)>,
     base_meta: Option<Arc<Meta>>,
-    events: BTreeMap<EventOrder, Entry>,
-    emitted: BTreeMap<(Millis, SkuId), Emitted>,
+    events: SortedMap<EventOrder, Entry>,
+    emitted: SortedMap<(Millis, SkuId), Emitted>,
 }
 
 impl Resource {
@@ -64,16 +66,42 @@ impl Resource {
         let time = event.order.time;
         let mut earliest = time - 1;
         if event.kind.is_gauge() {
-            let previous = self.events.range(..&event.order).rev().find(|(_, e)| e.kind.is_gauge());
+            let previous = self.events.below(&event.order).iter().rev().find(|(_, e)| e.kind.is_gauge());
             earliest = match previous {
                 Some((order, _)) => earliest.min(order.time),
                 None if self.base.is_empty() => earliest,
                 None => Millis::MIN,
             };
         }
-        let entry = Entry { kind: event.kind, quantities: event.quantities, meta: event.meta };
+        let meta = self.shared_meta(event.meta);
+        let entry = Entry { kind: event.kind, quantities: event.quantities, meta };
         self.events.insert(event.order, entry);
         earliest
+    }
+
+    /// The resource's copy of `meta` when it holds an equal one: a resource's
+    /// events mostly carry the same metadata, and keeping it once per
+    /// resource rather than once per event is most of what an event costs.
+    fn shared_meta(&self, meta: Arc<Meta>) -> Arc<Meta> {
+        let mut held = self.events.entries().iter().map(|(_, e)| &e.meta).chain(self.base_meta.as_ref());
+        held.find(|held| **held == meta).map_or(meta, Arc::clone)
+    }
+
+    /// Shares equal metadata among the resource's events, as inserting them
+    /// one by one would have: a restored resource decodes a copy per event.
+    pub fn share_metas(&mut self) {
+        let mut kept: Vec<Arc<Meta>> = self.base_meta.iter().cloned().collect();
+        for (_, entry) in self.events.entries_mut() {
+            match kept.iter().find(|k| **k == entry.meta) {
+                Some(k) => entry.meta = Arc::clone(k),
+                None => kept.push(Arc::clone(&entry.meta)),
+            }
+        }
+        for (_, emitted) in self.emitted.entries_mut() {
+            if let Some(k) = kept.iter().find(|k| **k == emitted.meta) {
+                emitted.meta = Arc::clone(k);
+            }
+        }
     }
 
     /// True when the resource can accrue nothing more and has nothing to
@@ -84,7 +112,7 @@ impl Resource {
 
     /// Time of the earliest event held, if any.
     pub fn first_event_time(&self) -> Option<Millis> {
-        self.events.keys().next().map(|order| order.time)
+        self.events.entries().first().map(|(order, _)| order.time)
     }
 
     /// Whether events were folded into the base state.
@@ -94,12 +122,12 @@ impl Resource {
 
     /// Time of the latest event held, if any.
     pub fn last_event_time(&self) -> Option<Millis> {
-        self.events.keys().next_back().map(|order| order.time)
+        self.events.entries().last().map(|(order, _)| order.time)
     }
 
     /// Whether a gauge is running at the end of the known history.
     pub fn is_running(&self) -> bool {
-        let last_gauge = self.events.values().rev().find(|e| e.kind.is_gauge());
+        let last_gauge = self.events.entries().iter().rev().map(|(_, e)| e).find(|e| e.kind.is_gauge());
         match last_gauge {
             Some(entry) => entry.quantities.iter().any(|(_, q)| !q.is_zero()),
             None => self.base.iter().any(|(_, q)| !q.is_zero()),
@@ -120,8 +148,12 @@ impl Resource {
         let mut start = window_start(from);
         while start <= through {
             let (usage, meta) = self.window(start, accrued_to)?;
-            let previous: Vec<SkuId> =
-                self.emitted.range((start, SkuId(0))..=(start, SkuId(u16::MAX))).map(|(&(_, sku), _)| sku).collect();
+            let previous: Vec<SkuId> = self
+                .emitted
+                .between(&(start, SkuId(0)), &(start + HOUR, SkuId(0)))
+                .iter()
+                .map(|&((_, sku), _)| sku)
+                .collect();
             let mut skus: Vec<SkuId> = usage.keys().copied().chain(previous).collect();
             skus.sort_unstable();
             skus.dedup();
@@ -207,10 +239,11 @@ impl Resource {
         let end = start + HOUR;
         let overflow = || Overflow::new(format!("usage in window starting {}", crate::time::Rfc3339(start)));
         let mut usage: BTreeMap<SkuId, i128> = BTreeMap::new();
-        let gauge_before = self.events.range(..EventOrder::first_at(start)).rev().find(|(_, e)| e.kind.is_gauge());
+        let gauge_before =
+            self.events.below(&EventOrder::first_at(start)).iter().rev().find(|(_, e)| e.kind.is_gauge());
         let mut in_force: &[(SkuId, Quantity)] = gauge_before.map_or(&self.base, |(_, e)| &e.quantities);
         let mut from = start;
-        for (order, entry) in self.events.range(EventOrder::first_at(start)..EventOrder::first_at(end)) {
+        for (order, entry) in self.events.between(&EventOrder::first_at(start), &EventOrder::first_at(end)) {
             if entry.kind.is_gauge() {
                 if order.time > from {
                     accrue(&mut usage, in_force, order.time - from).ok_or_else(overflow)?;
@@ -227,14 +260,14 @@ impl Resource {
         }
         // A later gauge event closes the last segment; otherwise the resource
         // is still running and accrues up to `accrued_to`.
-        let closed = self.events.range(EventOrder::first_at(end)..).any(|(_, e)| e.kind.is_gauge());
+        let closed = self.events.at_or_after(&EventOrder::first_at(end)).iter().any(|(_, e)| e.kind.is_gauge());
         let until = if closed { end } else { accrued_to.map_or(from, |a| a.clamp(from, end)) };
         accrue(&mut usage, in_force, until - from).ok_or_else(overflow)?;
         let usage = usage
             .into_iter()
             .map(|(sku, scaled)| Amount::from_scaled(scaled).map(|a| (sku, a)).ok_or_else(overflow))
             .collect::<Result<_, _>>()?;
-        let latest = self.events.iter().rev().find(|(order, _)| order.time <= end).map(|(_, e)| &e.meta);
+        let latest = self.events.entries().iter().rev().find(|(order, _)| order.time <= end).map(|(_, e)| &e.meta);
         let meta = latest.or(self.base_meta.as_ref()).cloned().unwrap_or_default();
         Ok((usage, meta))
     }
@@ -242,18 +275,14 @@ impl Resource {
     /// Folds every event before `boundary` into the base state and forgets the
     /// rows of windows before it, which are final.
     pub fn fold(&mut self, boundary: Millis) {
-        while let Some(entry) = self.events.first_entry() {
-            if entry.key().time >= boundary {
-                break;
-            }
-            let entry = entry.remove();
+        for (_, entry) in self.events.take_below(&EventOrder::first_at(boundary)) {
             if entry.kind.is_gauge() {
                 self.base = entry.quantities;
             }
             self.base_meta = Some(entry.meta);
         }
         self.base.retain(|(_, q)| !q.is_zero());
-        self.emitted = self.emitted.split_off(&(boundary, SkuId(0)));
+        self.emitted.take_below(&(boundary, SkuId(0)));
     }
 }
 
@@ -273,5 +302,6 @@ fn accrue(usage: &mut BTreeMap<SkuId, i128>, quantities: &[(SkuId, Quantity)], d
     Some(())
 }
 
+mod sorted;
 #[cfg(test)]
 mod tests;

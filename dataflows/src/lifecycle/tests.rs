@@ -84,3 +84,28 @@ fn a_stopped_resource_becomes_dormant_once_folded() {
     resource.fold(at("2026-11-23T09:00:00Z"));
     assert!(resource.is_dormant());
 }
+
+#[test]
+fn events_with_equal_metadata_share_one_copy_inserted_and_restored() {
+    let prices = prices();
+    let mut resource = Resource::default();
+    let with_project = |id: &str, time: &str, kind, vcpu| {
+        let mut event = event(&prices, id, time, kind, vcpu);
+        event.meta = Arc::new(Meta { project_id: "p".into(), ..Meta::default() });
+        event
+    };
+    resource.insert(with_project("a", "2026-11-23T10:00:00Z", EventKind::Started, Some("1")));
+    resource.insert(with_project("b", "2026-11-23T10:20:00Z", EventKind::Resized, Some("2")));
+    resource.insert(event(&prices, "c", "2026-11-23T10:40:00Z", EventKind::Resized, Some("3")));
+    let shared = |r: &Resource| {
+        let metas: Vec<&Arc<Meta>> = r.events.entries().iter().map(|(_, e)| &e.meta).collect();
+        (Arc::ptr_eq(metas[0], metas[1]), Arc::ptr_eq(metas[1], metas[2]))
+    };
+    assert_eq!(shared(&resource), (true, false), "equal metadata is held once, different metadata apart");
+
+    let mut restored: Resource = postcard::from_bytes(&postcard::to_stdvec(&resource).unwrap()).unwrap();
+    assert_eq!(shared(&restored), (false, false), "decoding makes a copy per event");
+    restored.share_metas();
+    assert_eq!(shared(&restored), (true, false));
+    assert_eq!(restored, resource);
+}

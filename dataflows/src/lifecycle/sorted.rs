@@ -1,0 +1,143 @@
+//! A map kept as a vector sorted by key, for the few events and rows one
+//! resource holds. A B-tree allocates room for eleven entries in every node,
+//! several times what a resource with one or two events needs; with millions
+//! of running resources that room was most of the memory.
+
+use serde::de::{Deserialize, Deserializer};
+use serde::ser::{Serialize, Serializer};
+
+/// Entries sorted by key, each key once, capacity kept to the length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SortedMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SortedMap<K, V> {
+    fn default() -> Self {
+        SortedMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> SortedMap<K, V> {
+    /// Index of the first entry whose key is not below `key`.
+    fn lower_bound(&self, key: &K) -> usize {
+        self.0.partition_point(|(k, _)| k < key)
+    }
+
+    fn find(&self, key: &K) -> Result<usize, usize> {
+        let index = self.lower_bound(key);
+        match self.0.get(index) {
+            Some((k, _)) if k == key => Ok(index),
+            _ => Err(index),
+        }
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.find(key).ok().map(|index| &self.0[index].1)
+    }
+
+    /// Sets the value at `key`, replacing any.
+    pub fn insert(&mut self, key: K, value: V) {
+        match self.find(&key) {
+            Ok(index) => self.0[index].1 = value,
+            Err(index) => {
+                self.0.reserve_exact(1);
+                self.0.insert(index, (key, value));
+            }
+        }
+    }
+
+    /// Removes the value at `key`.
+    pub fn remove(&mut self, key: &K) {
+        if let Ok(index) = self.find(key) {
+            self.0.remove(index);
+            self.0.shrink_to_fit();
+        }
+    }
+
+    /// Entries with keys below `key`.
+    pub fn below(&self, key: &K) -> &[(K, V)] {
+        &self.0[..self.lower_bound(key)]
+    }
+
+    /// Entries with keys from `from` up to, not including, `to`.
+    pub fn between(&self, from: &K, to: &K) -> &[(K, V)] {
+        let start = self.lower_bound(from);
+        &self.0[start..self.lower_bound(to).max(start)]
+    }
+
+    /// Entries with keys from `key` on.
+    pub fn at_or_after(&self, key: &K) -> &[(K, V)] {
+        &self.0[self.lower_bound(key)..]
+    }
+
+    /// Removes and returns the entries with keys below `key`, in order.
+    pub fn take_below(&mut self, key: &K) -> Vec<(K, V)> {
+        let split = self.lower_bound(key);
+        let kept = self.0.split_off(split);
+        let taken = std::mem::replace(&mut self.0, kept);
+        self.0.shrink_to_fit();
+        taken
+    }
+
+    /// Every entry, in key order.
+    pub fn entries(&self) -> &[(K, V)] {
+        &self.0
+    }
+
+    /// Every entry, mutably, in key order (keys must stay as they are).
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.0.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Encoded as a map, as a B-tree map of the same entries is.
+impl<K: Serialize, V: Serialize> Serialize for SortedMap<K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Deserialize<'de> for SortedMap<K, V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Through a B-tree map: the entries come out sorted and unique
+        // whatever the bytes said.
+        let map = std::collections::BTreeMap::<K, V>::deserialize(deserializer)?;
+        Ok(SortedMap(map.into_iter().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn behaves_as_a_btree_map_and_encodes_the_same() {
+        let mut sorted = SortedMap::default();
+        let mut btree = BTreeMap::new();
+        for (i, key) in [5, 1, 9, 5, 3, 7, 1].into_iter().enumerate() {
+            sorted.insert(key, i);
+            btree.insert(key, i);
+        }
+        sorted.remove(&9);
+        btree.remove(&9);
+        let pairs = |m: &BTreeMap<i32, usize>| m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>();
+        assert_eq!(sorted.entries(), pairs(&btree).as_slice());
+        assert_eq!(sorted.get(&5), btree.get(&5));
+        assert_eq!(sorted.below(&5), &pairs(&btree)[..2]);
+        assert_eq!(sorted.between(&3, &7), &pairs(&btree)[1..3]);
+        assert_eq!(sorted.between(&7, &3), &[]);
+        assert_eq!(sorted.at_or_after(&6), &pairs(&btree)[3..]);
+        let encoded = postcard::to_stdvec(&sorted).unwrap();
+        assert_eq!(encoded, postcard::to_stdvec(&btree).unwrap());
+        assert_eq!(postcard::from_bytes::<SortedMap<i32, usize>>(&encoded).unwrap(), sorted);
+        assert_eq!(sorted.take_below(&5), pairs(&btree)[..2].to_vec());
+        assert_eq!(sorted.entries(), &pairs(&btree)[2..]);
+    }
+}
