@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tally::workload::{Generator, Workload};
+use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::decode::decode;
 use tally_dataflows::memory::{self, RunShape};
 use tally_dataflows::prices::PriceList;
@@ -36,7 +37,11 @@ fn dataflow(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(messages.len() as u64));
     for workers in [1, 2] {
-        let shape = RunShape { workers, epoch_starts: (0..messages.len()).step_by(20_000).collect() };
+        let shape = RunShape {
+            workers,
+            epoch_starts: (0..messages.len()).step_by(20_000).collect(),
+            cadence: Cadence::every(5),
+        };
         group.bench_function(format!("{workers}_workers"), |b| {
             b.iter(|| memory::run(&partitions, messages.clone(), Arc::clone(&prices), Settings::default(), &shape))
         });

@@ -2,7 +2,9 @@
 //!
 //! # The commit protocol
 //!
-//! For every epoch `e`, in this order:
+//! Every epoch's rows are written once the epoch is complete. For every
+//! checkpoint epoch `e` (the cadence's, and the last epoch of a drain), in
+//! this order:
 //!
 //! 1. each worker writes the rows of epoch `e` to ClickHouse and waits for
 //!    them to be acknowledged (its rows of earlier epochs were written first);

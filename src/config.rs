@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::{Millis, parse_duration};
@@ -151,8 +152,11 @@ pub struct Time {
 pub struct Checkpoint {
     /// Where checkpoints go.
     pub url: String,
-    /// Epoch length: how often rows are committed to ClickHouse.
+    /// How often a checkpoint is committed.
     pub interval: String,
+    /// Epoch length: how often rows are written to ClickHouse (at most
+    /// `interval`; a checkpoint is taken every so many epochs).
+    pub epoch_interval: String,
     /// How many committed checkpoints to keep.
     pub keep: usize,
 }
@@ -215,7 +219,7 @@ impl Default for Time {
 
 impl Default for Checkpoint {
     fn default() -> Checkpoint {
-        Checkpoint { url: "file://./state".into(), interval: "10s".into(), keep: 3 }
+        Checkpoint { url: "file://./state".into(), interval: "10s".into(), epoch_interval: "2s".into(), keep: 3 }
     }
 }
 
@@ -315,9 +319,12 @@ pub struct Overrides {
     /// Checkpoint store URL.
     #[arg(long, env = "TALLY_CHECKPOINT_URL")]
     pub checkpoint_url: Option<String>,
-    /// Checkpoint (epoch) interval, e.g. `10s`.
+    /// Checkpoint interval, e.g. `10s`.
     #[arg(long, env = "TALLY_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Option<String>,
+    /// Epoch interval, e.g. `2s`: how often rows are written.
+    #[arg(long, env = "TALLY_CHECKPOINT_EPOCH_INTERVAL")]
+    pub checkpoint_epoch_interval: Option<String>,
     /// Committed checkpoints to keep.
     #[arg(long, env = "TALLY_CHECKPOINT_KEEP")]
     pub checkpoint_keep: Option<usize>,
@@ -362,6 +369,7 @@ impl Overrides {
         set(&mut config.time.max_future, &self.time_max_future);
         set(&mut config.checkpoint.url, &self.checkpoint_url);
         set(&mut config.checkpoint.interval, &self.checkpoint_interval);
+        set(&mut config.checkpoint.epoch_interval, &self.checkpoint_epoch_interval);
         set(&mut config.metrics.listen, &self.metrics_listen);
         if let Some(keep) = self.checkpoint_keep {
             config.checkpoint.keep = keep;
@@ -383,6 +391,14 @@ fn duration(key: &'static str, text: &str) -> Result<Millis, ConfigError> {
     parse_duration(text).map_err(|message| ConfigError::Invalid { key, message })
 }
 
+fn positive(key: &'static str, text: &str) -> Result<Millis, ConfigError> {
+    let duration = duration(key, text)?;
+    if duration <= 0 {
+        return Err(ConfigError::Invalid { key, message: "must be positive".into() });
+    }
+    Ok(duration)
+}
+
 impl Config {
     /// The time rules.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
@@ -400,13 +416,25 @@ impl Config {
         duration("time.idle_timeout", &self.time.idle_timeout)
     }
 
-    /// How long an epoch lasts.
+    /// How long an epoch lasts: `checkpoint.epoch_interval`, at most
+    /// `checkpoint.interval`.
     pub fn epoch_interval(&self) -> Result<Millis, ConfigError> {
-        let interval = duration("checkpoint.interval", &self.checkpoint.interval)?;
-        if interval <= 0 {
-            return Err(ConfigError::Invalid { key: "checkpoint.interval", message: "must be positive".into() });
-        }
-        Ok(interval)
+        Ok(self.epoch_interval_ms()?.min(self.checkpoint_interval_ms()?))
+    }
+
+    /// Which epochs are checkpointed: enough for one checkpoint per
+    /// `checkpoint.interval`.
+    pub fn cadence(&self) -> Result<Cadence, ConfigError> {
+        let (interval, epoch) = (self.checkpoint_interval_ms()?.unsigned_abs(), self.epoch_interval()?.unsigned_abs());
+        Ok(Cadence::every(interval.div_ceil(epoch)))
+    }
+
+    fn checkpoint_interval_ms(&self) -> Result<Millis, ConfigError> {
+        positive("checkpoint.interval", &self.checkpoint.interval)
+    }
+
+    fn epoch_interval_ms(&self) -> Result<Millis, ConfigError> {
+        positive("checkpoint.epoch_interval", &self.checkpoint.epoch_interval)
     }
 
     /// The price list: the configured file, or the built-in one.
@@ -456,5 +484,22 @@ mod tests {
         assert!(config.settings().unwrap_err().to_string().contains("time.max_future"));
         let text = "[kafka]\ntopik = \"x\"\n";
         assert!(toml::from_str::<Config>(text).unwrap_err().to_string().contains("topik"));
+        let config = Config {
+            checkpoint: Checkpoint { epoch_interval: "0s".into(), ..Checkpoint::default() },
+            ..Config::default()
+        };
+        assert!(config.cadence().unwrap_err().to_string().contains("checkpoint.epoch_interval"));
+    }
+
+    #[test]
+    fn a_checkpoint_is_taken_every_so_many_epochs() {
+        let with = |interval: &str, epoch: &str| Config {
+            checkpoint: Checkpoint { interval: interval.into(), epoch_interval: epoch.into(), ..Checkpoint::default() },
+            ..Config::default()
+        };
+        let shape = |config: Config| (config.epoch_interval().unwrap(), config.cadence().unwrap());
+        assert_eq!(shape(Config::default()), (2_000, Cadence::every(5)));
+        assert_eq!(shape(with("100ms", "2s")), (100, Cadence::every(1)), "an epoch is never longer");
+        assert_eq!(shape(with("100ms", "40ms")), (40, Cadence::every(3)), "at least one checkpoint per interval");
     }
 }

@@ -1,9 +1,10 @@
 //! `tally run`: the worker loop tying source, dataflow and sink together.
 //!
 //! Each worker thread reads its partitions, feeds the billing dataflow one
-//! epoch at a time (an epoch lasts `checkpoint.interval`, or
+//! epoch at a time (an epoch lasts `checkpoint.epoch_interval`, or
 //! [`MAX_EPOCH_MESSAGES`] messages when reading a backlog), and lets the sink
-//! write each epoch once the frontier has passed it. The source runs at most
+//! write each epoch once the frontier has passed it and checkpoint every few
+//! epochs (the config's [`Cadence`]). The source runs at most
 //! [`EPOCHS_IN_FLIGHT`] epochs ahead of what ClickHouse has acknowledged, so a
 //! slow or absent ClickHouse stalls reading instead of piling up memory.
 
@@ -12,7 +13,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tally_dataflows::checkpoint::{Recovery, Restored, SnapshotsHandle, Stale};
+use tally_dataflows::checkpoint::{Cadence, Recovery, Restored, SnapshotsHandle, Stale};
 use tally_dataflows::dataflow::billing;
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
@@ -33,7 +34,7 @@ use crate::source::kafka::PartitionReader;
 /// Epochs the source may run ahead of the last one fully written.
 pub const EPOCHS_IN_FLIGHT: u64 = 2;
 /// An epoch also ends after this many messages on a worker, so that a
-/// backlog read faster than `checkpoint.interval` still advances in steps:
+/// backlog read faster than `checkpoint.epoch_interval` still advances in steps:
 /// windows turn final and fold away while a drain goes on.
 pub const MAX_EPOCH_MESSAGES: usize = 100_000;
 /// How often a live run looks for new partitions.
@@ -54,6 +55,7 @@ struct Shared {
     prices: Arc<PriceList>,
     settings: Settings,
     epoch_interval: Duration,
+    cadence: Cadence,
     idle_timeout: Duration,
     started_millis: u64,
     mode: Mode,
@@ -70,6 +72,7 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
     let settings = config.settings()?;
     let prices = Arc::new(config.prices()?);
     let epoch_interval = Duration::from_millis(config.epoch_interval()?.unsigned_abs());
+    let cadence = config.cadence()?;
     let idle_timeout = Duration::from_millis(config.idle_timeout()?.unsigned_abs());
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let metrics = Arc::new(Metrics::new(cluster.threads));
@@ -80,6 +83,7 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
         prices,
         settings,
         epoch_interval,
+        cadence,
         idle_timeout,
         started_millis: u64::try_from(started.as_millis())?,
         mode,
@@ -139,7 +143,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         "state restored"
     );
     let snapshots = SnapshotsHandle::default();
-    let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), restored };
+    let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), cadence: shared.cadence, restored };
     let first_epoch = recovery.first_epoch();
     let offsets = OffsetsHandle::default();
     let appended = AppendedHandle::default();
@@ -150,6 +154,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         offsets: Rc::clone(&offsets),
         appended: Rc::clone(&appended),
         first_epoch,
+        cadence: shared.cadence,
         keep: config.checkpoint.keep,
         restored: start.manifest,
     };

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Part, SnapshotsHandle};
+use tally_dataflows::checkpoint::{Cadence, Part, SnapshotsHandle};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
@@ -101,6 +101,8 @@ pub struct Checkpointing {
     pub appended: AppendedHandle,
     /// The first epoch this run works.
     pub first_epoch: u64,
+    /// Which epochs are checkpointed.
+    pub cadence: Cadence,
     /// Manifests to keep.
     pub keep: usize,
     /// The manifest restored, if any.
@@ -154,7 +156,7 @@ pub fn write<'scope>(
                 }
             }
         });
-    let Checkpointing { store, snapshots, offsets, appended, first_epoch, keep, restored } = checkpointing;
+    let Checkpointing { store, snapshots, offsets, appended, first_epoch, cadence, keep, restored } = checkpointing;
     let store = Rc::new(store);
     let shard_metrics = Arc::clone(&target.metrics);
     let shard_store = Rc::clone(&store);
@@ -168,19 +170,29 @@ pub fn write<'scope>(
             let mut capability = Some(capability.delayed(&first_epoch));
             let mut next = first_epoch;
             let mut last_written: Option<(u64, String, u64)> = None;
+            let mut acknowledged: Option<u64> = None;
             move |(input, frontier), output| {
                 input.for_each(|_, _| {});
                 while let Some(held) = capability.as_mut() {
                     // Once everything is done, the epochs left are those this
                     // worker read or its operators worked; after them its
                     // state no longer changes, and worker 0 carries its last
-                    // shard forward (see `manifest`).
+                    // shard forward (see `manifest`). The last of them is
+                    // checkpointed, so that a drain ends with everything it
+                    // read in a checkpoint. Operators hold the frontier at
+                    // their next checkpoint epoch until the input ends, so the
+                    // last epoch may have been passed over as an ordinary one:
+                    // then the final state is checkpointed at `next`.
                     let last_epoch =
                         offsets.borrow().keys().next_back().copied().max(shard_snapshots.borrow().last_epoch());
-                    let complete = if frontier.is_empty() {
-                        last_epoch.is_some_and(|last| next <= last)
+                    let (complete, last) = if frontier.is_empty() {
+                        match last_epoch {
+                            Some(last) if next <= last => (true, next == last),
+                            Some(last) if acknowledged < Some(last) => (true, true),
+                            _ => (false, false),
+                        }
                     } else {
-                        !frontier.less_equal(&next)
+                        (!frontier.less_equal(&next), false)
                     };
                     if !complete {
                         break;
@@ -191,9 +203,10 @@ pub fn write<'scope>(
                     for (appended_at, count) in visible {
                         shard_metrics.observe_visible(appended_at, count);
                     }
+                    let checkpointed = cadence.is_checkpoint(next) || last;
                     let changed = last_written.is_none()
                         || shard_snapshots.borrow().changed_between(last_written.as_ref().map(|(e, _, _)| *e), next);
-                    if changed {
+                    if checkpointed && changed {
                         let encoded: Vec<(Part, Arc<Vec<u8>>)> = shard_snapshots
                             .borrow()
                             .parts_at(next)
@@ -210,11 +223,14 @@ pub fn write<'scope>(
                         tracing::debug!(epoch = next, worker, bytes, "shard written");
                         last_written = Some((next, name, bytes));
                     }
-                    let (_, shard, bytes) = last_written.clone().expect("a shard was written");
-                    let entries = shard_snapshots.borrow().entries_at(next);
-                    let offsets_now =
-                        offsets.borrow().range(..=next).next_back().map(|(_, o)| o.clone()).unwrap_or_default();
-                    output.session(&*held).give(ShardAck { worker, shard, bytes, entries, offsets: offsets_now });
+                    if checkpointed {
+                        let (_, shard, bytes) = last_written.clone().expect("a shard was written");
+                        let entries = shard_snapshots.borrow().entries_at(next);
+                        let offsets_now =
+                            offsets.borrow().range(..=next).next_back().map(|(_, o)| o.clone()).unwrap_or_default();
+                        output.session(&*held).give(ShardAck { worker, shard, bytes, entries, offsets: offsets_now });
+                        acknowledged = Some(next);
+                    }
                     shard_snapshots.borrow_mut().release_before(next);
                     let mut recorded = offsets.borrow_mut();
                     let kept = recorded.split_off(&next);
@@ -249,10 +265,22 @@ pub fn write<'scope>(
                 let port = output.output_index();
                 acks.for_each(|cap, data| pending.first(&cap, port, data));
                 new_progress.for_each(|cap, data| pending.second(&cap, port, data));
-                for (epoch, batch) in pending.complete(&[acks_frontier, progress_frontier]) {
+                let complete = pending.complete(&[acks_frontier, progress_frontier]);
+                // At the end every worker acknowledges its last epoch, which
+                // need not be one the cadence checkpoints: the latest of them
+                // is committed, with the state every worker ended with.
+                let last = acks_frontier
+                    .is_empty()
+                    .then(|| complete.iter().rev().find(|(_, batch)| !batch.first.is_empty()).map(|(epoch, _)| *epoch))
+                    .flatten();
+                for (epoch, batch) in complete {
                     progress = batch.second.last().copied().unwrap_or(progress);
                     target.metrics.set_progress(progress.watermark, progress.final_before);
-                    if let Some(writer) = &writer {
+                    let acknowledged = !batch.first.is_empty();
+                    let commit = acknowledged && (cadence.is_checkpoint(epoch) || last == Some(epoch));
+                    if !commit {
+                        remember_acks(batch.first, &mut latest);
+                    } else if let Some(writer) = &writer {
                         let started = Instant::now();
                         let manifest =
                             manifest(&target, &snapshots, epoch, batch.first, &mut latest, &restored_offsets);
@@ -272,9 +300,10 @@ pub fn write<'scope>(
 }
 
 /// The manifest of `epoch` from every worker's latest acknowledgement. Every
-/// worker acknowledges every epoch while any input is left; at the end of a
-/// drain, a worker whose source and operators stopped before the last epoch
-/// stops acknowledging, its state unchanged: its last shard stands.
+/// worker acknowledges every checkpoint epoch while any input is left, and
+/// its own last epoch at the end of a drain; a worker whose source and
+/// operators stopped before the last epoch stops acknowledging, its state
+/// unchanged: its last shard stands.
 fn manifest(
     target: &Target,
     snapshots: &SnapshotsHandle,
@@ -283,10 +312,7 @@ fn manifest(
     latest: &mut [Option<ShardAck>],
     restored_offsets: &BTreeMap<Partition, Offset>,
 ) -> Manifest {
-    for ack in acks {
-        let worker = ack.worker;
-        latest[worker] = Some(ack);
-    }
+    remember_acks(acks, latest);
     let mut offsets = restored_offsets.clone();
     let mut shards = Vec::with_capacity(latest.len());
     let mut state = StateSize::default();
@@ -308,6 +334,14 @@ fn manifest(
         shared: snapshots.borrow().shared_at(epoch).cloned().unwrap_or_default(),
         state,
         committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }
+}
+
+/// Keeps each worker's latest acknowledgement.
+fn remember_acks(acks: Vec<ShardAck>, latest: &mut [Option<ShardAck>]) {
+    for ack in acks {
+        let worker = ack.worker;
+        latest[worker] = Some(ack);
     }
 }
 

@@ -64,12 +64,15 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
     scratch.produce(4, pieces.next().unwrap().to_vec());
     scratch.run_ok(&["migrate"]);
 
+    // Checkpoints every epoch, every third or every fourth.
+    let epoch_intervals = ["100ms", "40ms", "25ms"];
     for kill in 0..random_kills {
         let workers = rng.random_range(1..=3u32).to_string();
         let mut run = Running(
             scratch
                 .tally(&["run", "--workers", &workers])
                 .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
+                .env("TALLY_CHECKPOINT_EPOCH_INTERVAL", epoch_intervals[kill % epoch_intervals.len()])
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
@@ -82,13 +85,14 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
         run.0.kill().unwrap();
         run.0.wait().unwrap();
     }
-    for (fault, name) in Fault::ALL {
+    for (index, (fault, name)) in Fault::ALL.into_iter().enumerate() {
         scratch.produce_more(pieces.next().unwrap());
         let workers = rng.random_range(1..=3u32).to_string();
         let mut run = scratch
             .tally(&["run", "--drain", "--workers", &workers])
             .env("TALLY_FAULT", name)
             .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
+            .env("TALLY_CHECKPOINT_EPOCH_INTERVAL", epoch_intervals[index % epoch_intervals.len()])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -243,13 +247,38 @@ fn an_s3_checkpoint_store_that_stalls_then_a_kill_lose_nothing() {
 }
 
 fn newest_manifest_version(scratch: &Scratch) -> Option<u64> {
+    newest_manifest(scratch)?["version"].as_u64()
+}
+
+fn newest_manifest(scratch: &Scratch) -> Option<serde_json::Value> {
     let newest = std::fs::read_dir(scratch.state.join(&scratch.topic).join("manifests"))
         .ok()?
         .flatten()
         .map(|e| e.path())
         .max()?;
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(newest).ok()?).ok()?;
-    manifest["version"].as_u64()
+    serde_json::from_slice(&std::fs::read(newest).ok()?).ok()
+}
+
+/// Epochs far shorter than the checkpoint interval: the drain's last epoch is
+/// almost never one the cadence checkpoints, and must be checkpointed anyway.
+#[test]
+fn a_drain_ends_with_everything_it_read_checkpointed_whatever_the_cadence() {
+    let scratch = Scratch::new("drain_checkpointed");
+    let produced = troubled(34, 6_000, 3);
+    let (first, second) = produced.split_at(produced.len() / 2);
+    scratch.produce(3, first.to_vec());
+    scratch.run_ok(&["migrate"]);
+    let cadence = ["--checkpoint-interval", "1h", "--checkpoint-epoch-interval", "5ms"];
+    for (workers, upto) in [("2", first.len()), ("3", produced.len())] {
+        if upto == produced.len() {
+            scratch.produce_more(second);
+        }
+        scratch.run_ok(&[&["run", "--drain", "--workers", workers][..], &cadence[..]].concat());
+        let manifest = newest_manifest(&scratch).expect("the drain committed a checkpoint");
+        let read: i64 = manifest["offsets"].as_object().unwrap().values().map(|o| o.as_i64().unwrap()).sum();
+        assert_eq!(read, upto as i64, "the last checkpoint is after every message read");
+    }
+    scratch.tables().assert_same(&expected(3, &as_read(&produced)));
 }
 
 fn count(scratch: &Scratch, sql: &str) -> u64 {

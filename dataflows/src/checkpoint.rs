@@ -245,12 +245,45 @@ pub fn owner(hash: u64, workers: usize) -> usize {
     (hash % workers as u64) as usize
 }
 
+/// Which epochs are checkpointed: those whose number is a multiple of
+/// `every`, and the last epoch of a run. Epochs stay short for freshness
+/// while the whole state is encoded and written only every few of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cadence {
+    every: u64,
+}
+
+impl Cadence {
+    /// Every `every`-th epoch (at least every epoch).
+    pub fn every(every: u64) -> Cadence {
+        Cadence { every: every.max(1) }
+    }
+
+    /// Whether `epoch` is checkpointed (the last epoch of a run always is).
+    pub fn is_checkpoint(&self, epoch: u64) -> bool {
+        epoch.is_multiple_of(self.every)
+    }
+
+    /// The first checkpoint epoch at or after `epoch`.
+    pub fn next_from(&self, epoch: u64) -> u64 {
+        epoch.div_ceil(self.every).saturating_mul(self.every)
+    }
+}
+
+impl Default for Cadence {
+    fn default() -> Cadence {
+        Cadence::every(1)
+    }
+}
+
 /// What the billing dataflow needs to checkpoint and restore one worker.
 #[derive(Default)]
 pub struct Recovery {
     /// Where the operators record their snapshots; `None` when nothing is
     /// checkpointed.
     pub snapshots: Option<SnapshotsHandle>,
+    /// Which epochs the snapshots are for.
+    pub cadence: Cadence,
     /// The state to start from; `None` for a fresh start.
     pub restored: Option<Restored>,
 }
@@ -266,11 +299,12 @@ impl Recovery {
 #[derive(Clone)]
 pub(crate) struct Recorder {
     snapshots: Option<SnapshotsHandle>,
+    pub(crate) cadence: Cadence,
 }
 
 impl Recorder {
-    pub(crate) fn new(snapshots: Option<&SnapshotsHandle>) -> Recorder {
-        Recorder { snapshots: snapshots.cloned() }
+    pub(crate) fn new(snapshots: Option<&SnapshotsHandle>, cadence: Cadence) -> Recorder {
+        Recorder { snapshots: snapshots.cloned(), cadence }
     }
 
     pub(crate) fn record<T: Serialize>(&self, part: Part, epoch: u64, state: &T, entries: usize) {

@@ -35,6 +35,7 @@ use crate::settings::Settings;
 pub mod dedup;
 pub mod partitions;
 pub mod pending;
+mod snapshots;
 mod totals;
 mod usage;
 
@@ -67,7 +68,7 @@ pub fn billing<'scope>(
     settings: Settings,
     recovery: Recovery,
 ) -> Streams<'scope> {
-    let recorder = Recorder::new(recovery.snapshots.as_ref());
+    let recorder = Recorder::new(recovery.snapshots.as_ref(), recovery.cadence);
     // A restored worker's state as of the checkpoint is its first snapshot:
     // an operator that never works an epoch still checkpoints what it holds.
     if let Some(restored) = &recovery.restored {

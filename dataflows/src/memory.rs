@@ -14,7 +14,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
 
-use crate::checkpoint::{self, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
+use crate::checkpoint::{self, Cadence, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
 use crate::dataflow::billing;
 use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
@@ -31,6 +31,8 @@ pub struct RunShape {
     /// Indices into the message sequence at which a new epoch starts
     /// (sorted; out-of-range indices are ignored).
     pub epoch_starts: Vec<usize>,
+    /// Which epochs are checkpointed.
+    pub cadence: Cadence,
 }
 
 /// A checkpoint as the in-memory runner keeps it: what a checkpoint store
@@ -52,7 +54,8 @@ pub struct Checkpoint {
 /// committed checkpoint taken after `checkpoint`, or none at all.
 #[derive(Clone, Copy, Debug)]
 pub struct Crash {
-    /// The last committed checkpoint's epoch; `None` when none was committed.
+    /// The last committed checkpoint's epoch: one the first run's cadence
+    /// checkpoints, or its last; `None` when none was committed.
     pub checkpoint: Option<u64>,
     /// The last epoch whose rows were written.
     pub written_through: u64,
@@ -174,8 +177,11 @@ fn execute(
         let (index, peers) = (worker.index(), worker.peers());
         let mine = |p: Partition| p as usize % peers == index;
         let snapshots = SnapshotsHandle::default();
-        let recovery =
-            Recovery { snapshots: Some(Rc::clone(&snapshots)), restored: restored(restore.as_deref(), index, peers) };
+        let recovery = Recovery {
+            snapshots: Some(Rc::clone(&snapshots)),
+            cadence: shape.cadence,
+            restored: restored(restore.as_deref(), index, peers),
+        };
         let first_epoch = recovery.first_epoch();
         let resume =
             restore.as_ref().and_then(|r| r.checkpoint.as_ref()).map(|c| c.next_offsets.clone()).unwrap_or_default();

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use support::{Ev, Topic, agree, at};
+use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::memory::Crash;
 use tally_dataflows::memory::RunShape;
 use tally_dataflows::settings::Settings;
@@ -199,6 +200,10 @@ fn cuts(rng: &mut TestRng, messages: usize) -> Vec<usize> {
     starts
 }
 
+fn cadence(rng: &mut TestRng) -> Cadence {
+    Cadence::every(*pick(rng, &[1, 2, 3]))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -209,8 +214,8 @@ proptest! {
         let n = topic.messages.len();
         let shapes: Vec<RunShape> = [1, 2, 4]
             .into_iter()
-            .map(|workers| RunShape { workers, epoch_starts: cuts(&mut rng, n) })
-            .chain([RunShape { workers: 2, epoch_starts: Vec::new() }])
+            .map(|workers| RunShape { workers, epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng) })
+            .chain([RunShape { workers: 2, epoch_starts: Vec::new(), cadence: Cadence::default() }])
             .collect();
         agree(&topic, settings, &shapes);
     }
@@ -227,11 +232,16 @@ proptest! {
         let (topic, settings) = scenario(&seed);
         let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
         let n = topic.messages.len();
-        let first = RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n) };
+        let every = *pick(&mut rng, &[1, 2, 3]);
+        let first =
+            RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n), cadence: Cadence::every(every) };
         let last_epoch = first.epoch_starts.iter().filter(|&&i| i > 0 && i < n).count() as u64 + 1;
-        let checkpoint = rng.random_bool(0.85).then(|| rng.random_range(0..=last_epoch));
+        // A checkpoint the first run's cadence takes: a multiple of `every`, or its last epoch.
+        let checkpointed: Vec<u64> = (0..=last_epoch).filter(|e| e % every == 0 || *e == last_epoch).collect();
+        let checkpoint = rng.random_bool(0.85).then(|| *pick(&mut rng, &checkpointed));
         let written_through = rng.random_range(checkpoint.unwrap_or(0)..=last_epoch);
-        let second = RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n) };
+        let second =
+            RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng) };
         support::agree_after_crash(&topic, settings, &first, Crash { checkpoint, written_through }, &second);
     }
 }

@@ -23,6 +23,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
+use super::snapshots::PartSnapshots;
 use crate::checkpoint::{Part, Recorder};
 use crate::event::{Event, Reason};
 use crate::identity::{BuildFingerprintHasher, Fingerprint};
@@ -125,14 +126,16 @@ pub(crate) fn dedup<'scope>(
         by_identity,
         Pipeline,
         "Dedup",
-        move |_, _| {
+        move |capability, _| {
             let mut pending = Pending::<Candidate, Progress>::default();
             let mut seen = Seen::restore(restored);
+            let mut snapshots = PartSnapshots::new(recorder, Part::Dedup, capability);
             move |(candidates, candidates_frontier), (progress, progress_frontier), output| {
                 let port = output.output_index();
                 candidates.for_each(|cap, data| pending.first(&cap, port, data));
                 progress.for_each(|cap, data| pending.second(&cap, port, data));
                 for (time, mut epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
+                    snapshots.before(time, &seen, seen.len());
                     let mut session = output.session(&epoch.capability);
                     let mut outcomes = Outcomes::default();
                     epoch.first.sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
@@ -155,8 +158,9 @@ pub(crate) fn dedup<'scope>(
                     if let Some(watermark) = epoch.second.last().and_then(|p| p.watermark) {
                         seen.forget_before(watermark.saturating_sub(settings.dedup_horizon));
                     }
-                    recorder.record(Part::Dedup, time, &seen, seen.len());
+                    snapshots.worked(time);
                 }
+                snapshots.after(&[candidates_frontier, progress_frontier], &seen, seen.len());
             }
         },
     )

@@ -14,6 +14,7 @@ use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
 use super::route;
+use super::snapshots::PartSnapshots;
 use crate::checkpoint::{Part, Recorder};
 use crate::fixed::Overflow;
 use crate::rows::{Delta, Progress, TotalKey, TotalRow};
@@ -34,14 +35,16 @@ pub(crate) fn totals<'scope>(
         by_key,
         Pipeline,
         "Totals",
-        move |_, _| {
+        move |capability, _| {
             let mut pending = Pending::<(TotalKey, Delta), Progress>::default();
             let (mut sums, mut stale) = restored;
+            let mut snapshots = PartSnapshots::new(recorder, Part::Totals, capability);
             move |(deltas, deltas_frontier), (progress, progress_frontier), output| {
                 let port = output.output_index();
                 deltas.for_each(|cap, data| pending.first(&cap, port, data));
                 progress.for_each(|cap, data| pending.second(&cap, port, data));
                 for (time, mut epoch) in pending.complete(&[deltas_frontier, progress_frontier]) {
+                    snapshots.before(time, &sums, sums.len());
                     let mut session = output.session(&epoch.capability);
                     let mut written = BTreeSet::new();
                     let rewriting = !stale.is_empty();
@@ -79,8 +82,9 @@ pub(crate) fn totals<'scope>(
                     if let Some(boundary) = epoch.second.last().and_then(|p| p.final_before) {
                         sums.retain(|key, _| key.day + DAY > boundary);
                     }
-                    recorder.record(Part::Totals, time, &sums, sums.len());
+                    snapshots.worked(time);
                 }
+                snapshots.after(&[deltas_frontier, progress_frontier], &sums, sums.len());
             }
         },
     )

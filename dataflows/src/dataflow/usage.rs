@@ -17,6 +17,7 @@ use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
 use super::route;
+use super::snapshots::PartSnapshots;
 use crate::checkpoint::{Part, Recorder};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
@@ -52,14 +53,16 @@ pub(crate) fn usage<'scope>(
         by_resource,
         Pipeline,
         "Usage",
-        move |_, _| {
+        move |capability, _| {
             let mut pending = Pending::<Event, Progress>::default();
             let (mut resources, mut progress, mut stale) = restored;
+            let mut snapshots = PartSnapshots::new(recorder, Part::Usage, capability);
             move |(events, events_frontier), (new_progress, progress_frontier), output| {
                 let port = output.output_index();
                 events.for_each(|cap, data| pending.first(&cap, port, data));
                 new_progress.for_each(|cap, data| pending.second(&cap, port, data));
                 for (time, epoch) in pending.complete(&[events_frontier, progress_frontier]) {
+                    snapshots.before(time, &resources, resources.len());
                     let next = epoch.second.last().copied().unwrap_or(progress);
                     let mut dirty: BTreeMap<ResourceKey, Millis> = BTreeMap::new();
                     for mut event in epoch.first {
@@ -98,8 +101,9 @@ pub(crate) fn usage<'scope>(
                         });
                     }
                     progress = next;
-                    recorder.record(Part::Usage, time, &resources, resources.len());
+                    snapshots.worked(time);
                 }
+                snapshots.after(&[events_frontier, progress_frontier], &resources, resources.len());
             }
         },
     )

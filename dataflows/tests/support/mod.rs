@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::json;
+use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::event::{Message, Partition, Reason};
 use tally_dataflows::memory::{self, Crash, RunShape};
 use tally_dataflows::oracle;
@@ -125,13 +126,18 @@ impl Topic {
 }
 
 /// Shapes every check runs the dataflow under: 1, 2 and 4 workers; one epoch,
-/// an epoch per message, and a few cuts in between.
+/// an epoch per message (checkpointing every other one), and a few cuts in
+/// between.
 pub fn shapes(messages: usize) -> Vec<RunShape> {
     let mut shapes = Vec::new();
     for workers in [1, 2, 4] {
-        shapes.push(RunShape { workers, epoch_starts: Vec::new() });
-        shapes.push(RunShape { workers, epoch_starts: (0..messages).collect() });
-        shapes.push(RunShape { workers, epoch_starts: (0..messages).step_by(3).collect() });
+        shapes.push(RunShape { workers, epoch_starts: Vec::new(), cadence: Cadence::default() });
+        shapes.push(RunShape { workers, epoch_starts: (0..messages).collect(), cadence: Cadence::every(2) });
+        shapes.push(RunShape {
+            workers,
+            epoch_starts: (0..messages).step_by(3).collect(),
+            cadence: Cadence::default(),
+        });
     }
     shapes
 }
@@ -158,7 +164,7 @@ pub fn agree_after_crash(topic: &Topic, settings: Settings, first: &RunShape, cr
     let actual =
         memory::run_with_crash(&topic.partitions, topic.messages.clone(), prices, settings, first, crash, second)
             .expect("no overflow");
-    let described = RunShape { workers: second.workers, epoch_starts: second.epoch_starts.clone() };
+    let described = second.clone();
     let context = format!("{first:?} crashed at {crash:?}, restored as");
     assert_same_in(&expected, &actual, &described, &context);
 }
