@@ -74,8 +74,10 @@ fn a_whole_cluster_killed_mid_run_resumes_exactly() {
     let (first, second) = produced.split_at(produced.len() / 2);
     scratch.produce(6, first.to_vec());
     scratch.run_ok(&["migrate"]);
-    for (round, pause) in [(0, 2_500), (1, 4_000)] {
-        let processes = cluster(&scratch, 2, 2, &["--checkpoint-interval", "300ms"]);
+    // A checkpoint every epoch, then every third.
+    for (round, pause, epoch) in [(0, 2_500, "300ms"), (1, 4_000, "100ms")] {
+        let processes =
+            cluster(&scratch, 2, 2, &["--checkpoint-interval", "300ms", "--checkpoint-epoch-interval", epoch]);
         std::thread::sleep(Duration::from_millis(pause));
         drop(processes);
         if round == 0 {
@@ -83,7 +85,7 @@ fn a_whole_cluster_killed_mid_run_resumes_exactly() {
         }
     }
     assert!(scratch.state.exists(), "the killed cluster checkpointed nothing");
-    finish(cluster(&scratch, 2, 2, &["--drain"]));
+    finish(cluster(&scratch, 2, 2, &["--drain", "--checkpoint-epoch-interval", "50ms"]));
     scratch.tables().assert_same(&expected(6, &support::as_read(&produced)));
 }
 
