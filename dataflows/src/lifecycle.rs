@@ -82,8 +82,11 @@ impl Resource {
     /// The resource's copy of `meta` when it holds an equal one: a resource's
     /// events mostly carry the same metadata, and keeping it once per
     /// resource rather than once per event is most of what an event costs.
+    /// Looks at the newest event and the folded past only: metadata rarely
+    /// changes, and comparing with every event held made inserting quadratic.
     fn shared_meta(&self, meta: Arc<Meta>) -> Arc<Meta> {
-        let mut held = self.events.entries().iter().map(|(_, e)| &e.meta).chain(self.base_meta.as_ref());
+        let newest = self.events.entries().last().map(|(_, e)| &e.meta);
+        let mut held = newest.into_iter().chain(self.base_meta.as_ref());
         held.find(|held| **held == meta).map_or(meta, Arc::clone)
     }
 
