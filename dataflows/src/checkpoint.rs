@@ -167,7 +167,7 @@ pub struct Restored {
     pub epoch: u64,
     /// Clocks and progress after the epoch.
     pub shared: Shared,
-    /// Identities remembered, with their event times.
+    /// Identities remembered, with the hour of their event times.
     pub seen: Vec<(Fingerprint, Millis)>,
     /// Resources with open windows.
     pub resources: BTreeMap<ResourceKey, Resource>,

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 #[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
@@ -43,14 +43,14 @@ pub enum Deduped {
     Outcomes(Outcomes),
 }
 
-/// The identities remembered, with their event times, filed by the hour of
-/// their event time so that expiry takes whole hours at once. Forgetting up to
-/// an hour later than the horizon allows changes nothing: the partition stage
-/// rejects any copy that far behind.
+/// The identities remembered, filed by the hour of their event time so that
+/// expiry takes whole hours at once. Forgetting up to an hour later than the
+/// horizon allows changes nothing: the partition stage rejects any copy that
+/// far behind. The hour is all that expiry needs of an identity's time.
 #[derive(Default)]
 pub struct Seen {
     #[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
-    times: HashMap<Fingerprint, Millis, BuildFingerprintHasher>,
+    identities: HashSet<Fingerprint, BuildFingerprintHasher>,
     by_hour: BTreeMap<Millis, Vec<Fingerprint>>,
 }
 
@@ -58,7 +58,7 @@ impl Seen {
     /// The identities of a checkpoint.
     pub fn restore(restored: Vec<(Fingerprint, Millis)>) -> Seen {
         let mut seen = Seen::default();
-        seen.times.reserve(restored.len());
+        seen.identities.reserve(restored.len());
         for (identity, time) in restored {
             seen.insert(identity, time);
         }
@@ -67,12 +67,12 @@ impl Seen {
 
     /// Whether `identity` was counted.
     pub fn contains(&self, identity: &Fingerprint) -> bool {
-        self.times.contains_key(identity)
+        self.identities.contains(identity)
     }
 
     /// Remembers `identity`, counted at event time `time`.
     pub fn insert(&mut self, identity: Fingerprint, time: Millis) {
-        if self.times.insert(identity, time).is_none() {
+        if self.identities.insert(identity) {
             self.by_hour.entry(window_start(time)).or_default().push(identity);
         }
     }
@@ -84,28 +84,31 @@ impl Seen {
                 break;
             }
             for identity in hour.remove() {
-                self.times.remove(&identity);
+                self.identities.remove(&identity);
             }
         }
     }
 
     /// How many identities are remembered.
     pub fn len(&self) -> usize {
-        self.times.len()
+        self.identities.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.times.is_empty()
+        self.identities.is_empty()
     }
 }
 
-/// Encoded as the sequence of `(fingerprint, time)`, oldest hour first.
+/// Encoded as the sequence of `(fingerprint, hour)`, oldest hour first: one
+/// pass over the hours, no lookups.
 impl Serialize for Seen {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.times.len()))?;
-        for identity in self.by_hour.values().flatten() {
-            seq.serialize_element(&(identity, self.times[identity]))?;
+        let mut seq = serializer.serialize_seq(Some(self.identities.len()))?;
+        for (hour, identities) in &self.by_hour {
+            for identity in identities {
+                seq.serialize_element(&(identity, hour))?;
+            }
         }
         seq.end()
     }
