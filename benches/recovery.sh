@@ -3,7 +3,8 @@
 # backlog over FLEET running resources and checkpoints it; it is killed with
 # SIGKILL; the restart (`run --drain`: restore, then read what the last
 # checkpoint did not cover) is timed to the moment everything is written and
-# committed again.
+# committed again. Also reports the live run's resident memory before the kill,
+# per resource held.
 #
 #   benches/recovery.sh FLEET EVENTS     (e.g. benches/recovery.sh 200000 2000000)
 set -euo pipefail
@@ -30,6 +31,8 @@ live=$!
 until [ "$(committed_offsets)" -ge "$EVENTS" ]; do sleep 1; done
 # Killed mid-epoch, a little after the checkpoint that covers the backlog.
 sleep 2
+live_rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$live/status")
+live_peak_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$live/status")
 kill -9 "$live"
 wait "$live" 2>/dev/null || true
 
@@ -38,9 +41,10 @@ log=$(mktemp)
 start=$(date +%s%N)
 TALLY_LOG=info "$tally" run --drain --workers "$WORKERS" 2>"$log"
 elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
-python3 - "$newest" "$log" "$start" "$elapsed_ms" <<'PY'
+python3 - "$newest" "$log" "$start" "$elapsed_ms" "$live_rss_kb" "$live_peak_kb" <<'PY'
 import json, re, sys, datetime
 manifest, log, start_ns, elapsed_ms = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rss, peak = int(sys.argv[5]) * 1024, int(sys.argv[6]) * 1024
 state = json.load(open(manifest))["state"]
 restored = [line for line in open(log) if "state restored" in line]
 stamp = re.search(r"\d{4}-\d\d-\d\dT[\d:.]+Z", re.sub(r"\x1b\[[0-9;]*m", "", restored[-1])).group(0)
@@ -48,6 +52,8 @@ at = datetime.datetime.strptime(stamp[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzin
 restore_ms = at.timestamp() * 1000 - start_ns / 1e6
 print(f'state at the kill: {state["resources"]:,} resources, {state["identities"]:,} dedup identities, '
       f'{state["day_totals"]:,} day totals, {state["bytes"]:,} checkpoint bytes')
+print(f'live run before the kill: {rss / 2**20:,.0f} MiB resident ({rss / state["resources"]:,.0f} bytes per resource held, '
+      f'dedup identities included), peak {peak / 2**20:,.0f} MiB')
 print(f'restart to state restored: {restore_ms / 1000:.1f} s; restart to caught up and committed: {elapsed_ms / 1000:.1f} s')
 PY
 rm -rf "$store" "$log"
