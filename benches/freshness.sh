@@ -82,4 +82,7 @@ printf 'sent %d events in %d.%03d s = %d events/s (asked %d/s), epochs of %s, ch
   $((gen_ms / 1000)) $((gen_ms % 1000)) $((events * 1000 / gen_ms)) "$RATE" "${TALLY_CHECKPOINT_EPOCH_INTERVAL:-2s}" \
   "${TALLY_CHECKPOINT_INTERVAL:-10s}"
 grep -E "Maximum resident set size|User time|System time|Percent of CPU" "$log" || true
+# Retries and stalls show here: a tail is worth explaining.
+printf 'tally warnings: %s\n' "$(grep -cE "WARN|ERROR" "$log" || true)"
+grep -E "WARN|ERROR" "$log" | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-240 | tail -5 || true
 rm -rf "$log" "$store"
