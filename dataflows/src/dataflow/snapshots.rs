@@ -28,16 +28,10 @@ pub(crate) struct PartSnapshots {
 }
 
 impl PartSnapshots {
-    /// Starts holding `capability` (the operator's initial one).
+    /// Starts holding `capability`, the operator's initial one at epoch 0 (a
+    /// checkpoint epoch whatever the cadence).
     pub(crate) fn new(recorder: Recorder, part: Part, capability: Capability<u64>) -> PartSnapshots {
-        let mut snapshots = PartSnapshots { recorder, part, held: Some(capability), unrecorded: None };
-        snapshots.move_held(0);
-        snapshots
-    }
-
-    /// Called before working `epoch`, with the state as it is.
-    pub(crate) fn before<T: Serialize>(&mut self, epoch: u64, state: &T, entries: usize) {
-        self.record_before(epoch, state, entries);
+        PartSnapshots { recorder, part, held: Some(capability), unrecorded: None }
     }
 
     /// Called after working `epoch`.
@@ -50,7 +44,7 @@ impl PartSnapshots {
     pub(crate) fn after<T: Serialize>(&mut self, frontiers: &[&MutableAntichain<u64>], state: &T, entries: usize) {
         let frontier = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
         match frontier {
-            Some(frontier) => self.record_before(frontier, state, entries),
+            Some(frontier) => self.before(frontier, state, entries),
             None => {
                 if let Some(epoch) = self.unrecorded.take() {
                     self.recorder.record(self.part, epoch, state, entries);
@@ -60,9 +54,10 @@ impl PartSnapshots {
         }
     }
 
-    /// Records the held checkpoint epoch if it is before `bound`, every
-    /// epoch before which has been worked.
-    fn record_before<T: Serialize>(&mut self, bound: u64, state: &T, entries: usize) {
+    /// Called before working epoch `bound` (or once every epoch before it is
+    /// worked), with the state as it is: records the held checkpoint epoch if
+    /// it is before `bound`.
+    pub(crate) fn before<T: Serialize>(&mut self, bound: u64, state: &T, entries: usize) {
         let Some(held) = self.held.as_ref().map(|c| *c.time()) else { return };
         if held >= bound {
             return;
