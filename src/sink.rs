@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Cadence, Part, SnapshotsHandle};
+use tally_dataflows::checkpoint::{Cadence, Part, Snapshots, SnapshotsHandle};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
@@ -165,8 +165,8 @@ pub fn write<'scope>(
         Pipeline,
         "CheckpointShard",
         move |capability, _| {
-            // Held at the next epoch to checkpoint, so that every epoch gets an
-            // acknowledgement from every worker, rows or not.
+            // Held at the next epoch to pass, so that every checkpoint epoch
+            // gets an acknowledgement from every worker, rows or not.
             let mut capability = Some(capability.delayed(&first_epoch));
             let mut next = first_epoch;
             let mut last_written: Option<(u64, String, u64)> = None;
@@ -203,27 +203,17 @@ pub fn write<'scope>(
                     for (appended_at, count) in visible {
                         shard_metrics.observe_visible(appended_at, count);
                     }
-                    let checkpointed = cadence.is_checkpoint(next) || last;
-                    let changed = last_written.is_none()
-                        || shard_snapshots.borrow().changed_between(last_written.as_ref().map(|(e, _, _)| *e), next);
-                    if checkpointed && changed {
-                        let encoded: Vec<(Part, Arc<Vec<u8>>)> = shard_snapshots
-                            .borrow()
-                            .parts_at(next)
-                            .into_iter()
-                            .map(|(part, bytes)| {
-                                (part, bytes.unwrap_or_else(|| Arc::new(tally_dataflows::checkpoint::empty(part))))
-                            })
-                            .collect();
-                        let parts: Vec<(Part, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-                        let started = Instant::now();
-                        let (name, bytes) = checkpoint::write_shard(&shard_store, next, worker, workers, &parts);
-                        fault::point(Fault::AfterShardWrite);
-                        shard_metrics.observe_checkpoint("shard", started.elapsed());
-                        tracing::debug!(epoch = next, worker, bytes, "shard written");
-                        last_written = Some((next, name, bytes));
-                    }
-                    if checkpointed {
+                    if cadence.is_checkpoint(next) || last {
+                        let changed = last_written.is_none()
+                            || shard_snapshots
+                                .borrow()
+                                .changed_between(last_written.as_ref().map(|(e, _, _)| *e), next);
+                        if changed {
+                            let snapshots = shard_snapshots.borrow();
+                            let (name, bytes) =
+                                write_shard(&shard_store, &snapshots, next, (worker, workers), &shard_metrics);
+                            last_written = Some((next, name, bytes));
+                        }
                         let (_, shard, bytes) = last_written.clone().expect("a shard was written");
                         let entries = shard_snapshots.borrow().entries_at(next);
                         let offsets_now =
@@ -297,6 +287,29 @@ pub fn write<'scope>(
             }
         },
     )
+}
+
+/// Writes `worker`'s shard of `epoch`: its operators' snapshots as of it.
+/// Returns the shard's name and size.
+fn write_shard(
+    store: &Store,
+    snapshots: &Snapshots,
+    epoch: u64,
+    (worker, workers): (usize, usize),
+    metrics: &Metrics,
+) -> (String, u64) {
+    let encoded: Vec<(Part, Arc<Vec<u8>>)> = snapshots
+        .parts_at(epoch)
+        .into_iter()
+        .map(|(part, bytes)| (part, bytes.unwrap_or_else(|| Arc::new(tally_dataflows::checkpoint::empty(part)))))
+        .collect();
+    let parts: Vec<(Part, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    let started = Instant::now();
+    let (name, bytes) = checkpoint::write_shard(store, epoch, worker, workers, &parts);
+    fault::point(Fault::AfterShardWrite);
+    metrics.observe_checkpoint("shard", started.elapsed());
+    tracing::debug!(epoch, worker, bytes, "shard written");
+    (name, bytes)
 }
 
 /// The manifest of `epoch` from every worker's latest acknowledgement. Every

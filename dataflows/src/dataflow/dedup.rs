@@ -7,9 +7,10 @@
 //! Copies of one identity are expected to be the same event; a late copy and an
 //! on-time copy on different partitions in different epochs are judged in
 //! epoch order (only that late copy's `rejected_events` entry can differ
-//! between runs, never the money). Identities are remembered until the watermark passes their event
-//! time by the dedup horizon; the partition stage rejects anything further
-//! behind, so a remembered identity is never needed after it is forgotten.
+//! between runs, never the money). Identities are remembered until the
+//! watermark passes the end of their event time's hour by the dedup horizon;
+//! the partition stage rejects anything further behind, so a remembered
+//! identity is never needed after it is forgotten.
 
 use std::collections::BTreeMap;
 #[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
