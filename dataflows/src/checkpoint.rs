@@ -350,7 +350,12 @@ mod tests {
     #[test]
     fn a_shard_restores_only_the_keys_routed_to_each_worker() {
         let resources: BTreeMap<ResourceKey, Resource> = (0..50)
-            .map(|i| (ResourceKey { account: format!("acc-{i}"), resource: format!("vm-{i}") }, Resource::default()))
+            .map(|i| {
+                (
+                    ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() },
+                    Resource::default(),
+                )
+            })
             .collect();
         let parts = vec![(Part::Usage, postcard::to_stdvec(&resources).unwrap())];
         let mut total = 0;

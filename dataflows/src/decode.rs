@@ -161,7 +161,7 @@ pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
     Ok(Event {
         order: EventOrder { time, id: id.into_owned(), source: source.into_owned() },
         kind,
-        resource: ResourceKey { account: account.into_owned(), resource: subject.into_owned() },
+        resource: ResourceKey { account: Arc::from(account), resource: Arc::from(subject) },
         quantities,
         meta: Arc::new(meta),
     })

@@ -84,9 +84,9 @@ pub struct Meta {
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ResourceKey {
     /// The billing account.
-    pub account: String,
+    pub account: Arc<str>,
     /// The resource id (`subject`).
-    pub resource: String,
+    pub resource: Arc<str>,
 }
 
 /// The order in which a resource's events apply: `(time, id)` with ids

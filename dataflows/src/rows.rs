@@ -21,11 +21,11 @@ pub const MAX_STORED_PAYLOAD: usize = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BreakdownKey {
     /// Billing account.
-    pub account: String,
+    pub account: Arc<str>,
     /// Start of the hourly window.
     pub window_start: Millis,
     /// Resource id.
-    pub resource: String,
+    pub resource: Arc<str>,
     /// SKU.
     pub sku: SkuId,
 }
@@ -54,7 +54,7 @@ impl BreakdownRow {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TotalKey {
     /// Billing account.
-    pub account: String,
+    pub account: Arc<str>,
     /// Start of the UTC day.
     pub day: Millis,
     /// SKU.

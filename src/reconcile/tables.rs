@@ -123,7 +123,7 @@ impl Tables {
             let sku = prices.sku(row.key.sku);
             let window = u32::try_from(row.key.window_start / SECOND).unwrap_or(u32::MAX);
             tables.breakdowns.insert(
-                (row.key.account.clone(), window, row.key.resource.clone(), sku.id.clone()),
+                (row.key.account.to_string(), window, row.key.resource.to_string(), sku.id.clone()),
                 (
                     row.usage.scaled(),
                     row.cost.scaled(),
@@ -139,7 +139,7 @@ impl Tables {
             let sku = prices.sku(row.key.sku);
             let day = u16::try_from(row.key.day / DAY).unwrap_or(u16::MAX);
             tables.totals.insert(
-                (row.key.account.clone(), day, sku.id.clone()),
+                (row.key.account.to_string(), day, sku.id.clone()),
                 (row.usage.scaled(), row.cost.scaled(), sku.currency.clone()),
             );
         }

@@ -117,12 +117,19 @@ pub fn stale_rows(warehouse: &Warehouse, version: u64, prices: &PriceList) -> St
         breakdowns: breakdowns
             .into_iter()
             .filter_map(|(account, window, resource, name)| {
-                Some(BreakdownKey { account, window_start: i64::from(window) * SECOND, resource, sku: sku(&name)? })
+                Some(BreakdownKey {
+                    account: account.into(),
+                    window_start: i64::from(window) * SECOND,
+                    resource: resource.into(),
+                    sku: sku(&name)?,
+                })
             })
             .collect(),
         totals: totals
             .into_iter()
-            .filter_map(|(account, day, name)| Some(TotalKey { account, day: i64::from(day) * DAY, sku: sku(&name)? }))
+            .filter_map(|(account, day, name)| {
+                Some(TotalKey { account: account.into(), day: i64::from(day) * DAY, sku: sku(&name)? })
+            })
             .collect(),
     }
 }

@@ -32,8 +32,8 @@ fn decodes_the_contract_example() {
     assert_eq!(event.kind, EventKind::Started);
     assert_eq!(event.order.id, "01JD8Z6Q4W3V");
     assert_eq!(Rfc3339(event.time()).to_string(), "2026-11-23T10:15:00.250Z");
-    assert_eq!(event.resource.account, "acc-000042");
-    assert_eq!(event.resource.resource, "vm-8f2a");
+    assert_eq!(&*event.resource.account, "acc-000042");
+    assert_eq!(&*event.resource.resource, "vm-8f2a");
     assert_eq!(event.meta.labels, r#"{"env":"prod","team":"ml"}"#);
     let named: Vec<_> = event.quantities.iter().map(|&(sku, q)| (list.sku(sku).id.as_str(), q.to_string())).collect();
     assert_eq!(named, [("compute.ram_gib", "16.000000000".to_owned()), ("compute.vcpu", "4.000000000".to_owned())]);

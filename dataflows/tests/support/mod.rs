@@ -207,7 +207,7 @@ pub fn row(ledger: &Ledger, account: &str, window: &str, resource: &str, sku: &s
         .breakdowns
         .iter()
         .find(|(k, _)| {
-            k.account == account && k.window_start == at(window) && k.resource == resource && k.sku == sku_id
+            *k.account == *account && k.window_start == at(window) && *k.resource == *resource && k.sku == sku_id
         })
         .map(|(_, r)| (r.usage.to_string(), r.cost.to_string()))
 }
@@ -219,7 +219,7 @@ pub fn total(ledger: &Ledger, account: &str, day: &str, sku: &str) -> Option<(St
     ledger
         .totals
         .iter()
-        .find(|(k, _)| k.account == account && k.day == at(day) && k.sku == sku_id)
+        .find(|(k, _)| *k.account == *account && k.day == at(day) && k.sku == sku_id)
         .map(|(_, r)| (r.usage.to_string(), r.cost.to_string()))
 }
 
