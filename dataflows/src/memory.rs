@@ -14,7 +14,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
 
-use crate::checkpoint::{self, Cadence, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
+use crate::checkpoint::{self, Cadence, Part, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
 use crate::dataflow::billing;
 use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
@@ -61,6 +61,9 @@ pub struct Crash {
     pub written_through: u64,
 }
 
+/// A worker's encoded parts as of an epoch (`None`: never recorded).
+type SharedParts = Vec<(Part, Option<Arc<Vec<u8>>>)>;
+
 #[derive(Default)]
 struct Collected {
     breakdowns: Vec<(u64, BreakdownRow)>,
@@ -69,8 +72,9 @@ struct Collected {
     outcomes: Vec<(u64, Outcomes)>,
     progress: Vec<(u64, Progress)>,
     errors: Vec<Overflow>,
-    /// Per epoch, per worker: the encoded parts as of that epoch.
-    snapshots: BTreeMap<u64, BTreeMap<usize, ShardParts>>,
+    /// Per epoch, per worker: the encoded parts as of that epoch, shared
+    /// with the epochs that did not change them.
+    snapshots: BTreeMap<u64, BTreeMap<usize, SharedParts>>,
     shared: BTreeMap<u64, Shared>,
 }
 
@@ -136,7 +140,13 @@ struct Restore {
 
 /// The checkpoint the crashed run left after `epoch`.
 fn checkpoint_at(crashed: &Collected, messages: &[Message], shape: &RunShape, epoch: u64) -> Checkpoint {
-    let shards = crashed.snapshots.get(&epoch).map(|s| s.values().cloned().collect()).unwrap_or_default();
+    let shard = |parts: &SharedParts| -> ShardParts {
+        parts
+            .iter()
+            .map(|(part, bytes)| (*part, bytes.as_ref().map_or_else(|| checkpoint::empty(*part), |b| b.to_vec())))
+            .collect()
+    };
+    let shards = crashed.snapshots.get(&epoch).map(|s| s.values().map(shard).collect()).unwrap_or_default();
     let shared = crashed.shared.range(..=epoch).next_back().map(|(_, s)| s.clone()).unwrap_or_default();
     let mut next_offsets = BTreeMap::new();
     for (message, message_epoch) in messages.iter().zip(epochs(messages.len(), shape, 0)) {
@@ -220,12 +230,7 @@ fn execute(
         let snapshots = snapshots.borrow();
         let mut sink = sink.lock().expect("no worker panicked holding the lock");
         for epoch in first_epoch..=epoch + 1 {
-            let parts = snapshots
-                .parts_at(epoch)
-                .into_iter()
-                .map(|(part, bytes)| (part, bytes.map(|b| b.to_vec()).unwrap_or_else(|| checkpoint::empty(part))))
-                .collect();
-            sink.snapshots.entry(epoch).or_default().insert(index, parts);
+            sink.snapshots.entry(epoch).or_default().insert(index, snapshots.parts_at(epoch));
             if index == 0
                 && let Some(shared) = snapshots.shared_at(epoch)
             {

@@ -7,6 +7,7 @@
 //! `watermark` sees every partition's clock (the reports are broadcast) and
 //! emits the same [`Progress`] on every worker for every epoch that moved a clock.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -16,8 +17,9 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
-use crate::checkpoint::{Recorder, Shared};
-use crate::judge::{Candidate, ClockReport, PartitionState, SourceItem, Verdict};
+use crate::checkpoint::{Cadence, Recorder, Shared};
+use crate::event::Partition;
+use crate::judge::{Candidate, ClockReport, PartitionClock, PartitionState, SourceItem, Verdict};
 use crate::prices::PriceList;
 use crate::rows::{Progress, Rejection};
 use crate::settings::Settings;
@@ -111,7 +113,8 @@ pub(crate) fn watermark<'scope>(
                 for report in epoch.first {
                     clocks.insert(report.partition, report.clock);
                 }
-                progress = Progress::at(crate::judge::watermark(clocks.values(), progress.watermark), &settings);
+                let target = Progress::at(crate::judge::watermark(clocks.values(), progress.watermark), &settings);
+                progress = target.accruing_at(time, progress, recorder.cadence, &clocks);
                 output.session(&epoch.capability).give(progress);
                 recorder.record_shared(time, || Shared { clocks: clocks.clone(), progress });
             }
@@ -120,6 +123,29 @@ pub(crate) fn watermark<'scope>(
 }
 
 impl Progress {
+    /// This progress, with accrual held where `previous` left it unless
+    /// `epoch` must move it: a checkpoint epoch, the end of a drain (every
+    /// partition read to its end), or windows turning final that have not
+    /// accrued to their end. Moving accrual rewrites the open row of every
+    /// running resource, so a catch-up that crosses an accrual step every
+    /// epoch does so once per checkpoint rather than once per epoch; a
+    /// checkpoint's state and the end of a drain are always fully accrued.
+    fn accruing_at(
+        self,
+        epoch: u64,
+        previous: Progress,
+        cadence: Cadence,
+        clocks: &BTreeMap<Partition, PartitionClock>,
+    ) -> Progress {
+        let drained = clocks.values().all(|c| c.state == PartitionState::Exhausted);
+        let unaccrued_final = self.final_before > previous.accrued_to;
+        if cadence.is_checkpoint(epoch) || drained || unaccrued_final {
+            self
+        } else {
+            Progress { accrued_to: previous.accrued_to, ..self }
+        }
+    }
+
     /// Progress at a watermark: what has accrued and which windows are final.
     pub fn at(watermark: Option<Millis>, settings: &Settings) -> Progress {
         Progress {
@@ -130,5 +156,51 @@ impl Progress {
             // may be the latest event at the end of the window before it.
             final_before: watermark.map(|w| window_start(w.saturating_sub(settings.allowed_lateness) - 1)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::{HOUR, MINUTE};
+
+    const T0: Millis = 1_795_392_000_000;
+
+    fn clocks(states: &[PartitionState]) -> BTreeMap<Partition, PartitionClock> {
+        let clock = |state| PartitionClock { clock: Some(T0), state };
+        (0..).zip(states.iter().map(|&s| clock(s))).collect()
+    }
+
+    fn progress(watermark: Millis) -> Progress {
+        Progress::at(Some(watermark), &Settings::default())
+    }
+
+    #[test]
+    fn accrual_waits_for_a_checkpoint_epoch() {
+        let reading = clocks(&[PartitionState::Active, PartitionState::Exhausted]);
+        let previous = progress(T0 + 2 * HOUR + 10 * MINUTE);
+        let target = progress(T0 + 2 * HOUR + 25 * MINUTE);
+        let held = target.accruing_at(7, previous, Cadence::every(5), &reading);
+        assert_eq!(held, Progress { accrued_to: previous.accrued_to, ..target });
+        assert_eq!(target.accruing_at(10, previous, Cadence::every(5), &reading), target);
+    }
+
+    #[test]
+    fn a_drain_ends_fully_accrued() {
+        let drained = clocks(&[PartitionState::Exhausted, PartitionState::Exhausted]);
+        let previous = progress(T0 + 2 * HOUR + 10 * MINUTE);
+        let target = progress(T0 + 2 * HOUR + 25 * MINUTE);
+        assert_eq!(target.accruing_at(7, previous, Cadence::every(5), &drained), target);
+    }
+
+    #[test]
+    fn windows_turning_final_are_accrued_to_their_end_first() {
+        let reading = clocks(&[PartitionState::Active]);
+        // The watermark leaps by more than the allowed lateness: the window
+        // starting at T0 turns final, and accrual must reach its end.
+        let previous = progress(T0 + 30 * MINUTE);
+        let target = progress(T0 + 2 * HOUR + 5 * MINUTE);
+        assert!(target.final_before > previous.accrued_to);
+        assert_eq!(target.accruing_at(7, previous, Cadence::every(5), &reading), target);
     }
 }
