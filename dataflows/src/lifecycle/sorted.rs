@@ -6,7 +6,8 @@
 use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, Serializer};
 
-/// Entries sorted by key, each key once, capacity kept to the length.
+/// Entries sorted by key, each key once, capacity kept within an eighth of
+/// the length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SortedMap<K, V>(Vec<(K, V)>);
 
@@ -40,7 +41,10 @@ impl<K: Ord, V> SortedMap<K, V> {
         match self.find(&key) {
             Ok(index) => self.0[index].1 = value,
             Err(index) => {
-                self.0.reserve_exact(1);
+                // Room for an eighth more: a resource's events arrive one
+                // by one, and room for exactly one more reallocated the
+                // vector on every insert once a window held a few dozen.
+                self.0.reserve_exact((self.0.len() / 8).max(1));
                 self.0.insert(index, (key, value));
             }
         }
