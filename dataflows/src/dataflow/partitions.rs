@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::{Capability, Operator};
 
 use super::pending::Pending;
 use crate::checkpoint::{Cadence, Recorder, Shared};
@@ -106,10 +106,29 @@ pub(crate) fn watermark<'scope>(
     reports.unary_frontier::<CapacityContainerBuilder<Vec<Progress>>, _, _, _>(Pipeline, "Watermark", move |_, _| {
         let mut pending = Pending::<ClockReport, ()>::default();
         let Shared { mut clocks, mut progress } = restored;
+        // While accrual is held behind the watermark: the checkpoint epoch
+        // that moves it up even if no clock moves by then, so that a quiet
+        // live run does not leave running resources short.
+        let mut release: Option<Capability<u64>> = None;
         move |(reports, frontier), output| {
             let port = output.output_index();
             reports.for_each(|cap, data| pending.first(&cap, port, data));
-            for (time, epoch) in pending.complete(&[frontier]) {
+            let mut ready = pending.complete(&[frontier]).into_iter().peekable();
+            loop {
+                // The release comes before any later epoch; without one, once
+                // the frontier has passed it.
+                let next = ready.peek().map(|(time, _)| *time);
+                let due = |at: &mut Capability<u64>| match next {
+                    Some(time) => *at.time() < time,
+                    None => !frontier.is_empty() && !frontier.less_equal(at.time()),
+                };
+                if let Some(at) = release.take_if(due) {
+                    progress = Progress::at(progress.watermark, &settings);
+                    output.session(&at).give(progress);
+                    recorder.record_shared(*at.time(), || Shared { clocks: clocks.clone(), progress });
+                    continue;
+                }
+                let Some((time, epoch)) = ready.next() else { break };
                 for report in epoch.first {
                     clocks.insert(report.partition, report.clock);
                 }
@@ -117,6 +136,14 @@ pub(crate) fn watermark<'scope>(
                 progress = target.accruing_at(time, progress, recorder.cadence, &clocks);
                 output.session(&epoch.capability).give(progress);
                 recorder.record_shared(time, || Shared { clocks: clocks.clone(), progress });
+                release = (progress.accrued_to < target.accrued_to)
+                    .then(|| epoch.capability.delayed(&recorder.cadence.next_from(time + 1)));
+            }
+            // A run that ends (its input closed) stops where it is: a drain
+            // ended fully accrued, and a stopping live run resumes from its
+            // last checkpoint, which is.
+            if frontier.is_empty() {
+                release = None;
             }
         }
     })

@@ -1,0 +1,64 @@
+//! Accrual in a live run: held between checkpoint epochs, and moved up to the
+//! watermark at the next checkpoint epoch even when no clock moves by then.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use support::{Ev, at, prices};
+use tally_dataflows::checkpoint::{Cadence, Recovery};
+use tally_dataflows::dataflow::billing;
+use tally_dataflows::event::Message;
+use tally_dataflows::judge::{PartitionState, SourceItem};
+use tally_dataflows::rows::{BreakdownRow, Progress};
+use tally_dataflows::settings::Settings;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::{Input, Operator, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+
+fn message(offset: i64, event: &Ev) -> SourceItem {
+    SourceItem::Message(Message { partition: 0, offset, timestamp: event.time, payload: event.json() })
+}
+
+#[test]
+fn a_quiet_live_run_accrues_to_the_watermark_at_the_next_checkpoint_epoch() {
+    let progress: Arc<Mutex<Vec<(u64, Progress)>>> = Arc::default();
+    let rows: Arc<Mutex<Vec<(u64, BreakdownRow)>>> = Arc::default();
+    let (seen_progress, seen_rows) = (Arc::clone(&progress), Arc::clone(&rows));
+    timely::execute_directly(move |worker| {
+        let mut input = InputHandleVec::<u64, SourceItem>::new();
+        let probe = ProbeHandle::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let recovery = Recovery { cadence: Cadence::every(5), ..Recovery::default() };
+            let streams = billing(scope.input_from(&mut input), prices(), Settings::default(), recovery);
+            streams.progress.probe_with(&probe).sink(Pipeline, "Progress", move |(input, _)| {
+                input.for_each(|cap, data| {
+                    let epoch = *cap.least().expect("an epoch");
+                    seen_progress.lock().unwrap().extend(data.drain(..).map(|p| (epoch, p)));
+                });
+            });
+            streams.breakdowns.probe_with(&probe).sink(Pipeline, "Rows", move |(input, _)| {
+                input.for_each(|cap, data| {
+                    let epoch = *cap.least().expect("an epoch");
+                    seen_rows.lock().unwrap().extend(data.drain(..).map(|r| (epoch, r)));
+                });
+            });
+        });
+        input.send(SourceItem::Status { partition: 0, state: PartitionState::Active });
+        input.send(message(0, &Ev::new("resource.started", "e1", "2026-11-23T10:00:00Z", "vm").q("compute.vcpu", "1")));
+        input.advance_to(1);
+        let egress = Ev::new("usage.recorded", "e2", "2026-11-23T10:20:30Z", "lb").q("network.egress_gib", "1");
+        input.send(message(1, &egress));
+        // From here on the partition is quiet, and the run goes on.
+        input.advance_to(7);
+        worker.step_while(|| probe.less_than(&6));
+        let progress = progress.lock().unwrap();
+        let accrued = |epoch: u64| progress.iter().find(|(e, _)| *e == epoch).and_then(|(_, p)| p.accrued_to);
+        assert_eq!(accrued(1), Some(at("2026-11-23T10:00:00Z")), "held between checkpoint epochs: {progress:?}");
+        assert_eq!(accrued(5), Some(at("2026-11-23T10:20:00Z")), "moved at the checkpoint epoch: {progress:?}");
+        let rows = rows.lock().unwrap();
+        let vm: Vec<_> = rows.iter().filter(|(_, r)| &*r.key.resource == "vm").collect();
+        assert_eq!(vm.len(), 1, "{vm:?}");
+        assert_eq!((vm[0].0, vm[0].1.usage.to_string()), (5, "1200.000000000000".to_string()));
+    });
+}
