@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Cadence, Part, Snapshots, SnapshotsHandle};
+use tally_dataflows::checkpoint::{Cadence, Part, Snapshots, SnapshotsHandle, release_before};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
@@ -222,10 +222,10 @@ pub fn write<'scope>(
                         acknowledged = Some(next);
                     }
                     shard_snapshots.borrow_mut().release_before(next);
-                    let mut recorded = offsets.borrow_mut();
-                    let kept = recorded.split_off(&next);
-                    *recorded = kept;
-                    drop(recorded);
+                    // The offsets standing at `next` stay: a checkpoint at a
+                    // later epoch the source never reached (the last one,
+                    // passed over) covers what it read by then.
+                    release_before(&mut offsets.borrow_mut(), next);
                     next += 1;
                     held.downgrade(&next);
                 }

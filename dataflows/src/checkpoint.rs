@@ -137,9 +137,9 @@ impl Snapshots {
     /// Drops the snapshots no checkpoint after `epoch` can need.
     pub fn release_before(&mut self, epoch: u64) {
         for snapshots in self.parts.values_mut() {
-            release(snapshots, epoch);
+            release_before(snapshots, epoch);
         }
-        release(&mut self.shared, epoch);
+        release_before(&mut self.shared, epoch);
     }
 }
 
@@ -151,10 +151,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_extend(value, Vec::with_capacity(size)).expect("checkpointed state is plain data and encodes")
 }
 
-/// Keeps the latest entry at or before `epoch` and everything after it.
-fn release<V>(snapshots: &mut BTreeMap<u64, V>, epoch: u64) {
-    if let Some(&keep) = snapshots.range(..=epoch).next_back().map(|(e, _)| e) {
-        *snapshots = snapshots.split_off(&keep);
+/// Of values recorded by epoch, each standing until the next, keeps the one
+/// standing at `epoch` and everything after it.
+pub fn release_before<V>(by_epoch: &mut BTreeMap<u64, V>, epoch: u64) {
+    if let Some(&keep) = by_epoch.range(..=epoch).next_back().map(|(e, _)| e) {
+        *by_epoch = by_epoch.split_off(&keep);
     }
 }
 
@@ -334,6 +335,15 @@ mod tests {
 
     fn map(entries: &[(&str, i64)]) -> BTreeMap<String, i64> {
         entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn releasing_keeps_the_value_standing_at_the_epoch() {
+        let mut by_epoch: BTreeMap<u64, &str> = [(2, "a"), (5, "b"), (9, "c")].into();
+        release_before(&mut by_epoch, 7);
+        assert_eq!(by_epoch, [(5, "b"), (9, "c")].into());
+        release_before(&mut by_epoch, 1);
+        assert_eq!(by_epoch, [(5, "b"), (9, "c")].into());
     }
 
     #[test]
