@@ -5,7 +5,9 @@
 //! `e` only once it knows the progress of epoch `e - 1` (fed back through a
 //! loop), so that it can reject an event aimed at a window already final.
 //! `watermark` sees every partition's clock (the reports are broadcast) and
-//! emits the same [`Progress`] on every worker for every epoch that moved a clock.
+//! emits the same [`Progress`] on every worker for every epoch that moved a
+//! clock, and for the checkpoint epoch that moves accrual held behind the
+//! watermark (see `Progress::accruing_at`) when no clock moves then.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -141,7 +143,7 @@ pub(crate) fn watermark<'scope>(
             }
             // A run that ends (its input closed) stops where it is: a drain
             // ended fully accrued, and a stopping live run resumes from its
-            // last checkpoint, which is.
+            // last checkpoint, which is fully accrued too.
             if frontier.is_empty() {
                 release = None;
             }
