@@ -253,7 +253,7 @@ pub fn commit_manifest(store: &Store, manifest: &Manifest) {
 pub fn write_shard(store: &Store, epoch: u64, worker: usize, workers: usize, parts: &[(Part, &[u8])]) -> (String, u64) {
     let parts = parts.iter().map(|&(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) }).collect();
     let file = ShardFile { format: FORMAT, epoch, worker, workers, parts };
-    let bytes = tally_dataflows::checkpoint::encode(&file);
+    let bytes = postcard::to_stdvec(&file).expect("a shard is plain data");
     let size = bytes.len() as u64;
     let name = shard_name(epoch, worker);
     store.put(&name, bytes, Some(Fault::MidShardWrite));

@@ -91,7 +91,7 @@ pub struct DecodeError {
 impl Snapshots {
     /// Records `part`'s state, of `entries` entries, after working `epoch`.
     pub fn record<T: Serialize>(&mut self, part: Part, epoch: u64, state: &T, entries: usize) {
-        let encoded = encode(state);
+        let encoded = postcard::to_stdvec(state).expect("operator state is plain data and encodes");
         self.parts.entry(part).or_default().insert(epoch, Snapshot { bytes: Arc::new(encoded), entries });
     }
 
@@ -141,14 +141,6 @@ impl Snapshots {
         }
         release_before(&mut self.shared, epoch);
     }
-}
-
-/// Encodes `value` into a buffer of exactly its size. A snapshot of a large
-/// state is hundreds of megabytes, and a buffer grown by doubling holds up to
-/// three times that while it copies itself into the next one.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let size = postcard::experimental::serialized_size(value).expect("checkpointed state is plain data and encodes");
-    postcard::to_extend(value, Vec::with_capacity(size)).expect("checkpointed state is plain data and encodes")
 }
 
 /// Of values recorded by epoch, each standing until the next, keeps the one
@@ -344,14 +336,6 @@ mod tests {
         assert_eq!(by_epoch, [(5, "b"), (9, "c")].into());
         release_before(&mut by_epoch, 1);
         assert_eq!(by_epoch, [(5, "b"), (9, "c")].into());
-    }
-
-    #[test]
-    fn encoding_fills_a_buffer_of_exactly_the_encoded_size() {
-        let state: BTreeMap<String, i64> = (0..10_000).map(|i| (format!("key-{i}"), i)).collect();
-        let encoded = encode(&state);
-        assert_eq!(encoded, postcard::to_stdvec(&state).unwrap());
-        assert_eq!(encoded.capacity(), encoded.len());
     }
 
     #[test]
