@@ -9,7 +9,6 @@
 //! Invariant: no event ever arrives before the fold boundary (upstream rejects
 //! events aimed at final windows), so folding loses nothing a row still needs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sorted::SortedMap;
@@ -150,18 +149,14 @@ impl Resource {
         let mut changes = Vec::new();
         let mut start = window_start(from);
         while start <= through {
-            let (usage, meta) = self.window(start, accrued_to)?;
-            let previous: Vec<SkuId> = self
-                .emitted
-                .between(&(start, SkuId(0)), &(start + HOUR, SkuId(0)))
-                .iter()
-                .map(|&((_, sku), _)| sku)
-                .collect();
-            let mut skus: Vec<SkuId> = usage.keys().copied().chain(previous).collect();
-            skus.sort_unstable();
-            skus.dedup();
-            for sku in skus {
-                let new = usage.get(&sku).copied().unwrap_or(Amount::ZERO);
+            let (mut usage, meta) = self.window(start, accrued_to)?;
+            // A SKU emitted before and absent now dropped back to zero.
+            for &((_, sku), _) in self.emitted.between(&(start, SkuId(0)), &(start + HOUR, SkuId(0))) {
+                if let Err(index) = usage.binary_search_by_key(&sku, |&(s, _)| s) {
+                    usage.insert(index, (sku, Amount::ZERO));
+                }
+            }
+            for (sku, new) in usage {
                 if let Some(change) = self.change(key, start, sku, new, &meta, prices)? {
                     changes.push(change);
                 }
@@ -234,14 +229,10 @@ impl Resource {
     ///
     /// A gauge segment between two gauge events counts in full; the last one,
     /// open-ended while the resource runs, accrues up to `accrued_to`.
-    fn window(
-        &self,
-        start: Millis,
-        accrued_to: Option<Millis>,
-    ) -> Result<(BTreeMap<SkuId, Amount>, Arc<Meta>), Overflow> {
+    fn window(&self, start: Millis, accrued_to: Option<Millis>) -> Result<(WindowUsage, Arc<Meta>), Overflow> {
         let end = start + HOUR;
         let overflow = || Overflow::new(format!("usage in window starting {}", crate::time::Rfc3339(start)));
-        let mut usage: BTreeMap<SkuId, i128> = BTreeMap::new();
+        let mut usage = Usage::default();
         let gauge_before =
             self.events.below(&EventOrder::first_at(start)).iter().rev().find(|(_, e)| e.kind.is_gauge());
         let mut in_force: &[(SkuId, Quantity)] = gauge_before.map_or(&self.base, |(_, e)| &e.quantities);
@@ -249,15 +240,14 @@ impl Resource {
         for (order, entry) in self.events.between(&EventOrder::first_at(start), &EventOrder::first_at(end)) {
             if entry.kind.is_gauge() {
                 if order.time > from {
-                    accrue(&mut usage, in_force, order.time - from).ok_or_else(overflow)?;
+                    usage.accrue(in_force, order.time - from).ok_or_else(overflow)?;
                     from = order.time;
                 }
                 in_force = &entry.quantities;
             } else {
                 for &(sku, quantity) in &entry.quantities {
                     let units = quantity.nanos().checked_mul(1000).ok_or_else(overflow)?;
-                    let total = usage.entry(sku).or_default();
-                    *total = total.checked_add(units).ok_or_else(overflow)?;
+                    usage.add(sku, units).ok_or_else(overflow)?;
                 }
             }
         }
@@ -265,8 +255,9 @@ impl Resource {
         // is still running and accrues up to `accrued_to`.
         let closed = self.events.at_or_after(&EventOrder::first_at(end)).iter().any(|(_, e)| e.kind.is_gauge());
         let until = if closed { end } else { accrued_to.map_or(from, |a| a.clamp(from, end)) };
-        accrue(&mut usage, in_force, until - from).ok_or_else(overflow)?;
+        usage.accrue(in_force, until - from).ok_or_else(overflow)?;
         let usage = usage
+            .0
             .into_iter()
             .map(|(sku, scaled)| Amount::from_scaled(scaled).map(|a| (sku, a)).ok_or_else(overflow))
             .collect::<Result<_, _>>()?;
@@ -289,20 +280,35 @@ impl Resource {
     }
 }
 
-/// Adds `quantities × duration_ms` (scale 9 × 10^-3 s = scale 12 unit-seconds).
-fn accrue(usage: &mut BTreeMap<SkuId, i128>, quantities: &[(SkuId, Quantity)], duration_ms: Millis) -> Option<()> {
-    if duration_ms <= 0 {
-        return Some(());
-    }
-    for &(sku, quantity) in quantities {
-        if quantity.is_zero() {
-            continue;
+/// A window's usage per SKU, sorted by SKU.
+type WindowUsage = Vec<(SkuId, Amount)>;
+
+/// A window's usage per SKU at scale 12, sorted by SKU: a resource has a
+/// handful of SKUs, so one short vector rather than a map per window.
+#[derive(Default)]
+struct Usage(Vec<(SkuId, i128)>);
+
+impl Usage {
+    fn add(&mut self, sku: SkuId, amount: i128) -> Option<()> {
+        match self.0.binary_search_by_key(&sku, |&(s, _)| s) {
+            Ok(index) => self.0[index].1 = self.0[index].1.checked_add(amount)?,
+            Err(index) => self.0.insert(index, (sku, amount)),
         }
-        let amount = quantity.nanos().checked_mul(i128::from(duration_ms))?;
-        let total = usage.entry(sku).or_default();
-        *total = total.checked_add(amount)?;
+        Some(())
     }
-    Some(())
+
+    /// Adds `quantities × duration_ms` (scale 9 × 10^-3 s = scale 12 unit-seconds).
+    fn accrue(&mut self, quantities: &[(SkuId, Quantity)], duration_ms: Millis) -> Option<()> {
+        if duration_ms <= 0 {
+            return Some(());
+        }
+        for &(sku, quantity) in quantities {
+            if !quantity.is_zero() {
+                self.add(sku, quantity.nanos().checked_mul(i128::from(duration_ms))?)?;
+            }
+        }
+        Some(())
+    }
 }
 
 mod sorted;
