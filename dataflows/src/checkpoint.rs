@@ -30,7 +30,7 @@ use crate::dataflow::route;
 use crate::event::{Partition, ResourceKey};
 use crate::identity::Fingerprint;
 use crate::judge::PartitionClock;
-use crate::lifecycle::Resource;
+use crate::lifecycle::{Resource, Resources};
 use crate::rows::{BreakdownKey, Delta, Progress, TotalKey};
 use crate::time::Millis;
 
@@ -171,7 +171,7 @@ pub struct Restored {
     /// Identities remembered, with the hour of their event times.
     pub seen: Vec<(Fingerprint, Millis)>,
     /// Resources with open windows.
-    pub resources: BTreeMap<ResourceKey, Resource>,
+    pub resources: Resources,
     /// Sums of open days.
     pub totals: BTreeMap<TotalKey, Delta>,
     /// Rows to write again.
@@ -195,7 +195,7 @@ impl Restored {
                     self.seen.extend(seen.into_iter().filter(|(identity, _)| mine(identity.route())));
                 }
                 Part::Usage => {
-                    let resources: BTreeMap<ResourceKey, Resource> = decode(*part, bytes)?;
+                    let resources: Resources = decode(*part, bytes)?;
                     for (key, mut resource) in resources.into_iter().filter(|(key, _)| mine(route(key))) {
                         resource.share_metas();
                         self.resources.insert(key, resource);

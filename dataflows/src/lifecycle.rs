@@ -47,6 +47,12 @@ pub struct RowChange {
     pub delta: Delta,
 }
 
+/// A worker's resources by key. Hashed: a B-tree compared key strings a
+/// dozen times or more per lookup, and nothing needs resources in key order.
+/// The hasher is seeded per process, as the standard one, and several times
+/// faster on short strings.
+pub type Resources = foldhash::HashMap<ResourceKey, Resource>;
+
 /// One resource's state: see the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {

@@ -6,8 +6,14 @@
 //! earliest new event, and from the old accrual point, to the newest event or
 //! the new accrual point, for running resources); fold away the windows that became final. Windows
 //! turning final are thus written a last time before their state goes.
+//!
+//! The deltas an epoch's row changes make to day totals are summed per total
+//! before they leave: an account's resources change many rows of the same
+//! day and SKU at once (every accrual move changes them all), and the totals
+//! stage then receives one delta per total and epoch instead of one per row.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
@@ -21,7 +27,7 @@ use super::snapshots::PartSnapshots;
 use crate::checkpoint::{Part, Recorder};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
-use crate::lifecycle::{Resource, RowChange};
+use crate::lifecycle::{Resource, Resources, RowChange};
 use crate::prices::PriceList;
 use crate::rows::{BreakdownKey, BreakdownRow, Delta, Progress, TotalKey};
 use crate::time::{Millis, window_start};
@@ -44,7 +50,7 @@ pub(crate) fn usage<'scope>(
     events: StreamVec<'scope, u64, Event>,
     progress: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
-    restored: (BTreeMap<ResourceKey, Resource>, Progress, Vec<BreakdownKey>),
+    restored: (Resources, Progress, Vec<BreakdownKey>),
     recorder: Recorder,
 ) -> StreamVec<'scope, u64, UsageOut> {
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
@@ -64,7 +70,7 @@ pub(crate) fn usage<'scope>(
                 for (time, epoch) in pending.complete(&[events_frontier, progress_frontier]) {
                     snapshots.before(time, &resources, resources.len());
                     let next = epoch.second.last().copied().unwrap_or(progress);
-                    let mut dirty: BTreeMap<ResourceKey, Millis> = BTreeMap::new();
+                    let mut dirty: foldhash::HashMap<ResourceKey, Millis> = foldhash::HashMap::default();
                     for mut event in epoch.first {
                         let key = std::mem::take(&mut event.resource);
                         let from = resources.entry(key.clone()).or_default().insert(event);
@@ -72,6 +78,7 @@ pub(crate) fn usage<'scope>(
                         *earliest = (*earliest).min(from);
                     }
                     let mut out = Vec::new();
+                    let mut deltas = DayDeltas::default();
                     // Accrual moved: every running resource's open rows change.
                     // Walk them in place rather than listing their keys.
                     if next.accrued_to > progress.accrued_to {
@@ -83,14 +90,15 @@ pub(crate) fn usage<'scope>(
                                 (None, true) => accrual_from,
                                 (None, false) => continue,
                             };
-                            refresh(key, resource, from, &progress, &next, &prices, &mut out);
+                            refresh(key, resource, from, (&progress, &next), &prices, (&mut out, &mut deltas));
                         }
                     }
                     for (key, from) in dirty {
                         let resource = resources.get_mut(&key).expect("dirty resources exist");
-                        refresh(&key, resource, from, &progress, &next, &prices, &mut out);
+                        refresh(&key, resource, from, (&progress, &next), &prices, (&mut out, &mut deltas));
                     }
                     rewrite_stale(std::mem::take(&mut stale), &resources, &mut out);
+                    deltas.drain_into(&mut out);
                     output.session(&epoch.capability).give_iterator(out.into_iter());
                     if let Some(boundary) = next.final_before
                         && next.final_before > progress.final_before
@@ -111,7 +119,7 @@ pub(crate) fn usage<'scope>(
 
 /// Queues the current value of each stale row that this epoch does not write
 /// anyway: what its resource last emitted for it, or zero.
-fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &BTreeMap<ResourceKey, Resource>, out: &mut Vec<UsageOut>) {
+fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &Resources, out: &mut Vec<UsageOut>) {
     if stale.is_empty() {
         return;
     }
@@ -131,16 +139,16 @@ fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &BTreeMap<ResourceKey, Res
     out.extend(rewrites);
 }
 
-/// Recomputes one resource's rows from `from` on, after `previous` and up to
-/// `next` progress, and queues what changed.
+/// Recomputes one resource's rows from `from` on, between `previous` and
+/// `next` progress, and queues what changed: rows to `out`, their deltas to
+/// `deltas`.
 fn refresh(
     key: &ResourceKey,
     resource: &mut Resource,
     from: Millis,
-    previous: &Progress,
-    next: &Progress,
+    (previous, next): (&Progress, &Progress),
     prices: &PriceList,
-    out: &mut Vec<UsageOut>,
+    (out, deltas): (&mut Vec<UsageOut>, &mut DayDeltas),
 ) {
     let Some(from) = resource.clamp_from(from, previous.final_before) else {
         return;
@@ -155,11 +163,40 @@ fn refresh(
     match resource.refresh(key, from, through, next.accrued_to, prices) {
         Ok(changes) => {
             for RowChange { row, delta } in changes {
-                out.push(UsageOut::Delta(TotalKey::of(&row.key), delta));
+                deltas.add(TotalKey::of(&row.key), delta, out);
                 out.push(UsageOut::Row(row));
             }
         }
         Err(overflow) => out.push(UsageOut::Overflow(overflow)),
+    }
+}
+
+/// One epoch's deltas, summed per day total.
+#[derive(Default)]
+struct DayDeltas(foldhash::HashMap<TotalKey, Delta>);
+
+impl DayDeltas {
+    fn add(&mut self, key: TotalKey, delta: Delta, out: &mut Vec<UsageOut>) {
+        match self.0.entry(key) {
+            Entry::Vacant(entry) => {
+                entry.insert(delta);
+            }
+            Entry::Occupied(mut entry) => {
+                let sum = entry.get();
+                match (sum.usage.checked_add(delta.usage), sum.cost.checked_add(delta.cost)) {
+                    (Some(usage), Some(cost)) => *entry.get_mut() = Delta { usage, cost },
+                    // A partial sum out of range: sent on its own, for the
+                    // totals stage to judge the day's sum.
+                    _ => out.push(UsageOut::Delta(entry.key().clone(), delta)),
+                }
+            }
+        }
+    }
+
+    /// Queues the sums that change a total.
+    fn drain_into(self, out: &mut Vec<UsageOut>) {
+        let changes = self.0.into_iter().filter(|(_, delta)| *delta != Delta::default());
+        out.extend(changes.map(|(key, delta)| UsageOut::Delta(key, delta)));
     }
 }
 
@@ -173,5 +210,50 @@ impl Resource {
             _ => window_start(self.first_event_time()?),
         };
         Some(from.max(floor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::{Amount, DECIMAL38_LIMIT};
+    use crate::prices::SkuId;
+
+    fn delta(scaled: i128) -> Delta {
+        let amount = Amount::from_scaled(scaled).unwrap();
+        Delta { usage: amount, cost: amount }
+    }
+
+    fn key(account: &str) -> TotalKey {
+        TotalKey { account: account.into(), day: 0, sku: SkuId(1) }
+    }
+
+    fn sent(out: Vec<UsageOut>) -> Vec<(TotalKey, Delta)> {
+        let mut sent: Vec<_> =
+            out.into_iter().filter_map(|o| if let UsageOut::Delta(k, d) = o { Some((k, d)) } else { None }).collect();
+        sent.sort_by(|a, b| (&a.0, a.1.usage).cmp(&(&b.0, b.1.usage)));
+        sent
+    }
+
+    #[test]
+    fn deltas_leave_summed_per_total_and_zero_sums_stay_home() {
+        let (mut deltas, mut out) = (DayDeltas::default(), Vec::new());
+        for (account, scaled) in [("a", 5), ("b", 7), ("a", -2), ("c", 3), ("c", -3), ("a", 10)] {
+            deltas.add(key(account), delta(scaled), &mut out);
+        }
+        assert!(out.is_empty(), "nothing leaves before the epoch's end");
+        deltas.drain_into(&mut out);
+        assert_eq!(sent(out), vec![(key("a"), delta(13)), (key("b"), delta(7))]);
+    }
+
+    #[test]
+    fn a_partial_sum_out_of_range_leaves_on_its_own_for_the_totals_to_judge() {
+        let big = DECIMAL38_LIMIT / 10 * 6;
+        let (mut deltas, mut out) = (DayDeltas::default(), Vec::new());
+        deltas.add(key("a"), delta(big), &mut out);
+        deltas.add(key("a"), delta(big), &mut out);
+        deltas.add(key("a"), delta(-1), &mut out);
+        deltas.drain_into(&mut out);
+        assert_eq!(sent(out), vec![(key("a"), delta(big - 1)), (key("a"), delta(big))]);
     }
 }
