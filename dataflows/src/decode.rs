@@ -7,7 +7,6 @@
 //! subject, data, quantities, labels) and the first broken one names the reason.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -45,17 +44,17 @@ fn invalid(reason: Reason, detail: impl Into<String>) -> Invalid {
 #[derive(Deserialize)]
 struct RawEvent<'a> {
     #[serde(borrow)]
-    specversion: Option<Cow<'a, str>>,
+    specversion: Option<Text<'a>>,
     #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Text<'a>>,
     #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
+    source: Option<Text<'a>>,
     #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow)]
-    time: Option<Cow<'a, str>>,
+    time: Option<Text<'a>>,
     #[serde(borrow)]
-    subject: Option<Cow<'a, str>>,
+    subject: Option<Text<'a>>,
     #[serde(borrow)]
     data: Option<RawData<'a>>,
 }
@@ -63,20 +62,20 @@ struct RawEvent<'a> {
 #[derive(Deserialize)]
 struct RawData<'a> {
     #[serde(borrow)]
-    account_id: Option<Cow<'a, str>>,
+    account_id: Option<Text<'a>>,
     #[serde(borrow)]
     quantities: Option<&'a RawValue>,
     #[serde(borrow)]
-    project_id: Option<Cow<'a, str>>,
+    project_id: Option<Text<'a>>,
     #[serde(borrow)]
-    region: Option<Cow<'a, str>>,
+    region: Option<Text<'a>>,
     #[serde(borrow)]
     labels: Option<Pairs<'a>>,
 }
 
 /// A JSON object of strings, in document order, refusing repeated keys (a map
 /// type would silently keep the last one).
-struct Pairs<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+struct Pairs<'a>(Vec<(Text<'a>, Text<'a>)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -87,10 +86,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
                 f.write_str("an object of string values")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Pairs<'a>, M::Error> {
-                let mut pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::new();
-                while let Some((key, value)) = map.next_entry::<Cow<'a, str>, Cow<'a, str>>()? {
-                    if pairs.iter().any(|(k, _)| *k == key) {
-                        return Err(serde::de::Error::custom(format!("key {key:?} repeated")));
+                let mut pairs: Vec<(Text<'a>, Text<'a>)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some((key, value)) = map.next_entry::<Text<'a>, Text<'a>>()? {
+                    if pairs.iter().any(|(k, _)| k.0 == key.0) {
+                        return Err(serde::de::Error::custom(format!("key {:?} repeated", key.0)));
                     }
                     pairs.push((key, value));
                 }
@@ -101,6 +100,45 @@ impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
     }
 }
 
+/// A JSON string borrowed from the message unless it has escapes: serde's
+/// own `Cow<str>` copies unless it is a field's whole type (an
+/// `Option<Cow<str>>` field copies, `borrow` or not).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor(PhantomData))
+    }
+}
+
+/// Labels as compact JSON with sorted keys.
+fn labels_json(mut pairs: Vec<(Text<'_>, Text<'_>)>) -> String {
+    struct Sorted<'p, 'a>(&'p [(Text<'a>, Text<'a>)]);
+    impl serde::Serialize for Sorted<'_, '_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(k, v)| (&*k.0, &*v.0)))
+        }
+    }
+    pairs.sort_unstable_by(|(a, _), (b, _)| a.0.cmp(&b.0));
+    serde_json::to_string(&Sorted(&pairs)).expect("a map of strings always serializes")
+}
+
 /// Decodes and validates one message value against the price list.
 pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
     if payload.len() > MAX_MESSAGE_BYTES {
@@ -109,7 +147,11 @@ pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
             format!("message is {} bytes, at most {MAX_MESSAGE_BYTES}", payload.len()),
         ));
     }
-    let raw: RawEvent = serde_json::from_slice(payload).map_err(|e| {
+    // Checked once as a whole: parsing from bytes validates every string
+    // on its own, and invalid UTF-8 anywhere is no JSON.
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| invalid(Reason::MalformedJson, format!("the message is not UTF-8: {e}")))?;
+    let raw: RawEvent = serde_json::from_str(text).map_err(|e| {
         if e.is_data() { invalid(Reason::Schema, e.to_string()) } else { invalid(Reason::MalformedJson, e.to_string()) }
     })?;
 
@@ -148,14 +190,11 @@ pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
     };
     let labels = match data.labels {
         None => "{}".to_owned(),
-        Some(Pairs(pairs)) => {
-            let sorted: BTreeMap<Cow<str>, Cow<str>> = pairs.into_iter().collect();
-            serde_json::to_string(&sorted).expect("a map of strings always serializes")
-        }
+        Some(Pairs(pairs)) => labels_json(pairs),
     };
     let meta = Meta {
-        project_id: data.project_id.map(Cow::into_owned).unwrap_or_default(),
-        region: data.region.map(Cow::into_owned).unwrap_or_default(),
+        project_id: data.project_id.map(|Text(text)| text.into_owned()).unwrap_or_default(),
+        region: data.region.map(|Text(text)| text.into_owned()).unwrap_or_default(),
         labels,
     };
     Ok(Event {
@@ -167,11 +206,11 @@ pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
     })
 }
 
-fn required<'a>(value: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
-    value.ok_or_else(|| invalid(Reason::Schema, format!("{field}: missing")))
+fn required<'a>(value: Option<Text<'a>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
+    value.map(|Text(text)| text).ok_or_else(|| invalid(Reason::Schema, format!("{field}: missing")))
 }
 
-fn non_empty<'a>(value: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
+fn non_empty<'a>(value: Option<Text<'a>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
     let value = required(value, field)?;
     if value.is_empty() {
         return Err(invalid(Reason::Schema, format!("{field}: must not be empty")));
@@ -195,7 +234,7 @@ fn quantities(
     let expected = if kind.is_gauge() { SkuKind::Gauge } else { SkuKind::Counter };
     let window = time::window_start(time);
     let mut quantities = Vec::with_capacity(pairs.len());
-    for (name, text) in pairs {
+    for (Text(name), Text(text)) in pairs {
         let (sku_id, sku) = prices
             .lookup(&name)
             .ok_or_else(|| invalid(Reason::UnknownSku, format!("sku {name:?} is not in the price list")))?;

@@ -143,3 +143,27 @@ fn the_published_schema_names_what_the_decoder_checks() {
         assert_eq!(err.reason, Reason::Schema, "removing {field}");
     }
 }
+
+#[test]
+fn invalid_utf8_is_malformed_json_wherever_it_is() {
+    for at in [0, STARTED.len() / 2, STARTED.len() - 1] {
+        let mut bytes = STARTED.as_bytes().to_vec();
+        bytes.insert(at, 0xff);
+        let rejected = decode(&bytes, &prices()).unwrap_err();
+        assert_eq!(rejected.reason, Reason::MalformedJson, "0xff at {at}: {}", rejected.detail);
+    }
+}
+
+#[test]
+fn escaped_strings_decode_to_their_text() {
+    let escaped = STARTED
+        .replace(r#""id": "01JD8Z6Q4W3V""#, r#""id": "01JD\u0038Z6Q4W3V""#)
+        .replace(r#""compute.vcpu": "4""#, r#""compute\u002evcpu": "\u0034""#)
+        .replace(r#""team": "ml""#, r#""t\u00e9am": "m\"l""#);
+    let list = prices();
+    let event = decode(escaped.as_bytes(), &list).unwrap();
+    assert_eq!(event.order.id, "01JD8Z6Q4W3V");
+    assert_eq!(event.meta.labels, r#"{"env":"prod","téam":"m\"l"}"#);
+    let vcpu = list.lookup("compute.vcpu").unwrap().0;
+    assert!(event.quantities.iter().any(|&(sku, q)| sku == vcpu && q.to_string() == "4.000000000"));
+}
