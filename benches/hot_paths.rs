@@ -23,6 +23,10 @@ use tally_dataflows::rows::BreakdownRow;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::HOUR;
 
+/// The allocator `tally` runs with: the figures are the shipped program's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn prices() -> Arc<PriceList> {
     Arc::new(PriceList::parse(include_str!("../schemas/prices.toml")).expect("shipped price list"))
 }

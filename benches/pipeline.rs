@@ -13,6 +13,10 @@ use tally_dataflows::memory::{self, RunShape};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 
+/// The allocator `tally` runs with: the figures are the shipped program's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn prices() -> Arc<PriceList> {
     Arc::new(PriceList::parse(include_str!("../schemas/prices.toml")).expect("shipped price list"))
 }
