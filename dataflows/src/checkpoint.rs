@@ -195,8 +195,14 @@ impl Restored {
                     self.seen.extend(seen.into_iter().filter(|(identity, _)| mine(identity.route())));
                 }
                 Part::Usage => {
-                    let resources: Resources = decode(*part, bytes)?;
-                    for (key, mut resource) in resources.into_iter().filter(|(key, _)| mine(route(key))) {
+                    // Read as the list of pairs a map encodes to (postcard
+                    // writes both as a length and the entries): a hash map
+                    // decoded as such would rehash as it grows, and then once
+                    // more here.
+                    let resources: Vec<(ResourceKey, Resource)> = decode(*part, bytes)?;
+                    let resources: Vec<_> = resources.into_iter().filter(|(key, _)| mine(route(key))).collect();
+                    self.resources.reserve(resources.len());
+                    for (key, mut resource) in resources {
                         resource.share_metas();
                         self.resources.insert(key, resource);
                     }
