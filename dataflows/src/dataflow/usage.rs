@@ -107,6 +107,7 @@ pub(crate) fn usage<'scope>(
                             resource.fold(boundary);
                             !resource.is_dormant()
                         });
+                        release_room(&mut resources);
                     }
                     progress = next;
                     snapshots.worked(time);
@@ -115,6 +116,15 @@ pub(crate) fn usage<'scope>(
             }
         },
     )
+}
+
+/// Gives back the room of a map that has shrunk to a quarter of it: a hash
+/// map keeps its largest size otherwise, and a fleet that shrank would hold
+/// the memory of its peak.
+fn release_room(resources: &mut Resources) {
+    if resources.capacity() > 4 * resources.len().max(1024) {
+        resources.shrink_to(2 * resources.len());
+    }
 }
 
 /// Queues the current value of each stale row that this epoch does not write
@@ -233,6 +243,23 @@ mod tests {
             out.into_iter().filter_map(|o| if let UsageOut::Delta(k, d) = o { Some((k, d)) } else { None }).collect();
         sent.sort_by(|a, b| (&a.0, a.1.usage).cmp(&(&b.0, b.1.usage)));
         sent
+    }
+
+    #[test]
+    fn a_map_that_shrank_to_a_quarter_gives_its_room_back() {
+        let mut resources = Resources::default();
+        for i in 0..100_000 {
+            let key = ResourceKey { account: "acc".into(), resource: format!("vm-{i:06}").into() };
+            resources.insert(key, Resource::default());
+        }
+        let peak = resources.capacity();
+        resources.retain(|key, _| key.resource.ends_with("00"));
+        release_room(&mut resources);
+        assert_eq!(resources.len(), 1_000);
+        assert!(resources.capacity() <= peak / 8, "capacity {} after a peak of {peak}", resources.capacity());
+        let kept = resources.capacity();
+        release_room(&mut resources);
+        assert_eq!(resources.capacity(), kept, "a map at its size keeps its room");
     }
 
     #[test]
