@@ -48,9 +48,11 @@ pub struct RowChange {
 }
 
 /// A worker's resources by key. Hashed: a B-tree compared key strings a
-/// dozen times or more per lookup, and nothing needs resources in key order.
-/// The hasher is seeded per process, as the standard one, and several times
-/// faster on short strings.
+/// dozen times or more per lookup. Their order, which changes from run to
+/// run, reaches only the order of an epoch's rows (each row once per epoch,
+/// all at one version) and of a snapshot's entries (restore files each by
+/// its key); the totals stage sorts what it sums. The hasher is seeded per
+/// process, as the standard one, and several times faster on short strings.
 pub type Resources = foldhash::HashMap<ResourceKey, Resource>;
 
 /// One resource's state: see the module docs.

@@ -77,8 +77,7 @@ pub(crate) fn usage<'scope>(
                         let earliest = dirty.entry(key).or_insert(from);
                         *earliest = (*earliest).min(from);
                     }
-                    let mut out = Vec::new();
-                    let mut deltas = DayDeltas::default();
+                    let mut out = EpochOut::default();
                     // Accrual moved: every running resource's open rows change.
                     // Walk them in place rather than listing their keys.
                     if next.accrued_to > progress.accrued_to {
@@ -90,16 +89,15 @@ pub(crate) fn usage<'scope>(
                                 (None, true) => accrual_from,
                                 (None, false) => continue,
                             };
-                            refresh(key, resource, from, (&progress, &next), &prices, (&mut out, &mut deltas));
+                            refresh(key, resource, from, &progress, &next, &prices, &mut out);
                         }
                     }
                     for (key, from) in dirty {
                         let resource = resources.get_mut(&key).expect("dirty resources exist");
-                        refresh(&key, resource, from, (&progress, &next), &prices, (&mut out, &mut deltas));
+                        refresh(&key, resource, from, &progress, &next, &prices, &mut out);
                     }
-                    rewrite_stale(std::mem::take(&mut stale), &resources, &mut out);
-                    deltas.drain_into(&mut out);
-                    output.session(&epoch.capability).give_iterator(out.into_iter());
+                    rewrite_stale(std::mem::take(&mut stale), &resources, &mut out.items);
+                    output.session(&epoch.capability).give_iterator(out.finish().into_iter());
                     if let Some(boundary) = next.final_before
                         && next.final_before > progress.final_before
                     {
@@ -149,16 +147,16 @@ fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &Resources, out: &mut Vec<
     out.extend(rewrites);
 }
 
-/// Recomputes one resource's rows from `from` on, between `previous` and
-/// `next` progress, and queues what changed: rows to `out`, their deltas to
-/// `deltas`.
+/// Recomputes one resource's rows from `from` on, after `previous` and up to
+/// `next` progress, and queues what changed.
 fn refresh(
     key: &ResourceKey,
     resource: &mut Resource,
     from: Millis,
-    (previous, next): (&Progress, &Progress),
+    previous: &Progress,
+    next: &Progress,
     prices: &PriceList,
-    (out, deltas): (&mut Vec<UsageOut>, &mut DayDeltas),
+    out: &mut EpochOut,
 ) {
     let Some(from) = resource.clamp_from(from, previous.final_before) else {
         return;
@@ -172,22 +170,30 @@ fn refresh(
         .unwrap_or(from);
     match resource.refresh(key, from, through, next.accrued_to, prices) {
         Ok(changes) => {
-            for RowChange { row, delta } in changes {
-                deltas.add(TotalKey::of(&row.key), delta, out);
-                out.push(UsageOut::Row(row));
+            for change in changes {
+                out.change(change);
             }
         }
-        Err(overflow) => out.push(UsageOut::Overflow(overflow)),
+        Err(overflow) => out.items.push(UsageOut::Overflow(overflow)),
     }
 }
 
-/// One epoch's deltas, summed per day total.
+/// What one epoch emits: rows and overflows as they come, deltas summed per
+/// day total until the epoch ends.
 #[derive(Default)]
-struct DayDeltas(foldhash::HashMap<TotalKey, Delta>);
+struct EpochOut {
+    items: Vec<UsageOut>,
+    sums: foldhash::HashMap<TotalKey, Delta>,
+}
 
-impl DayDeltas {
-    fn add(&mut self, key: TotalKey, delta: Delta, out: &mut Vec<UsageOut>) {
-        match self.0.entry(key) {
+impl EpochOut {
+    fn change(&mut self, RowChange { row, delta }: RowChange) {
+        self.add(TotalKey::of(&row.key), delta);
+        self.items.push(UsageOut::Row(row));
+    }
+
+    fn add(&mut self, key: TotalKey, delta: Delta) {
+        match self.sums.entry(key) {
             Entry::Vacant(entry) => {
                 entry.insert(delta);
             }
@@ -197,16 +203,18 @@ impl DayDeltas {
                     (Some(usage), Some(cost)) => *entry.get_mut() = Delta { usage, cost },
                     // A partial sum out of range: sent on its own, for the
                     // totals stage to judge the day's sum.
-                    _ => out.push(UsageOut::Delta(entry.key().clone(), delta)),
+                    _ => self.items.push(UsageOut::Delta(entry.key().clone(), delta)),
                 }
             }
         }
     }
 
-    /// Queues the sums that change a total.
-    fn drain_into(self, out: &mut Vec<UsageOut>) {
-        let changes = self.0.into_iter().filter(|(_, delta)| *delta != Delta::default());
-        out.extend(changes.map(|(key, delta)| UsageOut::Delta(key, delta)));
+    /// Everything queued, and the sums that change a total.
+    fn finish(self) -> Vec<UsageOut> {
+        let EpochOut { mut items, sums } = self;
+        let changes = sums.into_iter().filter(|(_, delta)| *delta != Delta::default());
+        items.extend(changes.map(|(key, delta)| UsageOut::Delta(key, delta)));
+        items
     }
 }
 
@@ -238,9 +246,12 @@ mod tests {
         TotalKey { account: account.into(), day: 0, sku: SkuId(1) }
     }
 
-    fn sent(out: Vec<UsageOut>) -> Vec<(TotalKey, Delta)> {
-        let mut sent: Vec<_> =
-            out.into_iter().filter_map(|o| if let UsageOut::Delta(k, d) = o { Some((k, d)) } else { None }).collect();
+    fn sent(out: EpochOut) -> Vec<(TotalKey, Delta)> {
+        let mut sent: Vec<_> = out
+            .finish()
+            .into_iter()
+            .filter_map(|o| if let UsageOut::Delta(k, d) = o { Some((k, d)) } else { None })
+            .collect();
         sent.sort_by(|a, b| (&a.0, a.1.usage).cmp(&(&b.0, b.1.usage)));
         sent
     }
@@ -264,23 +275,21 @@ mod tests {
 
     #[test]
     fn deltas_leave_summed_per_total_and_zero_sums_stay_home() {
-        let (mut deltas, mut out) = (DayDeltas::default(), Vec::new());
+        let mut out = EpochOut::default();
         for (account, scaled) in [("a", 5), ("b", 7), ("a", -2), ("c", 3), ("c", -3), ("a", 10)] {
-            deltas.add(key(account), delta(scaled), &mut out);
+            out.add(key(account), delta(scaled));
         }
-        assert!(out.is_empty(), "nothing leaves before the epoch's end");
-        deltas.drain_into(&mut out);
+        assert!(out.items.is_empty(), "nothing leaves before the epoch's end");
         assert_eq!(sent(out), vec![(key("a"), delta(13)), (key("b"), delta(7))]);
     }
 
     #[test]
     fn a_partial_sum_out_of_range_leaves_on_its_own_for_the_totals_to_judge() {
         let big = DECIMAL38_LIMIT / 10 * 6;
-        let (mut deltas, mut out) = (DayDeltas::default(), Vec::new());
-        deltas.add(key("a"), delta(big), &mut out);
-        deltas.add(key("a"), delta(big), &mut out);
-        deltas.add(key("a"), delta(-1), &mut out);
-        deltas.drain_into(&mut out);
+        let mut out = EpochOut::default();
+        out.add(key("a"), delta(big));
+        out.add(key("a"), delta(big));
+        out.add(key("a"), delta(-1));
         assert_eq!(sent(out), vec![(key("a"), delta(big - 1)), (key("a"), delta(big))]);
     }
 }
