@@ -24,6 +24,13 @@ impl<K: Ord, V> SortedMap<K, V> {
     }
 
     fn find(&self, key: &K) -> Result<usize, usize> {
+        // A resource's events and rows mostly come in key order: one
+        // comparison with the last key places them.
+        match self.0.last() {
+            Some((last, _)) if last < key => return Err(self.0.len()),
+            None => return Err(0),
+            _ => {}
+        }
         let index = self.lower_bound(key);
         match self.0.get(index) {
             Some((k, _)) if k == key => Ok(index),
