@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use tally::sink::rows::UsageBreakdown;
 use tally::workload::{Generator, Workload};
 use tally_dataflows::dataflow::dedup::Seen;
@@ -23,9 +23,11 @@ use tally_dataflows::rows::BreakdownRow;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::HOUR;
 
-/// The allocator `tally` runs with: the figures are the shipped program's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The allocator `tally` runs with, set up as it is: the figures are the
+/// shipped program's.
+#[path = "../src/allocator.rs"]
+#[cfg_attr(test, expect(dead_code, reason = "its test runs with the binary's, this harness runs none"))]
+mod allocator;
 
 fn prices() -> Arc<PriceList> {
     Arc::new(PriceList::parse(include_str!("../schemas/prices.toml")).expect("shipped price list"))
@@ -148,4 +150,8 @@ fn sink_encoding(c: &mut Criterion) {
 }
 
 criterion_group!(benches, dedup, lifecycle, rating, sink_encoding);
-criterion_main!(benches);
+fn main() {
+    allocator::configure();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

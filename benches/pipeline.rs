@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use tally::workload::{Generator, Workload};
 use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::decode::decode;
@@ -13,9 +13,11 @@ use tally_dataflows::memory::{self, RunShape};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 
-/// The allocator `tally` runs with: the figures are the shipped program's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The allocator `tally` runs with, set up as it is: the figures are the
+/// shipped program's.
+#[path = "../src/allocator.rs"]
+#[cfg_attr(test, expect(dead_code, reason = "its test runs with the binary's, this harness runs none"))]
+mod allocator;
 
 fn prices() -> Arc<PriceList> {
     Arc::new(PriceList::parse(include_str!("../schemas/prices.toml")).expect("shipped price list"))
@@ -54,4 +56,8 @@ fn dataflow(c: &mut Criterion) {
 }
 
 criterion_group!(benches, decode_validate, dataflow);
-criterion_main!(benches);
+fn main() {
+    allocator::configure();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

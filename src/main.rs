@@ -12,6 +12,8 @@ use tally::run::Mode;
 use tally::workload::{Generator, Workload};
 use tally_dataflows::time::{Millis, parse_duration, parse_rfc3339};
 
+mod allocator;
+
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Exactly-once stream processor for cloud billing")]
 struct Cli {
@@ -104,15 +106,11 @@ fn rfc3339(text: &str) -> Result<Millis, String> {
     parse_rfc3339(text).ok_or_else(|| format!("expected an RFC 3339 time with an offset, found {text:?}"))
 }
 
-// Checkpoints encode whole operator states into large, short-lived buffers;
-// glibc's per-thread arenas keep such memory instead of returning it.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit status of a process that lost another process of its cluster.
 const EXIT_PEER_LOST: i32 = 3;
 
 fn main() -> anyhow::Result<()> {
+    allocator::configure();
     tally::logging::init();
     // A worker that panics leaves its peers waiting on it forever: end the
     // process instead, as a crash, for the supervisor to restart it. timely's
