@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Cadence, Part, Snapshots, SnapshotsHandle, release_before};
+use tally_dataflows::checkpoint::{Cadence, Encoded, Part, ShardParts, SnapshotsHandle, release_before};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
@@ -209,9 +209,11 @@ pub fn write<'scope>(
                                 .borrow()
                                 .changed_between(last_written.as_ref().map(|(e, _, _)| *e), next);
                         if changed {
-                            let snapshots = shard_snapshots.borrow();
+                            let previous = last_written.as_ref().map(|(_, name, _)| name.as_str());
+                            let parts = shard_snapshots.borrow().parts_at(next);
                             let (name, bytes) =
-                                write_shard(&shard_store, &snapshots, next, (worker, workers), &shard_metrics);
+                                write_shard(&shard_store, parts, previous, next, (worker, workers), &shard_metrics);
+                            shard_snapshots.borrow_mut().let_go_at(next);
                             last_written = Some((next, name, bytes));
                         }
                         let (_, shard, bytes) = last_written.clone().expect("a shard was written");
@@ -289,22 +291,39 @@ pub fn write<'scope>(
     )
 }
 
-/// Writes `worker`'s shard of `epoch`: its operators' snapshots as of it.
-/// Returns the shard's name and size.
+/// Writes `worker`'s shard of `epoch`: its operators' snapshots as of it,
+/// with the parts let go since `previous` (the shard it wrote last) read back
+/// from there. Returns the shard's name and size.
 fn write_shard(
     store: &Store,
-    snapshots: &Snapshots,
+    parts: Vec<(Part, Encoded)>,
+    previous: Option<&str>,
     epoch: u64,
     (worker, workers): (usize, usize),
     metrics: &Metrics,
 ) -> (String, u64) {
-    let encoded: Vec<(Part, Arc<Vec<u8>>)> = snapshots
-        .parts_at(epoch)
+    let started = Instant::now();
+    let mut previous_parts: Option<ShardParts> = None;
+    let encoded: Vec<(Part, Arc<Vec<u8>>)> = parts
         .into_iter()
-        .map(|(part, bytes)| (part, bytes.unwrap_or_else(|| Arc::new(tally_dataflows::checkpoint::empty(part)))))
+        .map(|(part, encoded)| {
+            let bytes = match encoded {
+                Encoded::Empty => Arc::new(tally_dataflows::checkpoint::empty(part)),
+                Encoded::Held(bytes) => bytes,
+                Encoded::Written => {
+                    let name = previous.expect("a part let go was written in an earlier shard");
+                    let shard = previous_parts.get_or_insert_with(|| {
+                        checkpoint::read_shard(store, name)
+                            .unwrap_or_else(|e| panic!("this worker's last shard cannot be read back: {e}"))
+                    });
+                    let index = shard.iter().position(|(p, _)| *p == part).expect("a shard holds every part");
+                    Arc::new(std::mem::take(&mut shard[index].1))
+                }
+            };
+            (part, bytes)
+        })
         .collect();
     let parts: Vec<(Part, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-    let started = Instant::now();
     let (name, bytes) = checkpoint::write_shard(store, epoch, worker, workers, &parts);
     fault::point(Fault::AfterShardWrite);
     metrics.observe_checkpoint("shard", started.elapsed());
@@ -415,4 +434,38 @@ fn write_progress(warehouse: &Warehouse, target: &Target, epoch: u64, progress: 
         version: target.versions.of(epoch),
     };
     warehouse.insert_all::<PipelineProgress>("pipeline_progress", &[row]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_let_go_is_read_back_from_the_shard_written_before() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("tally-sink-{}-{nanos}", std::process::id()));
+        let store = Store::open(&format!("file://{}", dir.display()), "events").unwrap();
+        let metrics = Metrics::new(1);
+        let held = |bytes: &[u8]| Encoded::Held(Arc::new(bytes.to_vec()));
+        let first = vec![
+            (Part::Dedup, held(b"dedup at 5")),
+            (Part::Usage, held(b"usage at 5")),
+            (Part::Totals, Encoded::Empty),
+        ];
+        let (first, _) = write_shard(&store, first, None, 5, (0, 1), &metrics);
+        let second = vec![
+            (Part::Dedup, Encoded::Written),
+            (Part::Usage, held(b"usage at 10")),
+            (Part::Totals, held(b"totals at 10")),
+        ];
+        let (second, _) = write_shard(&store, second, Some(&first), 10, (0, 1), &metrics);
+        let read = checkpoint::read_shard(&store, &second).unwrap();
+        let expected: ShardParts = vec![
+            (Part::Dedup, b"dedup at 5".to_vec()),
+            (Part::Usage, b"usage at 10".to_vec()),
+            (Part::Totals, b"totals at 10".to_vec()),
+        ];
+        assert_eq!(read, expected);
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

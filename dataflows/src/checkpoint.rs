@@ -69,11 +69,23 @@ pub struct Snapshots {
     shared: BTreeMap<u64, Shared>,
 }
 
-/// One part's state, encoded, and how many entries it holds.
+/// One part's state, encoded, and how many entries it holds. The bytes are
+/// let go once a shard holds them (see [`Snapshots::let_go_at`]).
 #[derive(Debug)]
 struct Snapshot {
-    bytes: Arc<Vec<u8>>,
+    bytes: Option<Arc<Vec<u8>>>,
     entries: usize,
+}
+
+/// A part's encoded state as of an epoch, as a worker holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encoded {
+    /// Never recorded: the part is empty.
+    Empty,
+    /// The bytes.
+    Held(Arc<Vec<u8>>),
+    /// Let go: the worker's shard written last holds them.
+    Written,
 }
 
 /// A worker's handle on its operators' snapshots (operators and the sink of
@@ -92,7 +104,7 @@ impl Snapshots {
     /// Records `part`'s state, of `entries` entries, after working `epoch`.
     pub fn record<T: Serialize>(&mut self, part: Part, epoch: u64, state: &T, entries: usize) {
         let encoded = postcard::to_stdvec(state).expect("operator state is plain data and encodes");
-        self.parts.entry(part).or_default().insert(epoch, Snapshot { bytes: Arc::new(encoded), entries });
+        self.parts.entry(part).or_default().insert(epoch, Snapshot { bytes: Some(Arc::new(encoded)), entries });
     }
 
     /// Records the shared state after `epoch`.
@@ -100,12 +112,24 @@ impl Snapshots {
         self.shared.insert(epoch, shared);
     }
 
-    /// Each part's encoded state as of `epoch` (`None`: never recorded, empty).
-    pub fn parts_at(&self, epoch: u64) -> Vec<(Part, Option<Arc<Vec<u8>>>)> {
-        Part::ALL
-            .iter()
-            .map(|&part| (part, self.latest(part, epoch).map(|snapshot| Arc::clone(&snapshot.bytes))))
-            .collect()
+    /// Each part's encoded state as of `epoch`.
+    pub fn parts_at(&self, epoch: u64) -> Vec<(Part, Encoded)> {
+        let encoded =
+            |snapshot: &Snapshot| snapshot.bytes.as_ref().map_or(Encoded::Written, |b| Encoded::Held(Arc::clone(b)));
+        Part::ALL.iter().map(|&part| (part, self.latest(part, epoch).map_or(Encoded::Empty, encoded))).collect()
+    }
+
+    /// Lets go of the bytes of each part's state as of `epoch`, which the
+    /// shard just written holds: encoded, a worker's state is about as large
+    /// as the state itself, and it would stay until a later snapshot
+    /// replaced it. A later shard whose part has not changed since reads
+    /// it back from this one.
+    pub fn let_go_at(&mut self, epoch: u64) {
+        for snapshots in self.parts.values_mut() {
+            if let Some((_, snapshot)) = snapshots.range_mut(..=epoch).next_back() {
+                snapshot.bytes = None;
+            }
+        }
     }
 
     /// How many entries each part holds as of `epoch`.
@@ -351,16 +375,32 @@ mod tests {
         snapshots.record(Part::Usage, 5, &map(&[("a", 1), ("b", 2)]), 2);
         snapshots.record(Part::Dedup, 4, &map(&[("x", 9)]), 1);
         let usage_at = |s: &Snapshots, epoch| s.parts_at(epoch).into_iter().find(|(p, _)| *p == Part::Usage).unwrap().1;
-        assert!(usage_at(&snapshots, 2).is_none(), "nothing recorded yet: empty");
-        assert_eq!(*usage_at(&snapshots, 4).unwrap(), postcard::to_stdvec(&map(&[("a", 1)])).unwrap());
+        assert_eq!(usage_at(&snapshots, 2), Encoded::Empty, "nothing recorded yet");
+        let encoded = |m: &[(&str, i64)]| Encoded::Held(Arc::new(postcard::to_stdvec(&map(m)).unwrap()));
+        assert_eq!(usage_at(&snapshots, 4), encoded(&[("a", 1)]));
         assert_eq!(snapshots.entries_at(6)[&Part::Usage], 2);
         assert_eq!(snapshots.entries_at(6)[&Part::Totals], 0);
         assert!(snapshots.changed_between(Some(3), 4) && !snapshots.changed_between(Some(5), 9));
         assert!(snapshots.changed_between(None, 3));
         assert_eq!(snapshots.last_epoch(), Some(5));
         snapshots.release_before(4);
-        assert!(usage_at(&snapshots, 4).is_some(), "the base of epoch 4 survives its release");
-        assert!(usage_at(&snapshots, 2).is_none());
+        assert_eq!(usage_at(&snapshots, 4), encoded(&[("a", 1)]), "the base of epoch 4 survives its release");
+        assert_eq!(usage_at(&snapshots, 2), Encoded::Empty);
+    }
+
+    #[test]
+    fn states_let_go_once_written_are_named_as_such_until_replaced() {
+        let mut snapshots = Snapshots::default();
+        snapshots.record(Part::Usage, 3, &map(&[("a", 1)]), 1);
+        snapshots.record(Part::Dedup, 3, &map(&[("x", 9)]), 1);
+        snapshots.record(Part::Usage, 7, &map(&[("a", 2)]), 1);
+        snapshots.let_go_at(5);
+        let parts: Vec<Encoded> = snapshots.parts_at(5).into_iter().map(|(_, encoded)| encoded).collect();
+        assert_eq!(parts, [Encoded::Written, Encoded::Written, Encoded::Empty]);
+        let after = snapshots.parts_at(8);
+        assert_eq!(after[0], (Part::Dedup, Encoded::Written), "unchanged since the shard of epoch 5");
+        assert_eq!(after[1], (Part::Usage, Encoded::Held(Arc::new(postcard::to_stdvec(&map(&[("a", 2)])).unwrap()))));
+        assert_eq!(snapshots.entries_at(8)[&Part::Dedup], 1, "entries are kept with the bytes let go");
     }
 
     #[test]

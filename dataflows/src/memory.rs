@@ -14,7 +14,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
 
-use crate::checkpoint::{self, Cadence, Part, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
+use crate::checkpoint::{self, Cadence, Encoded, Part, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
 use crate::dataflow::billing;
 use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
@@ -230,7 +230,15 @@ fn execute(
         let snapshots = snapshots.borrow();
         let mut sink = sink.lock().expect("no worker panicked holding the lock");
         for epoch in first_epoch..=epoch + 1 {
-            sink.snapshots.entry(epoch).or_default().insert(index, snapshots.parts_at(epoch));
+            let parts = snapshots.parts_at(epoch).into_iter().map(|(part, encoded)| {
+                let bytes = match encoded {
+                    Encoded::Empty => None,
+                    Encoded::Held(bytes) => Some(bytes),
+                    Encoded::Written => unreachable!("the in-memory runner lets go of no snapshot"),
+                };
+                (part, bytes)
+            });
+            sink.snapshots.entry(epoch).or_default().insert(index, parts.collect());
             if index == 0
                 && let Some(shared) = snapshots.shared_at(epoch)
             {
