@@ -61,6 +61,7 @@ use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{Part, ShardParts, Shared};
 use tally_dataflows::event::{Offset, Partition};
@@ -250,14 +251,34 @@ pub fn commit_manifest(store: &Store, manifest: &Manifest) {
 
 /// Writes one worker's shard for `epoch` from its encoded parts; returns its
 /// name and size.
-pub fn write_shard(store: &Store, epoch: u64, worker: usize, workers: usize, parts: &[(Part, &[u8])]) -> (String, u64) {
-    let parts = parts.iter().map(|&(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) }).collect();
-    let file = ShardFile { format: FORMAT, epoch, worker, workers, parts };
-    let bytes = postcard::to_stdvec(&file).expect("a shard is plain data");
-    let size = bytes.len() as u64;
+pub fn write_shard(
+    store: &Store,
+    epoch: u64,
+    worker: usize,
+    workers: usize,
+    parts: Vec<(Part, Bytes)>,
+) -> (String, u64) {
+    let pieces = shard_pieces(epoch, worker, workers, parts);
+    let size = pieces.iter().map(Bytes::len).sum::<usize>() as u64;
     let name = shard_name(epoch, worker);
-    store.put(&name, bytes, Some(Fault::MidShardWrite));
+    store.put_pieces(&name, pieces, Some(Fault::MidShardWrite));
     (name, size)
+}
+
+/// The encoding of a [`ShardFile`] in pieces, each part's bytes where they
+/// are: a shard is as large as the worker's state, and encoding it whole
+/// copied all of it into one more buffer.
+fn shard_pieces(epoch: u64, worker: usize, workers: usize, parts: Vec<(Part, Bytes)>) -> Vec<Bytes> {
+    // postcard writes a struct as its fields in order, a list and a byte
+    // string as their length then their items, and a length as a varint
+    // whatever its type.
+    let header = postcard::to_stdvec(&(FORMAT, epoch, worker, workers, parts.len())).expect("plain data");
+    let mut pieces = vec![Bytes::from(header)];
+    for (part, bytes) in parts {
+        pieces.push(Bytes::from(postcard::to_stdvec(&(part, bytes.len())).expect("plain data")));
+        pieces.push(bytes);
+    }
+    pieces
 }
 
 /// Reads a shard named by a manifest.
@@ -364,8 +385,8 @@ mod tests {
     fn manifests_and_shards_round_trip() {
         let (store, dir) = scratch();
         let parts = vec![(Part::Dedup, vec![1, 2, 3]), (Part::Usage, Vec::new()), (Part::Totals, vec![9])];
-        let borrowed: Vec<(Part, &[u8])> = parts.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-        let (name, size) = write_shard(&store, 4, 1, 2, &borrowed);
+        let pieces: Vec<(Part, Bytes)> = parts.iter().map(|(p, b)| (*p, Bytes::from(b.clone()))).collect();
+        let (name, size) = write_shard(&store, 4, 1, 2, pieces);
         assert!(size > 0);
         assert_eq!(read_shard(&store, &name).unwrap(), parts);
         let written = manifest(4, vec![shard_name(4, 0), name]);
@@ -378,9 +399,20 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_in_pieces_is_the_encoding_of_its_file() {
+        let parts = [(Part::Dedup, vec![7; 300]), (Part::Usage, Vec::new()), (Part::Totals, vec![1, 2])];
+        let pieces = shard_pieces(1 << 40, 3, 4, parts.iter().map(|(p, b)| (*p, Bytes::from(b.clone()))).collect());
+        let joined: Vec<u8> = pieces.iter().flat_map(|piece| piece.iter().copied()).collect();
+        let parts =
+            parts.iter().map(|(part, bytes)| EncodedPart { part: *part, bytes: Cow::Borrowed(bytes) }).collect();
+        let file = ShardFile { format: FORMAT, epoch: 1 << 40, worker: 3, workers: 4, parts };
+        assert_eq!(joined, postcard::to_stdvec(&file).unwrap());
+    }
+
+    #[test]
     fn garbage_is_what_no_kept_manifest_names() {
         let (store, dir) = scratch();
-        let shard = |epoch, worker| write_shard(&store, epoch, worker, 2, &[]).0;
+        let shard = |epoch, worker| write_shard(&store, epoch, worker, 2, Vec::new()).0;
         // Epoch 1: both workers; epoch 2: only worker 1 changed; epoch 3: worker
         // 0's shard written but the manifest never committed (a crash).
         let (a1, b1) = (shard(1, 0), shard(1, 1));

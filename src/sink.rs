@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{Cadence, Encoded, Part, ShardParts, SnapshotsHandle, release_before};
 use tally_dataflows::dataflow::Streams;
@@ -304,12 +305,12 @@ fn write_shard(
 ) -> (String, u64) {
     let started = Instant::now();
     let mut previous_parts: Option<ShardParts> = None;
-    let encoded: Vec<(Part, Arc<Vec<u8>>)> = parts
+    let encoded: Vec<(Part, Bytes)> = parts
         .into_iter()
         .map(|(part, encoded)| {
             let bytes = match encoded {
-                Encoded::Empty => Arc::new(tally_dataflows::checkpoint::empty(part)),
-                Encoded::Held(bytes) => bytes,
+                Encoded::Empty => Bytes::from(tally_dataflows::checkpoint::empty(part)),
+                Encoded::Held(bytes) => Bytes::from_owner(Snapshot(bytes)),
                 Encoded::Written => {
                     let name = previous.expect("a part let go was written in an earlier shard");
                     let shard = previous_parts.get_or_insert_with(|| {
@@ -317,18 +318,26 @@ fn write_shard(
                             .unwrap_or_else(|e| panic!("this worker's last shard cannot be read back: {e}"))
                     });
                     let index = shard.iter().position(|(p, _)| *p == part).expect("a shard holds every part");
-                    Arc::new(std::mem::take(&mut shard[index].1))
+                    Bytes::from(std::mem::take(&mut shard[index].1))
                 }
             };
             (part, bytes)
         })
         .collect();
-    let parts: Vec<(Part, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-    let (name, bytes) = checkpoint::write_shard(store, epoch, worker, workers, &parts);
+    let (name, bytes) = checkpoint::write_shard(store, epoch, worker, workers, encoded);
     fault::point(Fault::AfterShardWrite);
     metrics.observe_checkpoint("shard", started.elapsed());
     tracing::debug!(epoch, worker, bytes, "shard written");
     (name, bytes)
+}
+
+/// An encoded snapshot as the bytes of a shard's piece, shared, not copied.
+struct Snapshot(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Snapshot {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The manifest of `epoch` from every worker's latest acknowledgement. Every

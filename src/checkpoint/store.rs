@@ -129,26 +129,28 @@ impl Store {
         })
     }
 
-    /// Writes `bytes` to `name`, replacing it. `mid_write` is the fault point
-    /// reached after the first part, before the object is complete.
+    /// Writes `bytes` to `name`, replacing it.
     pub fn put(&self, name: &str, bytes: Vec<u8>, mid_write: Option<Fault>) {
+        self.put_pieces(name, vec![Bytes::from(bytes)], mid_write);
+    }
+
+    /// Writes the concatenation of `pieces` to `name`, replacing it. The
+    /// pieces are uploaded from where they are, never copied into one buffer.
+    /// `mid_write` is the fault point reached after the first part, before
+    /// the object is complete.
+    pub fn put_pieces(&self, name: &str, pieces: Vec<Bytes>, mid_write: Option<Fault>) {
         let path = self.path(name);
         let what = format!("write {name}");
-        // Parts are slices of one buffer: nothing is copied to upload it.
-        let bytes = Bytes::from(bytes);
+        let parts = upload_parts(pieces);
         self.retry(&what, |objects| {
-            let (path, bytes) = (path.clone(), bytes.clone());
+            let (path, parts) = (path.clone(), parts.clone());
             async move {
                 let mut upload = objects.put_multipart(&path).await?;
-                for (index, start) in (0..bytes.len()).step_by(PART_BYTES).enumerate() {
-                    let part = bytes.slice(start..(start + PART_BYTES).min(bytes.len()));
-                    upload.put_part(PutPayload::from(part)).await?;
+                for (index, part) in parts.into_iter().enumerate() {
+                    upload.put_part(part).await?;
                     if let (0, Some(fault)) = (index, mid_write) {
                         fault::point(fault);
                     }
-                }
-                if bytes.is_empty() {
-                    upload.put_part(PutPayload::default()).await?;
                 }
                 upload.complete().await.map(|_| ())
             }
@@ -222,4 +224,45 @@ impl Store {
 fn is_staged_upload(path: &std::path::Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     name.rsplit_once('#').is_some_and(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `pieces` cut into upload parts of `PART_BYTES` each but the last (one
+/// empty part when there is nothing), each part a list of slices of them.
+fn upload_parts(pieces: Vec<Bytes>) -> Vec<PutPayload> {
+    let mut parts = Vec::new();
+    let mut part: Vec<Bytes> = Vec::new();
+    let mut room = PART_BYTES;
+    for mut piece in pieces {
+        while !piece.is_empty() {
+            let slice = piece.split_to(room.min(piece.len()));
+            room -= slice.len();
+            part.push(slice);
+            if room == 0 {
+                parts.push(std::mem::take(&mut part).into_iter().collect());
+                room = PART_BYTES;
+            }
+        }
+    }
+    if !part.is_empty() || parts.is_empty() {
+        parts.push(part.into_iter().collect());
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_are_cut_into_full_parts_but_the_last() {
+        let piece = |len: usize, byte: u8| Bytes::from(vec![byte; len]);
+        let pieces = vec![piece(3, 1), piece(PART_BYTES, 2), piece(0, 3), piece(PART_BYTES + 5, 4)];
+        let whole: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+        let parts = upload_parts(pieces);
+        let sizes: Vec<usize> = parts.iter().map(PutPayload::content_length).collect();
+        assert_eq!(sizes, [PART_BYTES, PART_BYTES, 8]);
+        let joined: Vec<u8> = parts.iter().flat_map(|p| p.iter().flat_map(|b| b.iter().copied())).collect();
+        assert_eq!(joined, whole);
+        assert_eq!(upload_parts(Vec::new()).iter().map(PutPayload::content_length).collect::<Vec<_>>(), [0]);
+    }
 }
