@@ -16,6 +16,7 @@ use tally_dataflows::decode::decode;
 use tally_dataflows::event::{Event, ResourceKey};
 use tally_dataflows::fixed::Amount;
 use tally_dataflows::identity::Fingerprint;
+use tally_dataflows::intern::Interner;
 use tally_dataflows::lifecycle::Resource;
 use tally_dataflows::oracle;
 use tally_dataflows::prices::{PriceList, SkuKind};
@@ -39,7 +40,9 @@ fn workload(events: u64) -> Workload {
 
 /// The well-formed events of a generated workload, in message order.
 fn events(count: u64, prices: &PriceList) -> Vec<Event> {
-    Generator::new(workload(count)).messages().iter().filter_map(|m| decode(&m.payload, prices).ok()).collect()
+    let mut interner = Interner::default();
+    let messages = Generator::new(workload(count)).messages();
+    messages.iter().filter_map(|m| decode(&m.payload, prices, &mut interner).ok()).collect()
 }
 
 fn dedup(c: &mut Criterion) {

@@ -9,6 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group};
 use tally::workload::{Generator, Workload};
 use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::decode::decode;
+use tally_dataflows::intern::Interner;
 use tally_dataflows::memory::{self, RunShape};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
@@ -29,7 +30,8 @@ fn decode_validate(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(messages.len() as u64));
     group.bench_function("decode_validate", |b| {
-        b.iter(|| messages.iter().filter(|m| decode(&m.payload, &prices).is_ok()).count())
+        let mut interner = Interner::default();
+        b.iter(|| messages.iter().filter(|m| decode(&m.payload, &prices, &mut interner).is_ok()).count())
     });
     group.finish();
 }

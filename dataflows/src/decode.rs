@@ -15,8 +15,9 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::event::{Event, EventKind, EventOrder, Meta, Reason, ResourceKey};
+use crate::event::{Event, EventKind, EventOrder, Reason, ResourceKey};
 use crate::fixed::{Quantity, QuantityError};
+use crate::intern::Interner;
 use crate::prices::{PriceList, SkuKind};
 use crate::time::{self, Rfc3339};
 
@@ -127,8 +128,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// Labels as compact JSON with sorted keys.
-fn labels_json(mut pairs: Vec<(Text<'_>, Text<'_>)>) -> String {
+/// Writes labels as compact JSON with sorted keys.
+fn labels_json(mut pairs: Vec<(Text<'_>, Text<'_>)>, json: &mut Vec<u8>) {
     struct Sorted<'p, 'a>(&'p [(Text<'a>, Text<'a>)]);
     impl serde::Serialize for Sorted<'_, '_> {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -136,11 +137,12 @@ fn labels_json(mut pairs: Vec<(Text<'_>, Text<'_>)>) -> String {
         }
     }
     pairs.sort_unstable_by(|(a, _), (b, _)| a.0.cmp(&b.0));
-    serde_json::to_string(&Sorted(&pairs)).expect("a map of strings always serializes")
+    serde_json::to_writer(json, &Sorted(&pairs)).expect("a map of strings always serializes");
 }
 
-/// Decodes and validates one message value against the price list.
-pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
+/// Decodes and validates one message value against the price list; the
+/// event shares the values `interner` holds.
+pub fn decode(payload: &[u8], prices: &PriceList, interner: &mut Interner) -> Result<Event, Invalid> {
     if payload.len() > MAX_MESSAGE_BYTES {
         return Err(invalid(
             Reason::TooLarge,
@@ -188,21 +190,18 @@ pub fn decode(payload: &[u8], prices: &PriceList) -> Result<Event, Invalid> {
             quantities(pairs, kind, time, prices)?
         }
     };
-    let labels = match data.labels {
-        None => "{}".to_owned(),
-        Some(Pairs(pairs)) => labels_json(pairs),
-    };
-    let meta = Meta {
-        project_id: data.project_id.map(|Text(text)| text.into_owned()).unwrap_or_default(),
-        region: data.region.map(|Text(text)| text.into_owned()).unwrap_or_default(),
-        labels,
-    };
+    let project_id = data.project_id.map_or(Cow::Borrowed(""), |Text(text)| text);
+    let region = data.region.map_or(Cow::Borrowed(""), |Text(text)| text);
+    let meta = interner.meta(&project_id, &region, |json| match data.labels {
+        None => json.extend_from_slice(b"{}"),
+        Some(Pairs(pairs)) => labels_json(pairs, json),
+    });
     Ok(Event {
         order: EventOrder { time, id: id.into_owned(), source: source.into_owned() },
         kind,
-        resource: ResourceKey { account: Arc::from(account), resource: Arc::from(subject) },
+        resource: ResourceKey { account: interner.account(&account), resource: Arc::from(subject) },
         quantities,
-        meta: Arc::new(meta),
+        meta,
     })
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode::decode;
 use crate::event::{Event, Message, Offset, Partition, Reason};
 use crate::identity::Fingerprint;
+use crate::intern::Interner;
 use crate::prices::PriceList;
 use crate::rows::Rejection;
 use crate::settings::Settings;
@@ -111,10 +112,11 @@ impl PartitionClock {
         &mut self,
         message: Message,
         prices: &PriceList,
+        interner: &mut Interner,
         settings: &Settings,
         final_before: Option<Millis>,
     ) -> Verdict {
-        let event = match decode(&message.payload, prices) {
+        let event = match decode(&message.payload, prices, interner) {
             Ok(event) => event,
             Err(invalid) => {
                 return Verdict::Rejected(Rejection::of(message, invalid.reason, invalid.detail));

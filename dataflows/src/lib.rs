@@ -16,6 +16,7 @@ pub mod decode;
 pub mod event;
 pub mod fixed;
 pub mod identity;
+pub mod intern;
 pub mod judge;
 pub mod lifecycle;
 pub mod memory;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::decode::decode;
 use crate::event::{Event, Message, Meta, Partition, Reason, ResourceKey};
 use crate::fixed::{Amount, Overflow};
+use crate::intern::Interner;
 use crate::prices::{PriceList, SkuId};
 use crate::rate;
 use crate::rows::{BreakdownKey, BreakdownRow, Ledger, Progress, Rejection, TotalKey, TotalRow};
@@ -33,12 +34,13 @@ pub fn run(
     let mut seen: BTreeMap<(String, String), Millis> = BTreeMap::new();
     let mut expired_at: Option<Millis> = None;
     let mut history: BTreeMap<ResourceKey, Vec<Event>> = BTreeMap::new();
+    let mut interner = Interner::default();
 
     for message in messages {
         let mut reject = |message: Message, reason: Reason, detail: String| {
             ledger.rejections.insert((message.partition, message.offset), Rejection::of(message, reason, detail));
         };
-        let event = match decode(&message.payload, prices) {
+        let event = match decode(&message.payload, prices, &mut interner) {
             Ok(event) => event,
             Err(invalid) => {
                 reject(message, invalid.reason, invalid.detail);

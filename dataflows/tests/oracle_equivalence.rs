@@ -176,13 +176,16 @@ fn keep_copies_of_late_events_on_their_partition(emissions: &mut [Emission], ord
     let prices = support::prices();
     let mut clocks: BTreeMap<u32, Millis> = BTreeMap::new();
     let mut late = vec![false; emissions.len()];
+    let mut interner = tally_dataflows::intern::Interner::default();
     for &i in order {
         if let Some(original) = emissions[i].copy_of
             && late[original]
         {
             emissions[i].partition = emissions[original].partition;
         }
-        let Ok(event) = tally_dataflows::decode::decode(&emissions[i].payload, &prices) else { continue };
+        let Ok(event) = tally_dataflows::decode::decode(&emissions[i].payload, &prices, &mut interner) else {
+            continue;
+        };
         if event.time() > emissions[i].emit_at + settings.max_future {
             continue;
         }

@@ -21,6 +21,7 @@ use timely::dataflow::operators::{Capability, Operator};
 use super::pending::Pending;
 use crate::checkpoint::{Cadence, Recorder, Shared};
 use crate::event::Partition;
+use crate::intern::Interner;
 use crate::judge::{Candidate, ClockReport, PartitionClock, PartitionState, SourceItem, Verdict};
 use crate::prices::PriceList;
 use crate::rows::{Progress, Rejection};
@@ -55,6 +56,7 @@ pub fn judge<'scope>(
         move |_, _| {
             let mut pending = Pending::<SourceItem, Progress>::default();
             let Shared { mut clocks, mut progress } = restored;
+            let mut interner = Interner::default();
             move |(source, source_frontier), (previous, previous_frontier), output| {
                 let port = output.output_index();
                 source.for_each(|cap, data| pending.first(&cap, port, data));
@@ -77,10 +79,13 @@ pub fn judge<'scope>(
                                 if clock.state == PartitionState::Idle {
                                     clock.state = PartitionState::Active;
                                 }
-                                session.give(match clock.judge(message, &prices, &settings, progress.final_before) {
-                                    Verdict::Rejected(rejection) => Judged::Rejected(rejection),
-                                    Verdict::Candidate(candidate) => Judged::Candidate(candidate),
-                                });
+                                session.give(
+                                    match clock.judge(message, &prices, &mut interner, &settings, progress.final_before)
+                                    {
+                                        Verdict::Rejected(rejection) => Judged::Rejected(rejection),
+                                        Verdict::Candidate(candidate) => Judged::Candidate(candidate),
+                                    },
+                                );
                                 touched.push(partition);
                             }
                         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::event::Meta;
 use crate::prices::PriceList;
 
 fn prices() -> PriceList {
@@ -22,13 +23,13 @@ const STARTED: &str = r#"{
 }"#;
 
 fn reason_of(text: &str) -> Reason {
-    decode(text.as_bytes(), &prices()).unwrap_err().reason
+    decode(text.as_bytes(), &prices(), &mut Interner::default()).unwrap_err().reason
 }
 
 #[test]
 fn decodes_the_contract_example() {
     let list = prices();
-    let event = decode(STARTED.as_bytes(), &list).unwrap();
+    let event = decode(STARTED.as_bytes(), &list, &mut Interner::default()).unwrap();
     assert_eq!(event.kind, EventKind::Started);
     assert_eq!(event.order.id, "01JD8Z6Q4W3V");
     assert_eq!(Rfc3339(event.time()).to_string(), "2026-11-23T10:15:00.250Z");
@@ -43,7 +44,7 @@ fn decodes_the_contract_example() {
 fn optional_fields_default_and_stopped_needs_no_quantities() {
     let text = r#"{"specversion":"1.0","id":"a","source":"s","type":"resource.stopped",
         "time":"2026-11-23T10:15:00Z","subject":"vm","data":{"account_id":"acc","project_id":null}}"#;
-    let event = decode(text.as_bytes(), &prices()).unwrap();
+    let event = decode(text.as_bytes(), &prices(), &mut Interner::default()).unwrap();
     assert!(event.quantities.is_empty());
     assert_eq!(*event.meta, Meta { project_id: String::new(), region: String::new(), labels: "{}".into() });
 }
@@ -52,7 +53,7 @@ fn optional_fields_default_and_stopped_needs_no_quantities() {
 fn stopped_ignores_whatever_quantities_it_carries() {
     let text = r#"{"specversion":"1.0","id":"a","source":"s","type":"resource.stopped",
         "time":"2026-11-23T10:15:00Z","subject":"vm","data":{"account_id":"acc","quantities":[1,2]}}"#;
-    assert!(decode(text.as_bytes(), &prices()).unwrap().quantities.is_empty());
+    assert!(decode(text.as_bytes(), &prices(), &mut Interner::default()).unwrap().quantities.is_empty());
 }
 
 #[test]
@@ -85,9 +86,12 @@ fn every_reason_is_reachable() {
 
 #[test]
 fn details_say_what_was_expected_and_found() {
-    let err = decode(STARTED.replace("\"4\"", "\"4.0000000001\"").as_bytes(), &prices()).unwrap_err();
+    let err = decode(STARTED.replace("\"4\"", "\"4.0000000001\"").as_bytes(), &prices(), &mut Interner::default())
+        .unwrap_err();
     assert_eq!(err.detail, "data.quantities.compute.vcpu must be at most 9 fractional digits, found \"4.0000000001\"");
-    let err = decode(STARTED.replace("resource.started", "vm.exploded").as_bytes(), &prices()).unwrap_err();
+    let err =
+        decode(STARTED.replace("resource.started", "vm.exploded").as_bytes(), &prices(), &mut Interner::default())
+            .unwrap_err();
     assert!(err.detail.contains("vm.exploded"), "{}", err.detail);
 }
 
@@ -100,7 +104,7 @@ mod arbitrary_bytes {
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode(&bytes, &prices());
+            let _ = decode(&bytes, &prices(), &mut Interner::default());
         }
 
         #[test]
@@ -117,7 +121,7 @@ mod arbitrary_bytes {
                     _ => bytes.insert(i, byte),
                 }
             }
-            match decode(&bytes, &prices()) {
+            match decode(&bytes, &prices(), &mut Interner::default()) {
                 Ok(event) => prop_assert!(!event.order.id.is_empty()),
                 Err(e) => prop_assert!(!e.detail.is_empty()),
             }
@@ -139,7 +143,7 @@ fn the_published_schema_names_what_the_decoder_checks() {
     for field in required {
         let mut without = example.clone();
         without.as_object_mut().unwrap().remove(field);
-        let err = decode(without.to_string().as_bytes(), &prices()).unwrap_err();
+        let err = decode(without.to_string().as_bytes(), &prices(), &mut Interner::default()).unwrap_err();
         assert_eq!(err.reason, Reason::Schema, "removing {field}");
     }
 }
@@ -149,7 +153,7 @@ fn invalid_utf8_is_malformed_json_wherever_it_is() {
     for at in [0, STARTED.len() / 2, STARTED.len() - 1] {
         let mut bytes = STARTED.as_bytes().to_vec();
         bytes.insert(at, 0xff);
-        let rejected = decode(&bytes, &prices()).unwrap_err();
+        let rejected = decode(&bytes, &prices(), &mut Interner::default()).unwrap_err();
         assert_eq!(rejected.reason, Reason::MalformedJson, "0xff at {at}: {}", rejected.detail);
     }
 }
@@ -161,9 +165,26 @@ fn escaped_strings_decode_to_their_text() {
         .replace(r#""compute.vcpu": "4""#, r#""compute\u002evcpu": "\u0034""#)
         .replace(r#""team": "ml""#, r#""t\u00e9am": "m\"l""#);
     let list = prices();
-    let event = decode(escaped.as_bytes(), &list).unwrap();
+    let event = decode(escaped.as_bytes(), &list, &mut Interner::default()).unwrap();
     assert_eq!(event.order.id, "01JD8Z6Q4W3V");
     assert_eq!(event.meta.labels, r#"{"env":"prod","téam":"m\"l"}"#);
     let vcpu = list.lookup("compute.vcpu").unwrap().0;
     assert!(event.quantities.iter().any(|&(sku, q)| sku == vcpu && q.to_string() == "4.000000000"));
+}
+
+#[test]
+fn events_share_their_account_and_metadata_and_equal_labels_in_any_order() {
+    let (list, mut interner) = (prices(), Interner::default());
+    let first = decode(STARTED.as_bytes(), &list, &mut interner).unwrap();
+    let reordered = STARTED
+        .replace(r#""id": "01JD8Z6Q4W3V""#, r#""id": "01JD8Z6Q4W3W""#)
+        .replace(r#"{ "team": "ml", "env": "prod" }"#, r#"{ "env": "prod", "team": "ml" }"#);
+    let second = decode(reordered.as_bytes(), &list, &mut interner).unwrap();
+    assert!(Arc::ptr_eq(&first.resource.account, &second.resource.account));
+    assert!(Arc::ptr_eq(&first.meta, &second.meta));
+    let other_region = STARTED.replace(r#""region": "eu-central-1""#, r#""region": "us-east-1""#);
+    let third = decode(other_region.as_bytes(), &list, &mut interner).unwrap();
+    assert!(!Arc::ptr_eq(&first.meta, &third.meta));
+    assert_eq!(third.meta.region, "us-east-1");
+    assert_eq!(third.meta.labels, first.meta.labels);
 }
