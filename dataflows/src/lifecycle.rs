@@ -130,6 +130,11 @@ impl Resource {
         self.base_meta.is_some()
     }
 
+    /// How many events the resource holds (those of its open windows).
+    pub fn events_held(&self) -> usize {
+        self.events.entries().len()
+    }
+
     /// Time of the latest event held, if any.
     pub fn last_event_time(&self) -> Option<Millis> {
         self.events.entries().last().map(|(order, _)| order.time)
