@@ -71,7 +71,8 @@ use crate::fault::Fault;
 
 /// Version of the formats below; a store written in another is refused.
 /// 2: dedup identities are fingerprints.
-pub const FORMAT: u32 = 2;
+/// 3: a usage part holds each distinct metadata once, in a table.
+pub const FORMAT: u32 = 3;
 
 /// A committed checkpoint: everything a restore needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,7 +30,7 @@ use crate::dataflow::route;
 use crate::event::{Partition, ResourceKey};
 use crate::identity::Fingerprint;
 use crate::judge::PartitionClock;
-use crate::lifecycle::{Resource, Resources};
+use crate::lifecycle::{Loaded, Resources, Stored};
 use crate::rows::{BreakdownKey, Delta, Progress, TotalKey};
 use crate::time::Millis;
 
@@ -219,17 +219,10 @@ impl Restored {
                     self.seen.extend(seen.into_iter().filter(|(identity, _)| mine(identity.route())));
                 }
                 Part::Usage => {
-                    // Read as the list of pairs a map encodes to (postcard
-                    // writes both as a length and the entries): a hash map
-                    // decoded as such would rehash as it grows, and then once
-                    // more here.
-                    let resources: Vec<(ResourceKey, Resource)> = decode(*part, bytes)?;
+                    let Loaded(resources) = decode(*part, bytes)?;
                     let resources: Vec<_> = resources.into_iter().filter(|(key, _)| mine(route(key))).collect();
                     self.resources.reserve(resources.len());
-                    for (key, mut resource) in resources {
-                        resource.share_metas();
-                        self.resources.insert(key, resource);
-                    }
+                    self.resources.extend(resources);
                 }
                 Part::Totals => {
                     let totals: BTreeMap<TotalKey, Delta> = decode(*part, bytes)?;
@@ -261,7 +254,7 @@ impl Restored {
 pub fn empty(part: Part) -> Vec<u8> {
     let encoded = match part {
         Part::Dedup => postcard::to_stdvec(&Vec::<(Fingerprint, Millis)>::new()),
-        Part::Usage => postcard::to_stdvec(&BTreeMap::<ResourceKey, Resource>::new()),
+        Part::Usage => postcard::to_stdvec(&Stored(&Resources::default())),
         Part::Totals => postcard::to_stdvec(&BTreeMap::<TotalKey, Delta>::new()),
     };
     encoded.expect("empty maps encode")
@@ -354,6 +347,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::Resource;
 
     fn map(entries: &[(&str, i64)]) -> BTreeMap<String, i64> {
         entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -405,7 +399,7 @@ mod tests {
 
     #[test]
     fn a_shard_restores_only_the_keys_routed_to_each_worker() {
-        let resources: BTreeMap<ResourceKey, Resource> = (0..50)
+        let resources: Resources = (0..50)
             .map(|i| {
                 (
                     ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() },
@@ -413,7 +407,7 @@ mod tests {
                 )
             })
             .collect();
-        let parts = vec![(Part::Usage, postcard::to_stdvec(&resources).unwrap())];
+        let parts = vec![(Part::Usage, postcard::to_stdvec(&Stored(&resources)).unwrap())];
         let mut total = 0;
         for worker in 0..3 {
             let mut restored = Restored::new(7, Shared::default());

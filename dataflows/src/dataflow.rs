@@ -28,6 +28,7 @@ use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
 use crate::checkpoint::{Part, Recorder, Recovery, Restored};
 use crate::fixed::Overflow;
 use crate::judge::SourceItem;
+use crate::lifecycle::Stored;
 use crate::prices::PriceList;
 use crate::rows::{BreakdownRow, Outcomes, Progress, Rejection, TotalRow};
 use crate::settings::Settings;
@@ -73,7 +74,8 @@ pub fn billing<'scope>(
     // an operator that never works an epoch still checkpoints what it holds.
     if let Some(restored) = &recovery.restored {
         recorder.record(Part::Dedup, restored.epoch, &restored.seen, restored.seen.len());
-        recorder.record(Part::Usage, restored.epoch, &restored.resources, restored.resources.len());
+        let resources = Stored(&restored.resources);
+        recorder.record(Part::Usage, restored.epoch, &resources, restored.resources.len());
         recorder.record(Part::Totals, restored.epoch, &restored.totals, restored.totals.len());
         recorder.record_shared(restored.epoch, || restored.shared.clone());
     }

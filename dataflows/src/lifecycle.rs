@@ -23,7 +23,7 @@ use crate::rows::{BreakdownKey, BreakdownRow, Delta};
 use crate::time::{HOUR, Millis, window_start};
 
 /// The part of an event a resource's history keeps.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     kind: EventKind,
     quantities: Vec<(SkuId, Quantity)>,
@@ -31,7 +31,7 @@ struct Entry {
 }
 
 /// What was last emitted for a row of an open window.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Emitted {
     usage: Amount,
     cost: Amount,
@@ -55,8 +55,9 @@ pub struct RowChange {
 /// process, as the standard one, and several times faster on short strings.
 pub type Resources = foldhash::HashMap<ResourceKey, Resource>;
 
-/// One resource's state: see the module docs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One resource's state: see the module docs. Checkpoints hold it as a
+/// [`Stored`] writes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resource {
     base: Vec<(SkuId, Quantity)>,
     base_meta: Option<Arc<Meta>>,
@@ -95,23 +96,6 @@ impl Resource {
         let newest = self.events.entries().last().map(|(_, e)| &e.meta);
         let mut held = newest.into_iter().chain(self.base_meta.as_ref());
         held.find(|held| **held == meta).map_or(meta, Arc::clone)
-    }
-
-    /// Shares equal metadata among the resource's events, as inserting them
-    /// one by one would have: a restored resource decodes a copy per event.
-    pub fn share_metas(&mut self) {
-        let mut kept: Vec<Arc<Meta>> = self.base_meta.iter().cloned().collect();
-        for (_, entry) in self.events.entries_mut() {
-            match kept.iter().find(|k| **k == entry.meta) {
-                Some(k) => entry.meta = Arc::clone(k),
-                None => kept.push(Arc::clone(&entry.meta)),
-            }
-        }
-        for (_, emitted) in self.emitted.entries_mut() {
-            if let Some(k) = kept.iter().find(|k| **k == emitted.meta) {
-                emitted.meta = Arc::clone(k);
-            }
-        }
     }
 
     /// True when the resource can accrue nothing more and has nothing to
@@ -324,6 +308,9 @@ impl Usage {
     }
 }
 
+mod snapshot;
 mod sorted;
 #[cfg(test)]
 mod tests;
+
+pub use snapshot::{Loaded, Stored};

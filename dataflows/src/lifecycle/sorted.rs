@@ -3,9 +3,6 @@
 //! several times what a resource with one or two events needs; with millions
 //! of running resources that room was most of the memory.
 
-use serde::de::{Deserialize, Deserializer};
-use serde::ser::{Serialize, Serializer};
-
 /// Entries sorted by key, each key once, capacity kept within an eighth of
 /// the length.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +33,11 @@ impl<K: Ord, V> SortedMap<K, V> {
             Some((k, _)) if k == key => Ok(index),
             _ => Err(index),
         }
+    }
+
+    /// The map of `entries`, if they are sorted by key, each key once.
+    pub fn from_sorted(entries: Vec<(K, V)>) -> Option<Self> {
+        entries.windows(2).all(|pair| pair[0].0 < pair[1].0).then_some(SortedMap(entries))
     }
 
     /// The value at `key`.
@@ -95,30 +97,9 @@ impl<K: Ord, V> SortedMap<K, V> {
         &self.0
     }
 
-    /// Every entry, mutably, in key order (keys must stay as they are).
-    pub fn entries_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
-        self.0.iter_mut().map(|(k, v)| (&*k, v))
-    }
-
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-}
-
-/// Encoded as a map, as a B-tree map of the same entries is.
-impl<K: Serialize, V: Serialize> Serialize for SortedMap<K, V> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
-}
-
-impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Deserialize<'de> for SortedMap<K, V> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Through a B-tree map: the entries come out sorted and unique
-        // whatever the bytes said.
-        let map = std::collections::BTreeMap::<K, V>::deserialize(deserializer)?;
-        Ok(SortedMap(map.into_iter().collect()))
     }
 }
 
@@ -129,7 +110,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn behaves_as_a_btree_map_and_encodes_the_same() {
+    fn behaves_as_a_btree_map() {
         let mut sorted = SortedMap::default();
         let mut btree = BTreeMap::new();
         for (i, key) in [5, 1, 9, 5, 3, 7, 1].into_iter().enumerate() {
@@ -145,9 +126,9 @@ mod tests {
         assert_eq!(sorted.between(&3, &7), &pairs(&btree)[1..3]);
         assert_eq!(sorted.between(&7, &3), &[]);
         assert_eq!(sorted.at_or_after(&6), &pairs(&btree)[3..]);
-        let encoded = postcard::to_stdvec(&sorted).unwrap();
-        assert_eq!(encoded, postcard::to_stdvec(&btree).unwrap());
-        assert_eq!(postcard::from_bytes::<SortedMap<i32, usize>>(&encoded).unwrap(), sorted);
+        assert_eq!(SortedMap::from_sorted(sorted.entries().to_vec()).as_ref(), Some(&sorted));
+        assert_eq!(SortedMap::from_sorted(vec![(1, 0), (1, 1)]), None, "a key twice");
+        assert_eq!(SortedMap::from_sorted(vec![(2, 0), (1, 1)]), None, "out of order");
         assert_eq!(sorted.take_below(&5), pairs(&btree)[..2].to_vec());
         assert_eq!(sorted.entries(), &pairs(&btree)[2..]);
     }

@@ -103,9 +103,25 @@ fn events_with_equal_metadata_share_one_copy_inserted_and_restored() {
     };
     assert_eq!(shared(&resource), (true, false), "equal metadata is held once, different metadata apart");
 
-    let mut restored: Resource = postcard::from_bytes(&postcard::to_stdvec(&resource).unwrap()).unwrap();
-    assert_eq!(shared(&restored), (false, false), "decoding makes a copy per event");
-    restored.share_metas();
-    assert_eq!(shared(&restored), (true, false));
-    assert_eq!(restored, resource);
+    // A second resource holding the first one's copy, as interning makes it;
+    // rows emitted and a past folded, so that every kind of holder is written.
+    let mut other = Resource::default();
+    let mut started = with_project("d", "2026-11-23T09:30:00Z", EventKind::Started, Some("1"));
+    started.meta = Arc::clone(&resource.events.entries()[0].1.meta);
+    other.insert(started);
+    other.fold(at("2026-11-23T10:00:00Z"));
+    let other_key = ResourceKey { account: "acc".into(), resource: "vm-2".into() };
+    other.refresh(&other_key, at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"), None, &prices).unwrap();
+    resource.refresh(&key(), at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"), None, &prices).unwrap();
+    let resources: Resources = [(key(), resource), (other_key.clone(), other)].into_iter().collect();
+
+    let bytes = postcard::to_stdvec(&Stored(&resources)).unwrap();
+    let Loaded(loaded) = postcard::from_bytes(&bytes).unwrap();
+    let restored: Resources = loaded.into_iter().collect();
+    assert_eq!(restored, resources);
+    assert_eq!(shared(&restored[&key()]), (true, false), "restored, equal metadata is held once again");
+    let first = &restored[&key()].events.entries()[0].1.meta;
+    let other = &restored[&other_key];
+    assert!(Arc::ptr_eq(first, other.base_meta.as_ref().unwrap()), "and once across resources");
+    assert!(other.emitted.entries().iter().all(|(_, row)| Arc::ptr_eq(first, &row.meta)));
 }

@@ -1,0 +1,183 @@
+//! A worker's resources as a checkpoint holds them: each distinct metadata
+//! once, in a table, and every event, row and folded past naming it by its
+//! place there.
+//!
+//! A resource's events and rows nearly all carry the metadata of the one
+//! before, and the resources of one account and project share it (see
+//! [`crate::intern`]). Written out at each use, it was about half of a
+//! checkpoint's usage part; restored from the table, resources share it
+//! again as they did before the checkpoint.
+//!
+//! Metadata is told apart by its allocation, not its value: equal copies
+//! held apart (decoded on different workers) take a place each, which costs
+//! bytes, never correctness.
+
+use std::sync::Arc;
+
+use serde::de::{Deserialize, Deserializer, Error as _};
+use serde::ser::{Serialize, SerializeTuple, Serializer};
+
+use super::sorted::SortedMap;
+use super::{Emitted, Entry, Resource, Resources};
+use crate::event::{EventKind, EventOrder, Meta, ResourceKey};
+use crate::fixed::{Amount, Quantity};
+use crate::prices::SkuId;
+use crate::time::Millis;
+
+/// Encodes `resources` with their metadata in a table.
+pub struct Stored<'a>(pub &'a Resources);
+
+/// Places in the metadata table, by allocation.
+#[derive(Default)]
+struct Places<'a> {
+    place: foldhash::HashMap<*const Meta, u32>,
+    table: Vec<&'a Meta>,
+}
+
+impl<'a> Places<'a> {
+    fn add(&mut self, meta: &'a Arc<Meta>) {
+        let next = u32::try_from(self.table.len()).expect("fewer than 2^32 distinct metadata per worker");
+        self.place.entry(Arc::as_ptr(meta)).or_insert_with(|| {
+            self.table.push(meta);
+            next
+        });
+    }
+
+    fn of(&self, meta: &Arc<Meta>) -> u32 {
+        self.place[&Arc::as_ptr(meta)]
+    }
+}
+
+/// How one resource is written: its gauge quantities in force, the place of
+/// its folded past's metadata, its events and the rows last emitted.
+type Written<'r> = (&'r [(SkuId, Quantity)], Option<u32>, EventsWritten<'r>, RowsWritten<'r>);
+/// How one resource is read back (the same layout, owned).
+type Read =
+    (Vec<(SkuId, Quantity)>, Option<u32>, Vec<(EventOrder, (EventKind, Vec<(SkuId, Quantity)>, u32))>, Vec<RowRead>);
+type RowRead = ((Millis, SkuId), (Amount, Amount, u32));
+
+struct EventsWritten<'r>(&'r [(EventOrder, Entry)], &'r Places<'r>);
+struct RowsWritten<'r>(&'r [((Millis, SkuId), Emitted)], &'r Places<'r>);
+
+impl Serialize for EventsWritten<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let places = self.1;
+        serializer.collect_seq(self.0.iter().map(|(order, e)| (order, (e.kind, &e.quantities, places.of(&e.meta)))))
+    }
+}
+
+impl Serialize for RowsWritten<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let places = self.1;
+        serializer.collect_seq(self.0.iter().map(|(key, e)| (key, (e.usage, e.cost, places.of(&e.meta)))))
+    }
+}
+
+impl Serialize for Stored<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut places = Places::default();
+        for resource in self.0.values() {
+            resource.base_meta.iter().for_each(|meta| places.add(meta));
+            resource.events.entries().iter().for_each(|(_, entry)| places.add(&entry.meta));
+            resource.emitted.entries().iter().for_each(|(_, row)| places.add(&row.meta));
+        }
+        let mut pair = serializer.serialize_tuple(2)?;
+        pair.serialize_element(&places.table)?;
+        pair.serialize_element(&ResourcesWritten(self.0, &places))?;
+        pair.end()
+    }
+}
+
+struct ResourcesWritten<'r>(&'r Resources, &'r Places<'r>);
+
+impl Serialize for ResourcesWritten<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let places = self.1;
+        serializer.collect_seq(self.0.iter().map(|(key, r)| {
+            let written: Written<'_> = (
+                r.base.as_slice(),
+                r.base_meta.as_ref().map(|meta| places.of(meta)),
+                EventsWritten(r.events.entries(), places),
+                RowsWritten(r.emitted.entries(), places),
+            );
+            (key, written)
+        }))
+    }
+}
+
+/// Resources read back from what [`Stored`] wrote, sharing their metadata.
+pub struct Loaded(pub Vec<(ResourceKey, Resource)>);
+
+impl<'de> Deserialize<'de> for Loaded {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (table, read) = <(Vec<Meta>, Vec<(ResourceKey, Read)>)>::deserialize(deserializer)?;
+        let table: Vec<Arc<Meta>> = table.into_iter().map(Arc::new).collect();
+        let meta = |place: u32| {
+            let found = usize::try_from(place).ok().and_then(|p| table.get(p));
+            found.cloned().ok_or_else(|| D::Error::custom(format!("metadata place {place} of {}", table.len())))
+        };
+        let sorted = |what: &str| D::Error::custom(format!("{what} not sorted by key"));
+        let mut resources = Vec::with_capacity(read.len());
+        for (key, (base, base_meta, events, emitted)) in read {
+            let events = events
+                .into_iter()
+                .map(|(order, (kind, quantities, place))| Ok((order, Entry { kind, quantities, meta: meta(place)? })))
+                .collect::<Result<Vec<_>, D::Error>>()?;
+            let emitted = emitted
+                .into_iter()
+                .map(|(key, (usage, cost, place))| Ok((key, Emitted { usage, cost, meta: meta(place)? })))
+                .collect::<Result<Vec<_>, D::Error>>()?;
+            let resource = Resource {
+                base,
+                base_meta: base_meta.map(meta).transpose()?,
+                events: SortedMap::from_sorted(events).ok_or_else(|| sorted("events"))?,
+                emitted: SortedMap::from_sorted(emitted).ok_or_else(|| sorted("rows"))?,
+            };
+            resources.push((key, resource));
+        }
+        Ok(Loaded(resources))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(table: Vec<Meta>, resources: Vec<(ResourceKey, Read)>) -> Result<Loaded, postcard::Error> {
+        postcard::from_bytes(&postcard::to_stdvec(&(table, resources)).unwrap())
+    }
+
+    fn order(time: Millis, id: &str) -> EventOrder {
+        EventOrder { time, id: id.into(), source: "s".into() }
+    }
+
+    #[test]
+    fn an_empty_state_round_trips() {
+        let Loaded(resources) =
+            postcard::from_bytes(&postcard::to_stdvec(&Stored(&Resources::default())).unwrap()).unwrap();
+        assert!(resources.is_empty());
+    }
+
+    // postcard keeps no message for an error of the data's own: each case
+    // is checked against the same data made whole, which reads back.
+
+    #[test]
+    fn a_place_outside_the_table_is_refused() {
+        let with_place = |place| vec![(ResourceKey::default(), (Vec::new(), Some(place), Vec::new(), Vec::new()))];
+        assert!(loaded(vec![Meta::default()], with_place(0)).is_ok());
+        assert!(matches!(loaded(vec![Meta::default()], with_place(1)), Err(postcard::Error::SerdeDeCustom)));
+    }
+
+    #[test]
+    fn events_out_of_order_are_refused() {
+        let with_events = |first, second| {
+            let event = |order| (order, (EventKind::Recorded, Vec::new(), 0));
+            vec![(ResourceKey::default(), (Vec::new(), None, vec![event(first), event(second)], Vec::new()))]
+        };
+        assert!(loaded(vec![Meta::default()], with_events(order(1, "a"), order(2, "b"))).is_ok());
+        let reversed = loaded(vec![Meta::default()], with_events(order(2, "b"), order(1, "a")));
+        assert!(matches!(reversed, Err(postcard::Error::SerdeDeCustom)));
+        let twice = loaded(vec![Meta::default()], with_events(order(1, "a"), order(1, "a")));
+        assert!(matches!(twice, Err(postcard::Error::SerdeDeCustom)));
+    }
+}
