@@ -4,7 +4,8 @@
 //! stage does; then the bytes the allocator has handed out (its size
 //! classes included) and not taken back, divided by the resources held.
 //! Deterministic, unlike the resident memory of a whole run, which also
-//! counts batches in flight, buffers and the allocator's free pages.
+//! counts batches in flight, buffers and the allocator's free pages. Also
+//! the bytes of that state in a checkpoint's usage part.
 //!
 //! `cargo bench --bench state_bytes`; figures go to BENCHMARKS.md.
 
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tally::workload::{Generator, Workload};
 use tally_dataflows::decode::decode;
 use tally_dataflows::intern::Interner;
-use tally_dataflows::lifecycle::{Resource, Resources};
+use tally_dataflows::lifecycle::{Resource, Resources, Stored};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::window_start;
@@ -82,11 +83,13 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
     drop(interner);
     let held = HELD.load(Ordering::Relaxed) - start;
     let running = resources.values().filter(|r| r.is_running()).count();
+    let checkpointed = postcard::to_stdvec(&Stored(&resources)).expect("plain data").len();
     println!(
         "fleet {fleet}, {events_per_resource} events per resource: {} resources ({running} running), {events} events held, \
-         {rows} row changes; {held} bytes, {} per resource",
+         {rows} row changes; {held} bytes, {} per resource; checkpointed in {checkpointed} bytes, {} per resource",
         resources.len(),
         held / resources.len(),
+        checkpointed / resources.len(),
     );
 }
 
