@@ -65,6 +65,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{Part, ShardParts, Shared};
 use tally_dataflows::event::{Offset, Partition};
+use tally_dataflows::lifecycle::{Loaded, Stored};
 
 use self::store::Store;
 use crate::fault::Fault;
@@ -73,6 +74,9 @@ use crate::fault::Fault;
 /// 2: dedup identities are fingerprints.
 /// 3: a usage part holds each distinct metadata once, in a table.
 pub const FORMAT: u32 = 3;
+/// The formats read: this one, and format 2, whose shards differ only in
+/// how a usage part is encoded; it is converted as the shard is read.
+const READS: [u32; 2] = [2, FORMAT];
 
 /// A committed checkpoint: everything a restore needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,8 +226,8 @@ pub fn read_manifest(store: &Store, epoch: u64, pipeline: &str) -> Result<Manife
         name: name.clone(),
         message: e.to_string(),
     })?;
-    if manifest.format != FORMAT {
-        let message = format!("format {} (this tally reads {FORMAT})", manifest.format);
+    if !READS.contains(&manifest.format) {
+        let message = format!("format {} (this tally reads {READS:?})", manifest.format);
         return Err(CheckpointError::Corrupt { url: store.url().into(), name, message });
     }
     if manifest.pipeline != pipeline {
@@ -288,10 +292,24 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
         store.get(name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.into() })?;
     let corrupt = |message: String| CheckpointError::Corrupt { url: store.url().into(), name: name.into(), message };
     let file: ShardFile = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    if file.format != FORMAT {
-        return Err(corrupt(format!("format {} (this tally reads {FORMAT})", file.format)));
+    if !READS.contains(&file.format) {
+        return Err(corrupt(format!("format {} (this tally reads {READS:?})", file.format)));
     }
-    Ok(file.parts.into_iter().map(|p| (p.part, p.bytes.into_owned())).collect())
+    let mut parts: ShardParts = file.parts.into_iter().map(|p| (p.part, p.bytes.into_owned())).collect();
+    if file.format == 2 {
+        for (part, bytes) in &mut parts {
+            if *part == Part::Usage {
+                *bytes = usage_part_of_format_2(bytes).map_err(|e| corrupt(format!("usage part of format 2: {e}")))?;
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// A usage part of format 2 as this format encodes it.
+fn usage_part_of_format_2(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
+    let Loaded(resources) = Loaded::from_format_2(bytes)?;
+    postcard::to_stdvec(&Stored(&resources.into_iter().collect()))
 }
 
 /// The incarnations recorded, if any.
@@ -396,6 +414,31 @@ mod tests {
         assert_eq!(read_manifest(&store, 4, "events").unwrap(), written);
         let other = read_manifest(&store, 4, "other").unwrap_err().to_string();
         assert!(other.contains("holds the state of topic \"events\""), "{other}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_shard_of_format_2_reads_with_its_usage_part_converted_and_format_1_is_refused() {
+        let (store, dir) = scratch();
+        let usage = include_bytes!("../dataflows/src/lifecycle/format_2_usage.bin");
+        let file = |format| {
+            let parts = [(Part::Dedup, &[0u8][..]), (Part::Usage, &usage[..])]
+                .map(|(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) })
+                .into();
+            postcard::to_stdvec(&ShardFile { format, epoch: 5, worker: 0, workers: 1, parts }).unwrap()
+        };
+        store.put("old.bin", file(2), None);
+        let parts = read_shard(&store, "old.bin").unwrap();
+        assert_eq!(parts[0], (Part::Dedup, vec![0]), "other parts as they were");
+        let Loaded(resources) = postcard::from_bytes(&parts[1].1).unwrap();
+        assert_eq!(Loaded::from_format_2(usage).unwrap().0.len(), 2);
+        let converted: tally_dataflows::lifecycle::Resources = resources.into_iter().collect();
+        let original: tally_dataflows::lifecycle::Resources =
+            Loaded::from_format_2(usage).unwrap().0.into_iter().collect();
+        assert_eq!(converted, original);
+        store.put("older.bin", file(1), None);
+        let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
+        assert!(refused.contains("format 1 (this tally reads [2, 3])"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -139,6 +139,45 @@ impl<'de> Deserialize<'de> for Loaded {
     }
 }
 
+/// How format 2 wrote a resource: as [`Read`], with the metadata itself at
+/// each place.
+type ReadFormat2 = (
+    Vec<(SkuId, Quantity)>,
+    Option<Meta>,
+    Vec<(EventOrder, (EventKind, Vec<(SkuId, Quantity)>, Meta))>,
+    Vec<RowFormat2>,
+);
+type RowFormat2 = ((Millis, SkuId), (Amount, Amount, Meta));
+
+impl Loaded {
+    /// Reads a usage part as checkpoint format 2 wrote it (each use of
+    /// metadata written out), sharing equal metadata as interning would.
+    pub fn from_format_2(bytes: &[u8]) -> Result<Loaded, postcard::Error> {
+        let read: Vec<(ResourceKey, ReadFormat2)> = postcard::from_bytes(bytes)?;
+        let mut shared: foldhash::HashMap<Meta, Arc<Meta>> = foldhash::HashMap::default();
+        let mut meta = |meta: Meta| Arc::clone(shared.entry(meta).or_insert_with_key(|meta| Arc::new(meta.clone())));
+        let mut resources = Vec::with_capacity(read.len());
+        for (key, (base, base_meta, events, emitted)) in read {
+            let events = events
+                .into_iter()
+                .map(|(order, (kind, quantities, m))| (order, Entry { kind, quantities, meta: meta(m) }))
+                .collect();
+            let emitted = emitted
+                .into_iter()
+                .map(|(key, (usage, cost, m))| (key, Emitted { usage, cost, meta: meta(m) }))
+                .collect();
+            let resource = Resource {
+                base,
+                base_meta: base_meta.map(&mut meta),
+                events: SortedMap::from_sorted(events).ok_or(postcard::Error::SerdeDeCustom)?,
+                emitted: SortedMap::from_sorted(emitted).ok_or(postcard::Error::SerdeDeCustom)?,
+            };
+            resources.push((key, resource));
+        }
+        Ok(Loaded(resources))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,3 +125,47 @@ fn events_with_equal_metadata_share_one_copy_inserted_and_restored() {
     assert!(Arc::ptr_eq(first, other.base_meta.as_ref().unwrap()), "and once across resources");
     assert!(other.emitted.entries().iter().all(|(_, row)| Arc::ptr_eq(first, &row.meta)));
 }
+
+/// Two resources with events, a folded past and rows emitted, sharing
+/// metadata: what the format-2 fixture was written from.
+fn format_2_fixture_resources() -> Resources {
+    let prices = prices();
+    let shared = Arc::new(Meta { project_id: "p".into(), region: "eu".into(), labels: r#"{"team":"a"}"#.into() });
+    let with = |id: &str, time: &str, kind, vcpu, meta: &Arc<Meta>| {
+        let mut event = event(&prices, id, time, kind, vcpu);
+        event.meta = Arc::clone(meta);
+        event
+    };
+    let mut first = Resource::default();
+    first.insert(with("a", "2026-11-23T09:10:00Z", EventKind::Started, Some("2"), &shared));
+    first.insert(with("b", "2026-11-23T10:20:00Z", EventKind::Resized, Some("4"), &shared));
+    first.insert(event(&prices, "c", "2026-11-23T10:40:00Z", EventKind::Resized, Some("3")));
+    let mut second = Resource::default();
+    second.insert(with("d", "2026-11-23T10:05:00Z", EventKind::Started, Some("1"), &shared));
+    let second_key = ResourceKey { account: "acc".into(), resource: "vm-2".into() };
+    let (from, through, accrued) =
+        (at("2026-11-23T09:00:00Z"), at("2026-11-23T10:00:00Z"), Some(at("2026-11-23T10:50:00Z")));
+    first.refresh(&key(), from, through, accrued, &prices).unwrap();
+    second.refresh(&second_key, from, through, accrued, &prices).unwrap();
+    first.fold(at("2026-11-23T10:00:00Z"));
+    [(key(), first), (second_key, second)].into_iter().collect()
+}
+
+#[test]
+fn a_usage_part_of_format_2_reads_as_it_was_written_and_shares_metadata() {
+    // Written by the encoding of format 2 from these resources.
+    let Loaded(loaded) = Loaded::from_format_2(include_bytes!("format_2_usage.bin")).unwrap();
+    let loaded: Resources = loaded.into_iter().collect();
+    assert_eq!(loaded, format_2_fixture_resources());
+    let second = &loaded[&ResourceKey { account: "acc".into(), resource: "vm-2".into() }];
+    let first = &loaded[&key()];
+    let meta = &second.events.entries()[0].1.meta;
+    assert!(Arc::ptr_eq(meta, first.base_meta.as_ref().unwrap()), "equal metadata shared across resources");
+    let rows: Vec<_> =
+        first.emitted.entries().iter().chain(second.emitted.entries()).map(|(_, row)| &row.meta).collect();
+    assert!(rows.iter().any(|m| Arc::ptr_eq(meta, m)));
+    assert!(rows.iter().all(|m| ***m != **meta || Arc::ptr_eq(meta, m)), "rows hold one copy of each metadata");
+    // And it writes out as format 3 and reads back the same.
+    let Loaded(again) = postcard::from_bytes(&postcard::to_stdvec(&Stored(&loaded)).unwrap()).unwrap();
+    assert_eq!(again.into_iter().collect::<Resources>(), loaded);
+}
