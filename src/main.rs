@@ -95,6 +95,9 @@ struct GenArgs {
     malformed_rate: f64,
     /// With --kafka: send this many messages per second, each stamped with
     /// the wall clock when sent (a live source), whatever its event time.
+    /// No event is then stamped ahead of its append time: with the append
+    /// time the wall clock, such an event would not be `future`, only move
+    /// its partition's clock hours ahead and make the events after it late.
     #[arg(long, requires = "kafka", env = "TALLY_GEN_RATE")]
     rate: Option<u32>,
 }
@@ -173,8 +176,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn generate(args: GenArgs) -> anyhow::Result<()> {
-    let workload = Workload {
+/// The workload `tally gen` makes of its arguments.
+fn workload(args: &GenArgs) -> Workload {
+    let default = Workload::default();
+    Workload {
         seed: args.seed,
         events: args.events,
         accounts: args.accounts,
@@ -185,8 +190,13 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
         duplicate_rate: args.duplicate_rate,
         late_rate: args.late_rate,
         malformed_rate: args.malformed_rate,
-        ..Workload::default()
-    };
+        future_rate: if args.rate.is_some() { 0.0 } else { default.future_rate },
+        ..default
+    }
+}
+
+fn generate(args: GenArgs) -> anyhow::Result<()> {
+    let workload = workload(&args);
     if args.kafka {
         let config = args.config.load()?;
         let kafka = &config.kafka;
@@ -215,4 +225,23 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
     }
     out.flush().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen_args(flags: &[&str]) -> GenArgs {
+        let cli = Cli::try_parse_from(["tally", "gen"].iter().chain(flags)).unwrap();
+        match cli.command {
+            Command::Gen(args) => args,
+            _ => unreachable!("parsed a gen command"),
+        }
+    }
+
+    #[test]
+    fn a_paced_workload_stamps_no_event_ahead_of_its_append() {
+        assert!(workload(&gen_args(&["--out", "x"])).future_rate > 0.0);
+        assert_eq!(workload(&gen_args(&["--kafka", "--rate", "100"])).future_rate, 0.0);
+    }
 }
