@@ -4,7 +4,10 @@
 # (its append time). Reports tally's own histogram of append → visible in
 # ClickHouse (`tally_freshness_seconds`, p50 and p99 by Prometheus's linear
 # interpolation within buckets), the rate achieved, and tally's CPU and peak
-# memory.
+# memory; then, to explain a tail, the events by outcome (a workload that is
+# mostly rejected measures the wrong thing), the epochs' mean time from last
+# message read to rows written, and the seconds spent in inserts and
+# checkpoint steps.
 #
 #   benches/freshness.sh [RATE] [SECONDS] [FLEET]    (defaults 50000 300 50000)
 #   With the defaults of `tally run`: 2 s epochs, a checkpoint every 10 s
@@ -75,6 +78,24 @@ def quantile(q):
 print(f"visible: {int(total):,} of {events:,} events; mean {samples['tally_freshness_seconds_sum'] / max(total, 1):.2f} s")
 print(f"freshness p50 {quantile(0.5):.2f} s, p99 {quantile(0.99):.2f} s")
 print("buckets (le, cumulative):", ", ".join(f"{u:g}:{int(c)}" for u, c in buckets))
+
+# What the events were and where the epochs' time went, to explain a tail.
+def labelled(prefix, label):
+    return {name.split(f'{label}="')[1].split('"')[0]: v for name, v in samples.items() if name.startswith(prefix)}
+
+outcomes = labelled("tally_events_total{", "outcome")
+rejected = {name.split('reason="')[1].split('"')[0]: v
+            for name, v in samples.items() if name.startswith("tally_events_total{") and 'outcome="rejected"' in name}
+print("events: accepted {:,.0f}, duplicate {:,.0f}, rejected {:,.0f} ({})".format(
+    outcomes.get("accepted", 0), outcomes.get("duplicate", 0), sum(rejected.values()),
+    ", ".join(f"{r} {v:,.0f}" for r, v in sorted(rejected.items()))))
+epochs = samples.get("tally_epoch_duration_seconds_count", 0)
+print(f"epochs: {epochs:.0f}, mean {samples.get('tally_epoch_duration_seconds_sum', 0) / max(epochs, 1):.2f} s "
+      "from last message read to rows written")
+inserts = labelled("tally_sink_insert_duration_seconds_sum", "table")
+shards = labelled("tally_checkpoint_duration_seconds_sum", "stage")
+print("seconds in inserts: " + ", ".join(f"{t} {v:.1f}" for t, v in sorted(inserts.items()))
+      + "; in checkpoint steps: " + ", ".join(f"{s} {v:.1f}" for s, v in sorted(shards.items())))
 PY
 pkill -TERM -P "$runner" 2>/dev/null || true
 wait "$runner" 2>/dev/null || true
