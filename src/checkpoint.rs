@@ -430,12 +430,11 @@ mod tests {
         store.put("old.bin", file(2), None);
         let parts = read_shard(&store, "old.bin").unwrap();
         assert_eq!(parts[0], (Part::Dedup, vec![0]), "other parts as they were");
-        let Loaded(resources) = postcard::from_bytes(&parts[1].1).unwrap();
-        assert_eq!(Loaded::from_format_2(usage).unwrap().0.len(), 2);
-        let converted: tally_dataflows::lifecycle::Resources = resources.into_iter().collect();
-        let original: tally_dataflows::lifecycle::Resources =
-            Loaded::from_format_2(usage).unwrap().0.into_iter().collect();
-        assert_eq!(converted, original);
+        let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
+        let Loaded(original) = Loaded::from_format_2(usage).unwrap();
+        assert_eq!(original.len(), 2);
+        let by_key = |resources: Vec<_>| resources.into_iter().collect::<tally_dataflows::lifecycle::Resources>();
+        assert_eq!(by_key(converted), by_key(original));
         store.put("older.bin", file(1), None);
         let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
         assert!(refused.contains("format 1 (this tally reads [2, 3])"), "{refused}");
