@@ -52,7 +52,7 @@ fn dedup(c: &mut Criterion) {
     group.throughput(Throughput::Elements(events.len() as u64));
     group.bench_function("check_insert_expire", |b| {
         b.iter(|| {
-            let mut seen = Seen::default();
+            let mut seen = Seen::new(0, 1);
             let mut accepted = 0usize;
             for (i, event) in events.iter().enumerate() {
                 let identity = Fingerprint::of(&event.order.source, &event.order.id);

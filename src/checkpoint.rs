@@ -48,12 +48,16 @@
 //! ```text
 //! manifests/<epoch>.json        one per committed epoch; the newest `keep` are kept
 //! shards/<epoch>/<worker>.bin   a worker's state as of the epoch it was written
+//! segments/<epoch>/<worker>-of-<workers>.bin
+//!                               dedup identities a worker wrote at the epoch,
+//!                               named by its shards from then on
 //! incarnation.json              the latest incarnation, written before it writes rows
 //! ```
 //!
-//! Shards no kept manifest names, at or before the newest manifest, are
-//! garbage: left by a crash between shard and manifest, or by manifests
-//! dropped for age. Worker 0 deletes them after each commit.
+//! Shards and segments no kept manifest names, at or before the newest
+//! manifest, are garbage: left by a crash between shard and manifest, by
+//! segments merged into newer ones, or by manifests dropped for age. Worker
+//! 0 deletes them after each commit.
 
 pub mod store;
 
@@ -63,7 +67,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Part, ShardParts, Shared};
+use tally_dataflows::checkpoint::{Part, SegmentId, ShardParts, Shared, dedup_part_of_format_3, segments_named};
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::lifecycle::{Loaded, Stored};
 
@@ -73,10 +77,12 @@ use crate::fault::Fault;
 /// Version of the formats below; a store written in another is refused.
 /// 2: dedup identities are fingerprints.
 /// 3: a usage part holds each distinct metadata once, in a table.
-pub const FORMAT: u32 = 3;
-/// The formats read: this one, and format 2, whose shards differ only in
-/// how a usage part is encoded; it is converted as the shard is read.
-const READS: [u32; 2] = [2, FORMAT];
+/// 4: dedup identities are held in segments, which shards name.
+pub const FORMAT: u32 = 4;
+/// The formats read: this one, and formats 2 and 3, whose shards differ
+/// in how a dedup part (both) and a usage part (2) are encoded; those are
+/// converted as the shard is read.
+const READS: [u32; 3] = [2, 3, FORMAT];
 
 /// A committed checkpoint: everything a restore needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +101,9 @@ pub struct Manifest {
     pub workers: usize,
     /// Each worker's shard, by worker index.
     pub shards: Vec<String>,
+    /// The dedup segments the shards name.
+    #[serde(default)]
+    pub segments: Vec<String>,
     /// Every partition's next offset.
     pub offsets: BTreeMap<Partition, Offset>,
     /// Partition clocks and progress.
@@ -103,6 +112,13 @@ pub struct Manifest {
     pub state: StateSize,
     /// When it was committed (RFC 3339).
     pub committed_at: String,
+}
+
+impl Manifest {
+    /// The objects it names: its shards and their segments.
+    pub fn objects(&self) -> Vec<String> {
+        self.shards.iter().chain(&self.segments).cloned().collect()
+    }
 }
 
 /// The size of a checkpoint's state, over every shard: what must stay flat
@@ -197,6 +213,37 @@ pub enum CheckpointError {
 
 fn manifest_name(epoch: u64) -> String {
     format!("manifests/{epoch:020}.json")
+}
+
+/// Where a dedup segment is stored.
+pub fn segment_name(id: SegmentId) -> String {
+    format!("segments/{:020}/{:05}-of-{:05}.bin", id.epoch, id.worker, id.workers)
+}
+
+/// Writes a dedup segment: a header naming it, then its bytes as encoded.
+pub fn write_segment(store: &Store, id: SegmentId, bytes: Bytes) {
+    let header = postcard::to_stdvec(&(FORMAT, id)).expect("plain data");
+    store.put_pieces(&segment_name(id), vec![Bytes::from(header), bytes], None);
+}
+
+/// Reads the dedup segments a shard's parts name.
+pub fn read_segments(store: &Store, parts: &ShardParts) -> Result<BTreeMap<SegmentId, Vec<u8>>, CheckpointError> {
+    let corrupt =
+        |name: &str, message: String| CheckpointError::Corrupt { url: store.url().into(), name: name.into(), message };
+    let named = segments_named(parts).map_err(|e| corrupt("a shard's dedup part", e.to_string()))?;
+    let mut segments = BTreeMap::new();
+    for id in named {
+        let name = segment_name(id);
+        let bytes =
+            store.get(&name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.clone() })?;
+        let ((format, found), body): ((u32, SegmentId), &[u8]) =
+            postcard::take_from_bytes(&bytes).map_err(|e| corrupt(&name, e.to_string()))?;
+        if format != FORMAT || found != id {
+            return Err(corrupt(&name, format!("holds segment {found:?} of format {format}")));
+        }
+        segments.insert(id, body.to_vec());
+    }
+    Ok(segments)
 }
 
 fn shard_name(epoch: u64, worker: usize) -> String {
@@ -296,11 +343,17 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
         return Err(corrupt(format!("format {} (this tally reads {READS:?})", file.format)));
     }
     let mut parts: ShardParts = file.parts.into_iter().map(|p| (p.part, p.bytes.into_owned())).collect();
-    if file.format == 2 {
-        for (part, bytes) in &mut parts {
-            if *part == Part::Usage {
+    for (part, bytes) in &mut parts {
+        let format = file.format;
+        match part {
+            Part::Usage if format == 2 => {
                 *bytes = usage_part_of_format_2(bytes).map_err(|e| corrupt(format!("usage part of format 2: {e}")))?;
             }
+            Part::Dedup if format < 4 => {
+                let converted = dedup_part_of_format_3(bytes);
+                *bytes = converted.map_err(|e| corrupt(format!("dedup part of format {format}: {e}")))?;
+            }
+            _ => {}
         }
     }
     Ok(parts)
@@ -333,9 +386,9 @@ pub fn next_incarnations(previous: Option<Incarnations>, latest: u64) -> Incarna
     Incarnations { format: FORMAT, latest, first: previous.map_or(latest, |p| p.first) }
 }
 
-/// Deletes manifests beyond the newest `keep`, and shards at or before the
-/// newest manifest that no kept manifest names. `known` caches the shards
-/// named by manifests already read.
+/// Deletes manifests beyond the newest `keep`, and shards and segments at or
+/// before the newest manifest that no kept manifest names. `known` caches
+/// the objects named by manifests already read.
 pub fn collect_garbage(store: &Store, keep: usize, known: &mut BTreeMap<u64, Vec<String>>, pipeline: &str) {
     let epochs = committed_epochs(store);
     let Some(&newest) = epochs.last() else { return };
@@ -349,7 +402,7 @@ pub fn collect_garbage(store: &Store, keep: usize, known: &mut BTreeMap<u64, Vec
         let shards = match known.entry(epoch) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => match read_manifest(store, epoch, pipeline) {
-                Ok(manifest) => entry.insert(manifest.shards),
+                Ok(manifest) => entry.insert(manifest.objects()),
                 Err(error) => {
                     tracing::warn!(%error, "cannot read a manifest while collecting garbage; keeping every shard");
                     return;
@@ -358,21 +411,27 @@ pub fn collect_garbage(store: &Store, keep: usize, known: &mut BTreeMap<u64, Vec
         };
         referenced.extend(shards.iter().cloned());
     }
-    let (directories, _) = store.list("shards");
-    for directory in directories {
-        let Some(epoch) = directory.strip_prefix("shards/").and_then(|e| e.parse::<u64>().ok()) else { continue };
-        if epoch > newest {
-            continue;
-        }
-        let (_, shards) = store.list(&directory);
-        for shard in shards.iter().filter(|s| !referenced.contains(*s)) {
-            store.delete(shard);
+    for kind in ["shards", "segments"] {
+        let (directories, _) = store.list(kind);
+        for directory in directories {
+            let epoch =
+                directory.strip_prefix(kind).and_then(|e| e.strip_prefix('/')).and_then(|e| e.parse::<u64>().ok());
+            if epoch.is_none_or(|epoch| epoch > newest) {
+                continue;
+            }
+            let (_, objects) = store.list(&directory);
+            for object in objects.iter().filter(|o| !referenced.contains(*o)) {
+                store.delete(object);
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tally_dataflows::checkpoint::DedupPart;
+    use tally_dataflows::identity::Fingerprint;
+
     use super::*;
 
     fn scratch() -> (Store, std::path::PathBuf) {
@@ -393,6 +452,7 @@ mod tests {
             version: (7 << 20) + epoch,
             workers: shards.len(),
             shards,
+            segments: Vec::new(),
             offsets: BTreeMap::from([(0, 12), (3, 40)]),
             shared: Shared::default(),
             state: StateSize::default(),
@@ -418,18 +478,21 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_of_format_2_reads_with_its_usage_part_converted_and_format_1_is_refused() {
+    fn a_shard_of_format_2_reads_with_its_parts_converted_and_format_1_is_refused() {
         let (store, dir) = scratch();
         let usage = include_bytes!("../dataflows/src/lifecycle/format_2_usage.bin");
+        let inline = vec![(Fingerprint::of("//compute", "evt-1"), 1_795_392_000_000)];
+        let dedup = postcard::to_stdvec(&inline).unwrap();
         let file = |format| {
-            let parts = [(Part::Dedup, &[0u8][..]), (Part::Usage, &usage[..])]
+            let parts = [(Part::Dedup, &dedup[..]), (Part::Usage, &usage[..])]
                 .map(|(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) })
                 .into();
             postcard::to_stdvec(&ShardFile { format, epoch: 5, worker: 0, workers: 1, parts }).unwrap()
         };
         store.put("old.bin", file(2), None);
         let parts = read_shard(&store, "old.bin").unwrap();
-        assert_eq!(parts[0], (Part::Dedup, vec![0]), "other parts as they were");
+        let converted: DedupPart = postcard::from_bytes(&parts[0].1).unwrap();
+        assert_eq!(converted, DedupPart { segments: Vec::new(), inline }, "identities held in the shard");
         let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
         let Loaded(original) = Loaded::from_format_2(usage).unwrap();
         assert_eq!(original.len(), 2);
@@ -437,7 +500,7 @@ mod tests {
         assert_eq!(by_key(converted), by_key(original));
         store.put("older.bin", file(1), None);
         let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
-        assert!(refused.contains("format 1 (this tally reads [2, 3])"), "{refused}");
+        assert!(refused.contains("format 1 (this tally reads [2, 3, 4])"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -473,6 +536,51 @@ mod tests {
         commit_manifest(&store, &manifest(3, vec![a1.clone(), b2.clone()]));
         collect_garbage(&store, 1, &mut known, "events");
         assert!(store.get(&orphan).is_none(), "partial checkpoint of a crash");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn segments_are_read_as_the_shard_names_them_and_checked() {
+        let (store, dir) = scratch();
+        let ids = [5, 9].map(|epoch| SegmentId { epoch, worker: 1, workers: 2 });
+        write_segment(&store, ids[0], Bytes::from_static(b"fifth"));
+        write_segment(&store, ids[1], Bytes::from_static(b"ninth"));
+        let named = |segments: &[SegmentId]| {
+            let part = DedupPart { segments: segments.to_vec(), inline: Vec::new() };
+            vec![(Part::Dedup, postcard::to_stdvec(&part).unwrap())]
+        };
+        let read = read_segments(&store, &named(&ids)).unwrap();
+        assert_eq!(read, BTreeMap::from([(ids[0], b"fifth".to_vec()), (ids[1], b"ninth".to_vec())]));
+        let missing = SegmentId { epoch: 7, ..ids[0] };
+        let error = read_segments(&store, &named(&[missing])).unwrap_err().to_string();
+        assert!(error.contains("segments/00000000000000000007/00001-of-00002.bin is missing"), "{error}");
+        store.put(&segment_name(missing), store.get(&segment_name(ids[0])).unwrap(), None);
+        let error = read_segments(&store, &named(&[missing])).unwrap_err().to_string();
+        assert!(error.contains("holds segment SegmentId { epoch: 5"), "a segment under another's name: {error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn segments_no_kept_manifest_names_are_garbage() {
+        let (store, dir) = scratch();
+        let segment = |epoch| {
+            let id = SegmentId { epoch, worker: 0, workers: 1 };
+            write_segment(&store, id, Bytes::from_static(b"identities"));
+            segment_name(id)
+        };
+        let (first, second) = (segment(1), segment(2));
+        let shard = write_shard(&store, 2, 0, 1, Vec::new()).0;
+        commit_manifest(
+            &store,
+            &Manifest { segments: vec![first.clone(), second.clone()], ..manifest(2, vec![shard]) },
+        );
+        // Epoch 4 merged both into one; epoch 6's segment is not committed yet.
+        let (merged, pending) = (segment(4), segment(6));
+        let shard = write_shard(&store, 4, 0, 1, Vec::new()).0;
+        commit_manifest(&store, &Manifest { segments: vec![merged.clone()], ..manifest(4, vec![shard]) });
+        collect_garbage(&store, 1, &mut BTreeMap::new(), "events");
+        assert!(store.get(&first).is_none() && store.get(&second).is_none(), "merged away");
+        assert!(store.get(&merged).is_some() && store.get(&pending).is_some());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

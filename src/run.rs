@@ -367,7 +367,8 @@ impl Start {
                 };
                 for name in shards {
                     let parts = checkpoint::read_shard(store, name)?;
-                    restored.add_shard(&parts, worker, workers).map_err(|e| CheckpointError::Corrupt {
+                    let segments = checkpoint::read_segments(store, &parts)?;
+                    restored.add_shard(&parts, &segments, worker, workers).map_err(|e| CheckpointError::Corrupt {
                         url: store.url().into(),
                         name: name.clone(),
                         message: e.to_string(),

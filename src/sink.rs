@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Cadence, Encoded, Part, ShardParts, SnapshotsHandle, release_before};
+use tally_dataflows::checkpoint::{Cadence, Encoded, Part, SegmentId, ShardParts, SnapshotsHandle, release_before};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
@@ -116,6 +116,8 @@ struct ShardAck {
     worker: usize,
     shard: String,
     bytes: u64,
+    /// The dedup segments the shard names, with their sizes in bytes.
+    segments: Vec<(SegmentId, u64)>,
     entries: BTreeMap<Part, usize>,
     offsets: BTreeMap<Partition, Offset>,
 }
@@ -212,16 +214,27 @@ pub fn write<'scope>(
                         if changed {
                             let previous = last_written.as_ref().map(|(_, name, _)| name.as_str());
                             let parts = shard_snapshots.borrow().parts_at(next);
-                            let (name, bytes) =
-                                write_shard(&shard_store, parts, previous, next, (worker, workers), &shard_metrics);
+                            let segments = shard_snapshots.borrow().segments_through(next);
+                            let (name, bytes) = write_shard(
+                                &shard_store,
+                                segments,
+                                parts,
+                                previous,
+                                next,
+                                (worker, workers),
+                                &shard_metrics,
+                            );
                             shard_snapshots.borrow_mut().let_go_at(next);
+                            shard_snapshots.borrow_mut().let_go_segments_through(next);
                             last_written = Some((next, name, bytes));
                         }
                         let (_, shard, bytes) = last_written.clone().expect("a shard was written");
                         let entries = shard_snapshots.borrow().entries_at(next);
+                        let segments = shard_snapshots.borrow().named_segments_at(next);
                         let offsets_now =
                             offsets.borrow().range(..=next).next_back().map(|(_, o)| o.clone()).unwrap_or_default();
-                        output.session(&*held).give(ShardAck { worker, shard, bytes, entries, offsets: offsets_now });
+                        let ack = ShardAck { worker, shard, bytes, segments, entries, offsets: offsets_now };
+                        output.session(&*held).give(ack);
                         acknowledged = Some(next);
                     }
                     shard_snapshots.borrow_mut().release_before(next);
@@ -250,7 +263,7 @@ pub fn write<'scope>(
             let restored_offsets = restored.as_ref().map(|m| m.offsets.clone()).unwrap_or_default();
             let mut latest = vec![None; workers];
             let mut known_manifests: BTreeMap<u64, Vec<String>> =
-                restored.iter().map(|m| (m.epoch, m.shards.clone())).collect();
+                restored.iter().map(|m| (m.epoch, m.objects())).collect();
             if worker == 0 {
                 store.remove_abandoned_uploads();
             }
@@ -282,7 +295,7 @@ pub fn write<'scope>(
                         write_progress(writer, &target, epoch, progress);
                         target.metrics.observe_checkpoint("commit", started.elapsed());
                         target.metrics.set_committed(epoch, manifest.state.bytes);
-                        known_manifests.insert(epoch, manifest.shards);
+                        known_manifests.insert(epoch, manifest.objects());
                         checkpoint::collect_garbage(&store, keep, &mut known_manifests, &target.topic);
                     }
                     output.session(&batch.capability).give(());
@@ -292,11 +305,13 @@ pub fn write<'scope>(
     )
 }
 
-/// Writes `worker`'s shard of `epoch`: its operators' snapshots as of it,
-/// with the parts let go since `previous` (the shard it wrote last) read back
-/// from there. Returns the shard's name and size.
+/// Writes `worker`'s shard of `epoch`: the dedup segments recorded since
+/// its last shard, then its operators' snapshots as of `epoch`, with the
+/// parts let go since `previous` (the shard it wrote last) read back from
+/// there. Returns the shard's name and size.
 fn write_shard(
     store: &Store,
+    segments: Vec<(SegmentId, Arc<Vec<u8>>)>,
     parts: Vec<(Part, Encoded)>,
     previous: Option<&str>,
     epoch: u64,
@@ -304,6 +319,9 @@ fn write_shard(
     metrics: &Metrics,
 ) -> (String, u64) {
     let started = Instant::now();
+    for (id, bytes) in segments {
+        checkpoint::write_segment(store, id, Bytes::from_owner(Snapshot(bytes)));
+    }
     let mut previous_parts: Option<ShardParts> = None;
     let encoded: Vec<(Part, Bytes)> = parts
         .into_iter()
@@ -356,12 +374,15 @@ fn manifest(
     remember_acks(acks, latest);
     let mut offsets = restored_offsets.clone();
     let mut shards = Vec::with_capacity(latest.len());
+    let mut segments = Vec::new();
     let mut state = StateSize::default();
     for (worker, ack) in latest.iter().enumerate() {
         let ack = ack.as_ref().unwrap_or_else(|| panic!("worker {worker} acknowledged no epoch up to {epoch}"));
         offsets.extend(&ack.offsets);
-        state.add(&ack.entries, ack.bytes);
+        let segment_bytes: u64 = ack.segments.iter().map(|(_, bytes)| bytes).sum();
+        state.add(&ack.entries, ack.bytes + segment_bytes);
         shards.push(ack.shard.clone());
+        segments.extend(ack.segments.iter().map(|(id, _)| checkpoint::segment_name(*id)));
     }
     Manifest {
         format: checkpoint::FORMAT,
@@ -371,6 +392,7 @@ fn manifest(
         version: target.versions.of(epoch),
         workers: latest.len(),
         shards,
+        segments,
         offsets,
         shared: snapshots.borrow().shared_at(epoch).cloned().unwrap_or_default(),
         state,
@@ -461,13 +483,13 @@ mod tests {
             (Part::Usage, held(b"usage at 5")),
             (Part::Totals, Encoded::Empty),
         ];
-        let (first, _) = write_shard(&store, first, None, 5, (0, 1), &metrics);
+        let (first, _) = write_shard(&store, Vec::new(), first, None, 5, (0, 1), &metrics);
         let second = vec![
             (Part::Dedup, Encoded::Written),
             (Part::Usage, held(b"usage at 10")),
             (Part::Totals, held(b"totals at 10")),
         ];
-        let (second, _) = write_shard(&store, second, Some(&first), 10, (0, 1), &metrics);
+        let (second, _) = write_shard(&store, Vec::new(), second, Some(&first), 10, (0, 1), &metrics);
         let read = checkpoint::read_shard(&store, &second).unwrap();
         let expected: ShardParts = vec![
             (Part::Dedup, b"dedup at 5".to_vec()),

@@ -53,6 +53,63 @@ impl Part {
 /// One worker's checkpointed state: each part, encoded.
 pub type ShardParts = Vec<(Part, Vec<u8>)>;
 
+/// A segment of a worker's dedup identities: written once, as an object of
+/// its own, and named by every later shard that still needs it (see
+/// [`crate::dataflow::dedup`]). Named by the checkpoint epoch it was written
+/// for, the worker that wrote it and the worker count then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SegmentId {
+    /// The checkpoint epoch it was written for.
+    pub epoch: u64,
+    /// The worker that wrote it.
+    pub worker: usize,
+    /// The worker count then.
+    pub workers: usize,
+}
+
+/// A shard's dedup part: the segments holding its identities, oldest first,
+/// and identities held in the shard itself. Shards of this format hold
+/// every identity in segments; those of formats 2 and 3 held them in the
+/// shard, and are read as such.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupPart {
+    /// The segments, oldest first.
+    pub segments: Vec<SegmentId>,
+    /// Identities held in the shard, with their event times.
+    pub inline: Vec<(Fingerprint, Millis)>,
+}
+
+/// What a segment holds: identities by the hour of their event time.
+pub type SegmentHours = Vec<(Millis, Vec<Fingerprint>)>;
+
+/// An operator's state as recorded after a checkpoint epoch.
+pub(crate) struct Recorded {
+    /// The part's encoding.
+    pub(crate) bytes: Vec<u8>,
+    /// Entries the state holds.
+    pub(crate) entries: usize,
+    /// The segments the part names, with their sizes in bytes.
+    pub(crate) segments: Vec<(SegmentId, u64)>,
+    /// A segment to write before any shard holding the part.
+    pub(crate) new_segment: Option<(SegmentId, Vec<u8>)>,
+}
+
+/// An operator's state, as it records itself for a checkpoint.
+pub(crate) trait Record {
+    /// The state as of `epoch`, which it has just reached.
+    fn record(&mut self, epoch: u64) -> Recorded;
+}
+
+/// A state recorded whole: its encoding, and how many entries it holds.
+pub(crate) struct Whole<'a, T>(pub(crate) &'a T, pub(crate) usize);
+
+impl<T: Serialize> Record for Whole<'_, T> {
+    fn record(&mut self, _: u64) -> Recorded {
+        let bytes = postcard::to_stdvec(self.0).expect("operator state is plain data and encodes");
+        Recorded { bytes, entries: self.1, segments: Vec::new(), new_segment: None }
+    }
+}
+
 /// Partition clocks and progress after an epoch: the same on every worker.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shared {
@@ -67,6 +124,8 @@ pub struct Shared {
 pub struct Snapshots {
     parts: BTreeMap<Part, BTreeMap<u64, Snapshot>>,
     shared: BTreeMap<u64, Shared>,
+    /// Segments recorded and not yet written.
+    segments: BTreeMap<SegmentId, Arc<Vec<u8>>>,
 }
 
 /// One part's state, encoded, and how many entries it holds. The bytes are
@@ -75,6 +134,7 @@ pub struct Snapshots {
 struct Snapshot {
     bytes: Option<Arc<Vec<u8>>>,
     entries: usize,
+    segments: Vec<(SegmentId, u64)>,
 }
 
 /// A part's encoded state as of an epoch, as a worker holds it.
@@ -94,17 +154,54 @@ pub type SnapshotsHandle = Rc<RefCell<Snapshots>>;
 
 /// Why a snapshot could not be decoded.
 #[derive(Debug, thiserror::Error)]
-#[error("checkpoint state ({part:?}) cannot be decoded: {source}")]
-pub struct DecodeError {
-    part: Part,
-    source: postcard::Error,
+pub enum DecodeError {
+    /// A part's bytes are not its encoding.
+    #[error("checkpoint state ({part:?}) cannot be decoded: {source}")]
+    Part {
+        /// The part.
+        part: Part,
+        /// Why.
+        source: postcard::Error,
+    },
+    /// A segment's bytes are not its encoding.
+    #[error("dedup segment {segment:?} cannot be decoded: {source}")]
+    Segment {
+        /// The segment.
+        segment: SegmentId,
+        /// Why.
+        source: postcard::Error,
+    },
+    /// A shard names a segment that was not given.
+    #[error("dedup segment {0:?} is missing")]
+    MissingSegment(SegmentId),
 }
 
 impl Snapshots {
-    /// Records `part`'s state, of `entries` entries, after working `epoch`.
-    pub fn record<T: Serialize>(&mut self, part: Part, epoch: u64, state: &T, entries: usize) {
-        let encoded = postcard::to_stdvec(state).expect("operator state is plain data and encodes");
-        self.parts.entry(part).or_default().insert(epoch, Snapshot { bytes: Some(Arc::new(encoded)), entries });
+    /// Records `part`'s state after working `epoch`.
+    pub(crate) fn record(&mut self, part: Part, epoch: u64, state: &mut impl Record) {
+        let Recorded { bytes, entries, segments, new_segment } = state.record(epoch);
+        if let Some((id, bytes)) = new_segment {
+            self.segments.insert(id, Arc::new(bytes));
+        }
+        let snapshot = Snapshot { bytes: Some(Arc::new(bytes)), entries, segments };
+        self.parts.entry(part).or_default().insert(epoch, snapshot);
+    }
+
+    /// The segments recorded for epochs up to `epoch` and not yet let go:
+    /// to be written before a shard of `epoch`.
+    pub fn segments_through(&self, epoch: u64) -> Vec<(SegmentId, Arc<Vec<u8>>)> {
+        let written = self.segments.iter().filter(|(id, _)| id.epoch <= epoch);
+        written.map(|(id, bytes)| (*id, Arc::clone(bytes))).collect()
+    }
+
+    /// Lets go of the segments recorded for epochs up to `epoch`: written.
+    pub fn let_go_segments_through(&mut self, epoch: u64) {
+        self.segments.retain(|id, _| id.epoch > epoch);
+    }
+
+    /// The segments the parts as of `epoch` name, with their sizes in bytes.
+    pub fn named_segments_at(&self, epoch: u64) -> Vec<(SegmentId, u64)> {
+        Part::ALL.iter().filter_map(|&part| self.latest(part, epoch)).flat_map(|s| s.segments.clone()).collect()
     }
 
     /// Records the shared state after `epoch`.
@@ -185,6 +282,30 @@ pub struct Stale {
     pub totals: Vec<TotalKey>,
 }
 
+/// The dedup identities a worker starts from.
+#[derive(Clone, Debug, Default)]
+pub struct RestoredSeen {
+    /// Segments whose every identity is the worker's: named as they are,
+    /// in the order their shards name them.
+    pub segments: Vec<(SegmentId, u64, SegmentHours)>,
+    /// The worker's identities from segments shared with other workers (a
+    /// checkpoint of another worker count), and from shards holding them.
+    pub loose: Vec<(Fingerprint, Millis)>,
+}
+
+impl RestoredSeen {
+    /// How many identities it holds.
+    pub fn len(&self) -> usize {
+        let in_segments: usize = self.segments.iter().flat_map(|(_, _, hours)| hours).map(|(_, ids)| ids.len()).sum();
+        in_segments + self.loose.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One worker's state to start from.
 #[derive(Clone, Debug, Default)]
 pub struct Restored {
@@ -192,8 +313,8 @@ pub struct Restored {
     pub epoch: u64,
     /// Clocks and progress after the epoch.
     pub shared: Shared,
-    /// Identities remembered, with the hour of their event times.
-    pub seen: Vec<(Fingerprint, Millis)>,
+    /// Identities remembered.
+    pub seen: RestoredSeen,
     /// Resources with open windows.
     pub resources: Resources,
     /// Sums of open days.
@@ -209,14 +330,37 @@ impl Restored {
     }
 
     /// Adds the entries of one checkpointed shard (its parts as
-    /// [`Snapshots::parts_at`] gave them) that `worker` of `workers` owns.
-    pub fn add_shard(&mut self, parts: &[(Part, Vec<u8>)], worker: usize, workers: usize) -> Result<(), DecodeError> {
+    /// [`Snapshots::parts_at`] gave them, and the segments its dedup part
+    /// names, see [`segments_named`]) that `worker` of `workers` owns.
+    pub fn add_shard(
+        &mut self,
+        parts: &[(Part, Vec<u8>)],
+        segments: &BTreeMap<SegmentId, Vec<u8>>,
+        worker: usize,
+        workers: usize,
+    ) -> Result<(), DecodeError> {
         let mine = |hash: u64| owner(hash, workers) == worker;
         for (part, bytes) in parts {
             match part {
                 Part::Dedup => {
-                    let seen: Vec<(Fingerprint, Millis)> = decode(*part, bytes)?;
-                    self.seen.extend(seen.into_iter().filter(|(identity, _)| mine(identity.route())));
+                    let dedup: DedupPart = decode(*part, bytes)?;
+                    self.seen.loose.extend(dedup.inline.into_iter().filter(|(identity, _)| mine(identity.route())));
+                    for id in dedup.segments {
+                        let bytes = segments.get(&id).ok_or(DecodeError::MissingSegment(id))?;
+                        let mut hours: SegmentHours = postcard::from_bytes(bytes)
+                            .map_err(|source| DecodeError::Segment { segment: id, source })?;
+                        let held: usize = hours.iter().map(|(_, ids)| ids.len()).sum();
+                        for (_, ids) in &mut hours {
+                            ids.retain(|identity| mine(identity.route()));
+                        }
+                        if hours.iter().map(|(_, ids)| ids.len()).sum::<usize>() == held {
+                            self.seen.segments.push((id, bytes.len() as u64, hours));
+                        } else {
+                            let loose =
+                                hours.into_iter().flat_map(|(hour, ids)| ids.into_iter().map(move |id| (id, hour)));
+                            self.seen.loose.extend(loose);
+                        }
+                    }
                 }
                 Part::Usage => {
                     let Loaded(resources) = decode(*part, bytes)?;
@@ -253,15 +397,32 @@ impl Restored {
 /// never recorded a snapshot holds.
 pub fn empty(part: Part) -> Vec<u8> {
     let encoded = match part {
-        Part::Dedup => postcard::to_stdvec(&Vec::<(Fingerprint, Millis)>::new()),
+        Part::Dedup => postcard::to_stdvec(&DedupPart::default()),
         Part::Usage => postcard::to_stdvec(&Stored(&Resources::default())),
         Part::Totals => postcard::to_stdvec(&BTreeMap::<TotalKey, Delta>::new()),
     };
     encoded.expect("empty maps encode")
 }
 
+/// The segments a shard's dedup part names: to be read before
+/// [`Restored::add_shard`].
+pub fn segments_named(parts: &[(Part, Vec<u8>)]) -> Result<Vec<SegmentId>, DecodeError> {
+    let mut named = Vec::new();
+    for (part, bytes) in parts.iter().filter(|(part, _)| *part == Part::Dedup) {
+        named.extend(decode::<DedupPart>(*part, bytes)?.segments);
+    }
+    Ok(named)
+}
+
+/// A dedup part of formats 2 and 3 (every identity with its event time) as
+/// this format encodes it.
+pub fn dedup_part_of_format_3(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
+    let inline: Vec<(Fingerprint, Millis)> = postcard::from_bytes(bytes)?;
+    postcard::to_stdvec(&DedupPart { segments: Vec::new(), inline })
+}
+
 fn decode<T: DeserializeOwned>(part: Part, bytes: &[u8]) -> Result<T, DecodeError> {
-    postcard::from_bytes(bytes).map_err(|source| DecodeError { part, source })
+    postcard::from_bytes(bytes).map_err(|source| DecodeError::Part { part, source })
 }
 
 /// The worker an exchange sends a key with this hash to, as timely routes it.
@@ -331,9 +492,9 @@ impl Recorder {
         Recorder { snapshots: snapshots.cloned(), cadence }
     }
 
-    pub(crate) fn record<T: Serialize>(&self, part: Part, epoch: u64, state: &T, entries: usize) {
+    pub(crate) fn record(&self, part: Part, epoch: u64, state: &mut impl Record) {
         if let Some(snapshots) = &self.snapshots {
-            snapshots.borrow_mut().record(part, epoch, state, entries);
+            snapshots.borrow_mut().record(part, epoch, state);
         }
     }
 
@@ -365,9 +526,9 @@ mod tests {
     #[test]
     fn the_state_as_of_an_epoch_is_the_latest_snapshot_at_or_before_it() {
         let mut snapshots = Snapshots::default();
-        snapshots.record(Part::Usage, 3, &map(&[("a", 1)]), 1);
-        snapshots.record(Part::Usage, 5, &map(&[("a", 1), ("b", 2)]), 2);
-        snapshots.record(Part::Dedup, 4, &map(&[("x", 9)]), 1);
+        snapshots.record(Part::Usage, 3, &mut Whole(&map(&[("a", 1)]), 1));
+        snapshots.record(Part::Usage, 5, &mut Whole(&map(&[("a", 1), ("b", 2)]), 2));
+        snapshots.record(Part::Dedup, 4, &mut Whole(&map(&[("x", 9)]), 1));
         let usage_at = |s: &Snapshots, epoch| s.parts_at(epoch).into_iter().find(|(p, _)| *p == Part::Usage).unwrap().1;
         assert_eq!(usage_at(&snapshots, 2), Encoded::Empty, "nothing recorded yet");
         let encoded = |m: &[(&str, i64)]| Encoded::Held(Arc::new(postcard::to_stdvec(&map(m)).unwrap()));
@@ -385,9 +546,9 @@ mod tests {
     #[test]
     fn states_let_go_once_written_are_named_as_such_until_replaced() {
         let mut snapshots = Snapshots::default();
-        snapshots.record(Part::Usage, 3, &map(&[("a", 1)]), 1);
-        snapshots.record(Part::Dedup, 3, &map(&[("x", 9)]), 1);
-        snapshots.record(Part::Usage, 7, &map(&[("a", 2)]), 1);
+        snapshots.record(Part::Usage, 3, &mut Whole(&map(&[("a", 1)]), 1));
+        snapshots.record(Part::Dedup, 3, &mut Whole(&map(&[("x", 9)]), 1));
+        snapshots.record(Part::Usage, 7, &mut Whole(&map(&[("a", 2)]), 1));
         snapshots.let_go_at(5);
         let parts: Vec<Encoded> = snapshots.parts_at(5).into_iter().map(|(_, encoded)| encoded).collect();
         assert_eq!(parts, [Encoded::Written, Encoded::Written, Encoded::Empty]);
@@ -411,7 +572,7 @@ mod tests {
         let mut total = 0;
         for worker in 0..3 {
             let mut restored = Restored::new(7, Shared::default());
-            restored.add_shard(&parts, worker, 3).unwrap();
+            restored.add_shard(&parts, &BTreeMap::new(), worker, 3).unwrap();
             assert!(restored.resources.keys().all(|key| owner(route(key), 3) == worker));
             total += restored.resources.len();
         }

@@ -25,7 +25,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
 use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
 
-use crate::checkpoint::{Part, Recorder, Recovery, Restored};
+use crate::checkpoint::{Part, Recorder, Recovery, Restored, Whole};
 use crate::fixed::Overflow;
 use crate::judge::SourceItem;
 use crate::lifecycle::Stored;
@@ -40,7 +40,7 @@ mod snapshots;
 mod totals;
 mod usage;
 
-use dedup::Deduped;
+use dedup::{Deduped, Seen};
 use partitions::Judged;
 use usage::UsageOut;
 
@@ -72,14 +72,15 @@ pub fn billing<'scope>(
     let recorder = Recorder::new(recovery.snapshots.as_ref(), recovery.cadence);
     // A restored worker's state as of the checkpoint is its first snapshot:
     // an operator that never works an epoch still checkpoints what it holds.
-    if let Some(restored) = &recovery.restored {
-        recorder.record(Part::Dedup, restored.epoch, &restored.seen, restored.seen.len());
-        let resources = Stored(&restored.resources);
-        recorder.record(Part::Usage, restored.epoch, &resources, restored.resources.len());
-        recorder.record(Part::Totals, restored.epoch, &restored.totals, restored.totals.len());
-        recorder.record_shared(restored.epoch, || restored.shared.clone());
-    }
+    let restored_epoch = recovery.restored.as_ref().map(|r| r.epoch);
     let Restored { shared, seen, resources, totals: sums, stale, .. } = recovery.restored.unwrap_or_default();
+    let mut seen = Seen::restore(seen, source.scope().index(), source.scope().peers());
+    if let Some(epoch) = restored_epoch {
+        recorder.record(Part::Dedup, epoch, &mut seen);
+        recorder.record(Part::Usage, epoch, &mut Whole(&Stored(&resources), resources.len()));
+        recorder.record(Part::Totals, epoch, &mut Whole(&sums, sums.len()));
+        recorder.record_shared(epoch, || shared.clone());
+    }
     let (loop_handle, previous_progress) = source.scope().feedback::<Vec<Progress>>(1);
     let judged = partitions::judge(source, previous_progress, Arc::clone(&prices), settings, shared.clone());
     let (candidates, rejected, clocks) = split(judged, |judged| match judged {

@@ -14,7 +14,9 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
 
-use crate::checkpoint::{self, Cadence, Encoded, Part, Recovery, Restored, ShardParts, Shared, SnapshotsHandle, Stale};
+use crate::checkpoint::{
+    self, Cadence, Encoded, Part, Recovery, Restored, SegmentId, ShardParts, Shared, SnapshotsHandle, Stale,
+};
 use crate::dataflow::billing;
 use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
@@ -45,6 +47,8 @@ pub struct Checkpoint {
     pub shared: Shared,
     /// Each worker's encoded state.
     pub shards: Vec<ShardParts>,
+    /// The dedup segments written by then, by every worker.
+    pub segments: BTreeMap<SegmentId, Vec<u8>>,
     /// Where each partition resumes.
     pub next_offsets: BTreeMap<Partition, Offset>,
 }
@@ -76,6 +80,8 @@ struct Collected {
     /// with the epochs that did not change them.
     snapshots: BTreeMap<u64, BTreeMap<usize, SharedParts>>,
     shared: BTreeMap<u64, Shared>,
+    /// Every worker's dedup segments.
+    segments: BTreeMap<SegmentId, Arc<Vec<u8>>>,
 }
 
 impl Collected {
@@ -148,13 +154,15 @@ fn checkpoint_at(crashed: &Collected, messages: &[Message], shape: &RunShape, ep
     };
     let shards = crashed.snapshots.get(&epoch).map(|s| s.values().map(shard).collect()).unwrap_or_default();
     let shared = crashed.shared.range(..=epoch).next_back().map(|(_, s)| s.clone()).unwrap_or_default();
+    let segments =
+        crashed.segments.iter().filter(|(id, _)| id.epoch <= epoch).map(|(id, b)| (*id, b.to_vec())).collect();
     let mut next_offsets = BTreeMap::new();
     for (message, message_epoch) in messages.iter().zip(epochs(messages.len(), shape, 0)) {
         if message_epoch <= epoch {
             next_offsets.insert(message.partition, message.offset + 1);
         }
     }
-    Checkpoint { epoch, shared, shards, next_offsets }
+    Checkpoint { epoch, shared, shards, segments, next_offsets }
 }
 
 /// The epoch of each of `count` messages read from `first` on, cut as `shape` says.
@@ -229,6 +237,7 @@ fn execute(
         while worker.step_or_park(None) {}
         let snapshots = snapshots.borrow();
         let mut sink = sink.lock().expect("no worker panicked holding the lock");
+        sink.segments.extend(snapshots.segments_through(u64::MAX));
         for epoch in first_epoch..=epoch + 1 {
             let parts = snapshots.parts_at(epoch).into_iter().map(|(part, encoded)| {
                 let bytes = match encoded {
@@ -265,7 +274,9 @@ fn restored(restore: Option<&Restore>, worker: usize, workers: usize) -> Option<
         Some(checkpoint) => {
             let mut restored = Restored::new(checkpoint.epoch, checkpoint.shared.clone());
             for shard in &checkpoint.shards {
-                restored.add_shard(shard, worker, workers).expect("the runner's own checkpoints decode");
+                restored
+                    .add_shard(shard, &checkpoint.segments, worker, workers)
+                    .expect("the runner's own checkpoints decode");
             }
             restored
         }

@@ -15,8 +15,10 @@
 use std::collections::BTreeMap;
 #[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
 use std::collections::HashSet;
+use std::collections::btree_map::Entry;
 
-use serde::ser::{SerializeSeq, Serializer};
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -25,7 +27,7 @@ use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
 use super::snapshots::PartSnapshots;
-use crate::checkpoint::{Part, Recorder};
+use crate::checkpoint::{DedupPart, Part, Record, Recorded, Recorder, RestoredSeen, SegmentId};
 use crate::event::{Event, Reason};
 use crate::identity::{BuildFingerprintHasher, Fingerprint};
 use crate::judge::Candidate;
@@ -48,19 +50,83 @@ pub enum Deduped {
 /// expiry takes whole hours at once. Forgetting up to an hour later than the
 /// horizon allows changes nothing: the partition stage rejects any copy that
 /// far behind. The hour is all that expiry needs of an identity's time.
-#[derive(Default)]
+///
+/// # Checkpoints in segments
+///
+/// A worker remembers every identity of the horizon (a day and an hour of
+/// events by default), and writing them all at every checkpoint would cost
+/// time in proportion to the horizon, not to the events since the last one.
+/// Each hour's identities are kept in the order they were first seen, so the
+/// identities seen since the last checkpoint are, per hour, a run at the end
+/// of its list. A checkpoint writes them as a new *segment*, an object of its
+/// own that later shards name instead of holding; a restore reads the
+/// segments in order and rebuilds the same lists.
+///
+/// Segments are merged as a binary counter merges: while the newest segment
+/// holds no more live identities than the new one, it is taken into it. Per
+/// hour the merged runs are adjacent, so the merged segment is encoded from
+/// memory, and what expired on the way is left out. There are then at most
+/// about log2(checkpoints per horizon) segments, and an identity is written
+/// that many times at most, instead of at every checkpoint. Hours expire
+/// from every segment at once; a segment with nothing live left is dropped.
 pub struct Seen {
     #[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
     identities: HashSet<Fingerprint, BuildFingerprintHasher>,
     by_hour: BTreeMap<Millis, Vec<Fingerprint>>,
+    /// Per hour, how many of its first identities segments hold.
+    written: BTreeMap<Millis, usize>,
+    /// The segments holding the written identities, oldest first.
+    segments: Vec<Segment>,
+    /// This worker and the worker count, which name its segments.
+    worker: (usize, usize),
+}
+
+/// A written segment: per hour, the run of that hour's identities it holds.
+struct Segment {
+    id: SegmentId,
+    bytes: u64,
+    runs: BTreeMap<Millis, Range<usize>>,
+}
+
+fn live(runs: &BTreeMap<Millis, Range<usize>>) -> usize {
+    runs.values().map(ExactSizeIterator::len).sum()
 }
 
 impl Seen {
-    /// The identities of a checkpoint.
-    pub fn restore(restored: Vec<(Fingerprint, Millis)>) -> Seen {
-        let mut seen = Seen::default();
+    /// Nothing remembered, on `worker` of `workers`.
+    pub fn new(worker: usize, workers: usize) -> Seen {
+        Seen {
+            identities: Default::default(),
+            by_hour: BTreeMap::new(),
+            written: BTreeMap::new(),
+            segments: Vec::new(),
+            worker: (worker, workers),
+        }
+    }
+
+    /// The identities of a checkpoint: its segments as they are, then the
+    /// loose identities, to be written in the next segment.
+    pub fn restore(restored: RestoredSeen, worker: usize, workers: usize) -> Seen {
+        let mut seen = Seen::new(worker, workers);
         seen.identities.reserve(restored.len());
-        for (identity, time) in restored {
+        for (id, bytes, hours) in restored.segments {
+            let mut runs = BTreeMap::new();
+            for (hour, identities) in hours {
+                let held = seen.by_hour.entry(hour).or_default();
+                let start = held.len();
+                for identity in identities {
+                    if seen.identities.insert(identity) {
+                        held.push(identity);
+                    }
+                }
+                if held.len() > start {
+                    runs.insert(hour, start..held.len());
+                }
+            }
+            seen.segments.push(Segment { id, bytes, runs });
+        }
+        seen.written = seen.by_hour.iter().map(|(hour, identities)| (*hour, identities.len())).collect();
+        for (identity, time) in restored.loose {
             seen.insert(identity, time);
         }
         seen
@@ -84,8 +150,13 @@ impl Seen {
             if hour.key().saturating_add(HOUR) > time {
                 break;
             }
-            for identity in hour.remove() {
+            let (hour, identities) = hour.remove_entry();
+            for identity in identities {
                 self.identities.remove(&identity);
+            }
+            self.written.remove(&hour);
+            for segment in &mut self.segments {
+                segment.runs.remove(&hour);
             }
         }
     }
@@ -99,29 +170,72 @@ impl Seen {
     pub fn is_empty(&self) -> bool {
         self.identities.is_empty()
     }
-}
 
-/// Encoded as the sequence of `(fingerprint, hour)`, oldest hour first: one
-/// pass over the hours, no lookups.
-impl Serialize for Seen {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.identities.len()))?;
-        for (hour, identities) in &self.by_hour {
-            for identity in identities {
-                seq.serialize_element(&(identity, hour))?;
+    /// The segment to write for `epoch`, if anything is new: the identities
+    /// seen since the last one, merged with the newest segments while those
+    /// hold no more (see the type's documentation).
+    fn next_segment(&mut self, epoch: u64) -> Option<(SegmentId, Vec<u8>)> {
+        self.segments.retain(|segment| !segment.runs.is_empty());
+        let mut runs: BTreeMap<Millis, Range<usize>> = self
+            .by_hour
+            .iter()
+            .filter_map(|(hour, identities)| {
+                let written = self.written.get(hour).copied().unwrap_or(0);
+                (written < identities.len()).then_some((*hour, written..identities.len()))
+            })
+            .collect();
+        if runs.is_empty() {
+            return None;
+        }
+        while let Some(newest) = self.segments.last()
+            && live(&newest.runs) <= live(&runs)
+        {
+            let newest = self.segments.pop().expect("a newest segment");
+            for (hour, earlier) in newest.runs {
+                match runs.entry(hour) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(earlier);
+                    }
+                    Entry::Occupied(mut later) => {
+                        debug_assert_eq!(earlier.end, later.get().start, "runs of one hour are adjacent");
+                        later.get_mut().start = earlier.start;
+                    }
+                }
             }
         }
-        seq.end()
+        let hours: Vec<(Millis, &[Fingerprint])> =
+            runs.iter().map(|(hour, run)| (*hour, &self.by_hour[hour][run.clone()])).collect();
+        let bytes = postcard::to_stdvec(&hours).expect("fingerprints encode");
+        let (worker, workers) = self.worker;
+        let id = SegmentId { epoch, worker, workers };
+        self.segments.push(Segment { id, bytes: bytes.len() as u64, runs });
+        self.written = self.by_hour.iter().map(|(hour, identities)| (*hour, identities.len())).collect();
+        Some((id, bytes))
+    }
+}
+
+/// Recorded as the segments that hold every identity, after writing the
+/// new one.
+impl Record for Seen {
+    fn record(&mut self, epoch: u64) -> Recorded {
+        let new_segment = self.next_segment(epoch);
+        let part = DedupPart { segments: self.segments.iter().map(|s| s.id).collect(), inline: Vec::new() };
+        Recorded {
+            bytes: postcard::to_stdvec(&part).expect("segment names encode"),
+            entries: self.len(),
+            segments: self.segments.iter().map(|s| (s.id, s.bytes)).collect(),
+            new_segment,
+        }
     }
 }
 
 /// Deduplicates candidates; `progress` is this worker's copy of the progress.
-/// Starts from the identities `restored`, and records its state with `recorder`.
+/// Starts from the identities `seen`, and records its state with `recorder`.
 pub(crate) fn dedup<'scope>(
     candidates: StreamVec<'scope, u64, Candidate>,
     progress: StreamVec<'scope, u64, Progress>,
     settings: Settings,
-    restored: Vec<(Fingerprint, Millis)>,
+    mut seen: Seen,
     recorder: Recorder,
 ) -> StreamVec<'scope, u64, Deduped> {
     let by_identity = Exchange::new(|c: &Candidate| c.identity.route());
@@ -132,14 +246,13 @@ pub(crate) fn dedup<'scope>(
         "Dedup",
         move |capability, _| {
             let mut pending = Pending::<Candidate, Progress>::default();
-            let mut seen = Seen::restore(restored);
             let mut snapshots = PartSnapshots::new(recorder, Part::Dedup, capability);
             move |(candidates, candidates_frontier), (progress, progress_frontier), output| {
                 let port = output.output_index();
                 candidates.for_each(|cap, data| pending.first(&cap, port, data));
                 progress.for_each(|cap, data| pending.second(&cap, port, data));
                 for (time, mut epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
-                    snapshots.before(time, &seen, seen.len());
+                    snapshots.before(time, &mut seen);
                     let mut session = output.session(&epoch.capability);
                     let mut outcomes = Outcomes::default();
                     epoch.first.sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
@@ -164,8 +277,166 @@ pub(crate) fn dedup<'scope>(
                     }
                     snapshots.worked(time);
                 }
-                snapshots.after(&[candidates_frontier, progress_frontier], &seen, seen.len());
+                snapshots.after(&[candidates_frontier, progress_frontier], &mut seen);
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{Restored, SegmentHours, Shared, dedup_part_of_format_3, owner};
+    use crate::time::DAY;
+
+    fn identity(n: u64) -> Fingerprint {
+        Fingerprint::of("test", &n.to_string())
+    }
+
+    /// Remembers identities `range`, one a minute from `start`.
+    fn see(seen: &mut Seen, range: Range<u64>, start: Millis) {
+        for n in range {
+            seen.insert(identity(n), start + n as Millis * 60_000);
+        }
+    }
+
+    /// A checkpoint of `seen` at `epoch` as a store would hold it: the
+    /// shard's dedup part, and every segment written so far.
+    fn checkpoint(seen: &mut Seen, epoch: u64, written: &mut BTreeMap<SegmentId, Vec<u8>>) -> Vec<(Part, Vec<u8>)> {
+        let recorded = seen.record(epoch);
+        written.extend(recorded.new_segment);
+        vec![(Part::Dedup, recorded.bytes)]
+    }
+
+    fn restore(
+        parts: &[(Part, Vec<u8>)],
+        written: &BTreeMap<SegmentId, Vec<u8>>,
+        worker: usize,
+        workers: usize,
+    ) -> Seen {
+        let mut restored = Restored::new(0, Shared::default());
+        restored.add_shard(parts, written, worker, workers).unwrap();
+        Seen::restore(restored.seen, worker, workers)
+    }
+
+    fn held(seen: &Seen) -> BTreeMap<Millis, Vec<Fingerprint>> {
+        seen.by_hour.clone()
+    }
+
+    #[test]
+    fn a_checkpoint_writes_only_what_is_new_and_restores_whole() {
+        let mut seen = Seen::new(0, 1);
+        let mut written = BTreeMap::new();
+        see(&mut seen, 0..100, 0);
+        let first = checkpoint(&mut seen, 5, &mut written);
+        assert_eq!(seen.segments.len(), 1);
+        see(&mut seen, 100..130, 0);
+        let parts = checkpoint(&mut seen, 10, &mut written);
+        let newest = &written[&SegmentId { epoch: 10, worker: 0, workers: 1 }];
+        let hours: SegmentHours = postcard::from_bytes(newest).unwrap();
+        assert_eq!(hours.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 30, "only the identities since epoch 5");
+        assert_eq!(seen.segments.len(), 2, "30 new identities do not merge into 100");
+        assert!(seen.record(15).new_segment.is_none(), "nothing new, nothing written");
+
+        let restored = restore(&parts, &written, 0, 1);
+        assert_eq!(held(&restored), held(&seen));
+        assert_eq!(
+            restored.segments.iter().map(|s| s.id).collect::<Vec<_>>(),
+            [5, 10].map(|epoch| SegmentId { epoch, worker: 0, workers: 1 })
+        );
+        let at_five = restore(&first, &written, 0, 1);
+        assert_eq!(at_five.len(), 100, "an older shard names only the segments of its time");
+    }
+
+    #[test]
+    fn segments_merge_as_a_binary_counter_and_leave_out_what_expired() {
+        let mut seen = Seen::new(0, 1);
+        let mut written = BTreeMap::new();
+        let mut parts = Vec::new();
+        let mut writes = 0;
+        for epoch in 1..=64u64 {
+            see(&mut seen, (epoch - 1) * 10..epoch * 10, 0);
+            parts = checkpoint(&mut seen, epoch, &mut written);
+            let newest = seen.segments.last().unwrap();
+            writes += live(&newest.runs);
+            assert!(seen.segments.len() <= 7, "{} segments after {epoch} checkpoints", seen.segments.len());
+            let sizes: Vec<usize> = seen.segments.iter().map(|s| live(&s.runs)).collect();
+            assert!(sizes.windows(2).all(|pair| pair[0] > pair[1]), "sizes fall from oldest to newest: {sizes:?}");
+        }
+        assert_eq!(seen.segments.len(), 1, "64 equal checkpoints merge into one");
+        assert!(writes <= 640 * 7, "each identity is written at most log2(64) + 1 times, not 64: {writes}");
+        assert_eq!(held(&restore(&parts, &written, 0, 1)), held(&seen));
+
+        // Identities n are at minute n: forgetting the first five hours leaves 340.
+        seen.forget_before(5 * HOUR);
+        see(&mut seen, 640..650, 0);
+        let parts = checkpoint(&mut seen, 65, &mut written);
+        let newest: SegmentHours = postcard::from_bytes(&written[&seen.segments.last().unwrap().id]).unwrap();
+        assert_eq!(newest.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 10);
+        let mut restored = restore(&parts, &written, 0, 1);
+        assert_eq!(restored.len(), 650, "the older segment still holds what expired since it was written");
+        restored.forget_before(5 * HOUR);
+        assert_eq!(held(&restored), held(&seen), "and the restored run's first epoch forgets it again");
+        // 340 new identities take in the 10, then the 340 live of the old segment.
+        see(&mut seen, 650..990, 0);
+        let parts = checkpoint(&mut seen, 66, &mut written);
+        let newest: SegmentHours = postcard::from_bytes(&written[&seen.segments.last().unwrap().id]).unwrap();
+        assert_eq!(newest.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 690, "merged without what expired");
+        assert_eq!(seen.segments.len(), 1);
+        assert_eq!(restore(&parts, &written, 0, 1).len(), 690);
+        seen.forget_before(DAY);
+        assert!(seen.is_empty());
+        let parts = checkpoint(&mut seen, 67, &mut written);
+        assert!(seen.segments.is_empty(), "segments with nothing live are dropped");
+        assert!(restore(&parts, &written, 0, 1).is_empty());
+    }
+
+    #[test]
+    fn another_worker_count_takes_its_share_and_writes_it_anew() {
+        let mut written = BTreeMap::new();
+        let shards: Vec<Vec<(Part, Vec<u8>)>> = (0..2)
+            .map(|worker| {
+                let mut seen = Seen::new(worker, 2);
+                see(&mut seen, (worker as u64 * 100)..(worker as u64 * 100 + 100), 0);
+                checkpoint(&mut seen, 4, &mut written);
+                see(&mut seen, (worker as u64 * 100 + 1000)..(worker as u64 * 100 + 1010), 0);
+                checkpoint(&mut seen, 8, &mut written)
+            })
+            .collect();
+        let mut total = 0;
+        for worker in 0..3 {
+            let mut restored = Restored::new(8, Shared::default());
+            for shard in &shards {
+                restored.add_shard(shard, &written, worker, 3).unwrap();
+            }
+            let mut seen = Seen::restore(restored.seen, worker, 3);
+            assert!(seen.identities.iter().all(|identity| owner(identity.route(), 3) == worker));
+            total += seen.len();
+            let recorded = seen.record(8);
+            let (id, _) = recorded.new_segment.expect("the share is written again");
+            assert_eq!((id.worker, id.workers), (worker, 3));
+        }
+        assert_eq!(total, 220, "every identity on exactly one worker");
+    }
+
+    #[test]
+    fn shards_of_format_3_hold_their_identities_inline() {
+        let inline = vec![(identity(1), 3 * HOUR), (identity(2), 4 * HOUR + 5)];
+        let old = postcard::to_stdvec(&inline).unwrap();
+        let parts = vec![(Part::Dedup, dedup_part_of_format_3(&old).unwrap())];
+        let mut seen = restore(&parts, &BTreeMap::new(), 0, 1);
+        assert!(seen.contains(&identity(1)) && seen.contains(&identity(2)));
+        assert_eq!(seen.by_hour.keys().copied().collect::<Vec<_>>(), [3 * HOUR, 4 * HOUR]);
+        assert!(seen.record(9).new_segment.is_some(), "written into a segment at the next checkpoint");
+    }
+
+    #[test]
+    fn a_shard_naming_a_missing_segment_is_refused() {
+        let mut seen = Seen::new(0, 1);
+        see(&mut seen, 0..10, 0);
+        let parts = checkpoint(&mut seen, 3, &mut BTreeMap::new());
+        let mut restored = Restored::new(3, Shared::default());
+        let error = restored.add_shard(&parts, &BTreeMap::new(), 0, 1).unwrap_err().to_string();
+        assert!(error.contains("is missing"), "{error}");
+    }
 }

@@ -11,11 +11,10 @@
 //! snapshot exists. A snapshot is only taken when the state changed since the
 //! last one: the latest snapshot at or before an epoch is the state as of it.
 
-use serde::Serialize;
 use timely::dataflow::operators::Capability;
 use timely::progress::frontier::MutableAntichain;
 
-use crate::checkpoint::{Part, Recorder};
+use crate::checkpoint::{Part, Record, Recorder};
 
 /// One operator's snapshots of one part.
 pub(crate) struct PartSnapshots {
@@ -41,13 +40,13 @@ impl PartSnapshots {
 
     /// Called after working every complete epoch, with the operator's input
     /// frontiers and its state as it is.
-    pub(crate) fn after<T: Serialize>(&mut self, frontiers: &[&MutableAntichain<u64>], state: &T, entries: usize) {
+    pub(crate) fn after(&mut self, frontiers: &[&MutableAntichain<u64>], state: &mut impl Record) {
         let frontier = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
         match frontier {
-            Some(frontier) => self.before(frontier, state, entries),
+            Some(frontier) => self.before(frontier, state),
             None => {
                 if let Some(epoch) = self.unrecorded.take() {
-                    self.recorder.record(self.part, epoch, state, entries);
+                    self.recorder.record(self.part, epoch, state);
                 }
                 self.held = None;
             }
@@ -57,13 +56,13 @@ impl PartSnapshots {
     /// Called before working epoch `bound` (or once every epoch before it is
     /// worked), with the state as it is: records the held checkpoint epoch if
     /// it is before `bound`.
-    pub(crate) fn before<T: Serialize>(&mut self, bound: u64, state: &T, entries: usize) {
+    pub(crate) fn before(&mut self, bound: u64, state: &mut impl Record) {
         let Some(held) = self.held.as_ref().map(|c| *c.time()) else { return };
         if held >= bound {
             return;
         }
         if self.unrecorded.take().is_some() {
-            self.recorder.record(self.part, held, state, entries);
+            self.recorder.record(self.part, held, state);
         }
         self.move_held(bound);
     }

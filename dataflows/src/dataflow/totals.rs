@@ -15,7 +15,7 @@ use timely::dataflow::operators::Operator;
 use super::pending::Pending;
 use super::route;
 use super::snapshots::PartSnapshots;
-use crate::checkpoint::{Part, Recorder};
+use crate::checkpoint::{Part, Recorder, Whole};
 use crate::fixed::Overflow;
 use crate::rows::{Delta, Progress, TotalKey, TotalRow};
 use crate::time::DAY;
@@ -44,7 +44,7 @@ pub(crate) fn totals<'scope>(
                 deltas.for_each(|cap, data| pending.first(&cap, port, data));
                 progress.for_each(|cap, data| pending.second(&cap, port, data));
                 for (time, mut epoch) in pending.complete(&[deltas_frontier, progress_frontier]) {
-                    snapshots.before(time, &sums, sums.len());
+                    snapshots.before(time, &mut Whole(&sums, sums.len()));
                     let mut session = output.session(&epoch.capability);
                     let mut written = BTreeSet::new();
                     let rewriting = !stale.is_empty();
@@ -84,7 +84,7 @@ pub(crate) fn totals<'scope>(
                     }
                     snapshots.worked(time);
                 }
-                snapshots.after(&[deltas_frontier, progress_frontier], &sums, sums.len());
+                snapshots.after(&[deltas_frontier, progress_frontier], &mut Whole(&sums, sums.len()));
             }
         },
     )

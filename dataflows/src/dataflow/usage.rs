@@ -24,7 +24,7 @@ use timely::dataflow::operators::Operator;
 use super::pending::Pending;
 use super::route;
 use super::snapshots::PartSnapshots;
-use crate::checkpoint::{Part, Recorder};
+use crate::checkpoint::{Part, Recorder, Whole};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
 use crate::lifecycle::{Resource, Resources, RowChange, Stored};
@@ -68,7 +68,7 @@ pub(crate) fn usage<'scope>(
                 events.for_each(|cap, data| pending.first(&cap, port, data));
                 new_progress.for_each(|cap, data| pending.second(&cap, port, data));
                 for (time, epoch) in pending.complete(&[events_frontier, progress_frontier]) {
-                    snapshots.before(time, &Stored(&resources), resources.len());
+                    snapshots.before(time, &mut Whole(&Stored(&resources), resources.len()));
                     let next = epoch.second.last().copied().unwrap_or(progress);
                     let mut dirty: foldhash::HashMap<ResourceKey, Millis> = foldhash::HashMap::default();
                     for mut event in epoch.first {
@@ -110,7 +110,8 @@ pub(crate) fn usage<'scope>(
                     progress = next;
                     snapshots.worked(time);
                 }
-                snapshots.after(&[events_frontier, progress_frontier], &Stored(&resources), resources.len());
+                snapshots
+                    .after(&[events_frontier, progress_frontier], &mut Whole(&Stored(&resources), resources.len()));
             }
         },
     )
