@@ -3,7 +3,8 @@
 # and a fresh database with the tables.
 #
 #   bench_setup NAME     sets TALLY_KAFKA_TOPIC, TALLY_CLICKHOUSE_DATABASE,
-#                        TALLY_CHECKPOINT_URL ($store), and $tally
+#                        TALLY_CHECKPOINT_URL ($store), and $tally: the release
+#                        build, or TALLY_BIN when set (to compare two builds)
 #   bench_metrics_port   serves tally's metrics on a free port ($port)
 
 bench_setup() {
@@ -15,8 +16,12 @@ bench_setup() {
   export TALLY_CHECKPOINT_URL="file://$store"
   deploy/local/up.sh >/dev/null
   command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-  cargo build --release --locked --bin tally 2>/dev/null
-  tally=target/release/tally
+  if [ -n "${TALLY_BIN:-}" ]; then
+    tally=$TALLY_BIN
+  else
+    cargo build --release --locked --bin tally 2>/dev/null
+    tally=target/release/tally
+  fi
   curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
   "$tally" migrate 2>/dev/null
 }

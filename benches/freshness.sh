@@ -96,6 +96,7 @@ inserts = labelled("tally_sink_insert_duration_seconds_sum", "table")
 shards = labelled("tally_checkpoint_duration_seconds_sum", "stage")
 print("seconds in inserts: " + ", ".join(f"{t} {v:.1f}" for t, v in sorted(inserts.items()))
       + "; in checkpoint steps: " + ", ".join(f"{s} {v:.1f}" for s, v in sorted(shards.items())))
+print(f"last checkpoint: {samples.get('tally_checkpoint_bytes', 0) / 1e6:,.1f} MB")
 PY
 pkill -TERM -P "$runner" 2>/dev/null || true
 wait "$runner" 2>/dev/null || true
