@@ -67,7 +67,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Part, SegmentId, ShardParts, Shared, dedup_part_of_format_3, segments_named};
+use tally_dataflows::checkpoint::{
+    Part, Pieces, SegmentId, ShardParts, Shared, dedup_part_of_format_3, segments_named,
+};
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::lifecycle::{Loaded, Stored};
 
@@ -221,9 +223,10 @@ pub fn segment_name(id: SegmentId) -> String {
 }
 
 /// Writes a dedup segment: a header naming it, then its bytes as encoded.
-pub fn write_segment(store: &Store, id: SegmentId, bytes: Bytes) {
+pub fn write_segment(store: &Store, id: SegmentId, bytes: Pieces) {
     let header = postcard::to_stdvec(&(FORMAT, id)).expect("plain data");
-    store.put_pieces(&segment_name(id), vec![Bytes::from(header), bytes], None);
+    let pieces = std::iter::once(Bytes::from(header)).chain(bytes).collect();
+    store.put_pieces(&segment_name(id), pieces, None);
 }
 
 /// Reads the dedup segments a shard's parts name.
@@ -308,7 +311,7 @@ pub fn write_shard(
     epoch: u64,
     worker: usize,
     workers: usize,
-    parts: Vec<(Part, Bytes)>,
+    parts: Vec<(Part, Pieces)>,
 ) -> (String, u64) {
     let pieces = shard_pieces(epoch, worker, workers, parts);
     let size = pieces.iter().map(Bytes::len).sum::<usize>() as u64;
@@ -317,18 +320,19 @@ pub fn write_shard(
     (name, size)
 }
 
-/// The encoding of a [`ShardFile`] in pieces, each part's bytes where they
+/// The encoding of a [`ShardFile`] in pieces, each part's pieces where they
 /// are: a shard is as large as the worker's state, and encoding it whole
 /// copied all of it into one more buffer.
-fn shard_pieces(epoch: u64, worker: usize, workers: usize, parts: Vec<(Part, Bytes)>) -> Vec<Bytes> {
+fn shard_pieces(epoch: u64, worker: usize, workers: usize, parts: Vec<(Part, Pieces)>) -> Vec<Bytes> {
     // postcard writes a struct as its fields in order, a list and a byte
     // string as their length then their items, and a length as a varint
     // whatever its type.
     let header = postcard::to_stdvec(&(FORMAT, epoch, worker, workers, parts.len())).expect("plain data");
     let mut pieces = vec![Bytes::from(header)];
     for (part, bytes) in parts {
-        pieces.push(Bytes::from(postcard::to_stdvec(&(part, bytes.len())).expect("plain data")));
-        pieces.push(bytes);
+        let len: usize = bytes.iter().map(Bytes::len).sum();
+        pieces.push(Bytes::from(postcard::to_stdvec(&(part, len)).expect("plain data")));
+        pieces.extend(bytes);
     }
     pieces
 }
@@ -464,7 +468,7 @@ mod tests {
     fn manifests_and_shards_round_trip() {
         let (store, dir) = scratch();
         let parts = vec![(Part::Dedup, vec![1, 2, 3]), (Part::Usage, Vec::new()), (Part::Totals, vec![9])];
-        let pieces: Vec<(Part, Bytes)> = parts.iter().map(|(p, b)| (*p, Bytes::from(b.clone()))).collect();
+        let pieces = parts.iter().map(|(p, b)| (*p, vec![Bytes::from(b.clone())])).collect();
         let (name, size) = write_shard(&store, 4, 1, 2, pieces);
         assert!(size > 0);
         assert_eq!(read_shard(&store, &name).unwrap(), parts);
@@ -507,7 +511,9 @@ mod tests {
     #[test]
     fn a_shard_in_pieces_is_the_encoding_of_its_file() {
         let parts = [(Part::Dedup, vec![7; 300]), (Part::Usage, Vec::new()), (Part::Totals, vec![1, 2])];
-        let pieces = shard_pieces(1 << 40, 3, 4, parts.iter().map(|(p, b)| (*p, Bytes::from(b.clone()))).collect());
+        // A part in several pieces is written as their concatenation.
+        let in_pieces = |bytes: &Vec<u8>| bytes.chunks(128).map(|c| Bytes::from(c.to_vec())).collect();
+        let pieces = shard_pieces(1 << 40, 3, 4, parts.iter().map(|(p, b)| (*p, in_pieces(b))).collect());
         let joined: Vec<u8> = pieces.iter().flat_map(|piece| piece.iter().copied()).collect();
         let parts =
             parts.iter().map(|(part, bytes)| EncodedPart { part: *part, bytes: Cow::Borrowed(bytes) }).collect();
@@ -543,8 +549,8 @@ mod tests {
     fn segments_are_read_as_the_shard_names_them_and_checked() {
         let (store, dir) = scratch();
         let ids = [5, 9].map(|epoch| SegmentId { epoch, worker: 1, workers: 2 });
-        write_segment(&store, ids[0], Bytes::from_static(b"fifth"));
-        write_segment(&store, ids[1], Bytes::from_static(b"ninth"));
+        write_segment(&store, ids[0], vec![Bytes::from_static(b"fif"), Bytes::from_static(b"th")]);
+        write_segment(&store, ids[1], vec![Bytes::from_static(b"ninth")]);
         let named = |segments: &[SegmentId]| {
             let part = DedupPart { segments: segments.to_vec(), inline: Vec::new() };
             vec![(Part::Dedup, postcard::to_stdvec(&part).unwrap())]
@@ -565,7 +571,7 @@ mod tests {
         let (store, dir) = scratch();
         let segment = |epoch| {
             let id = SegmentId { epoch, worker: 0, workers: 1 };
-            write_segment(&store, id, Bytes::from_static(b"identities"));
+            write_segment(&store, id, vec![Bytes::from_static(b"identities")]);
             segment_name(id)
         };
         let (first, second) = (segment(1), segment(2));

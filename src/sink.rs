@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tally_dataflows::checkpoint::{Cadence, Encoded, Part, SegmentId, ShardParts, SnapshotsHandle, release_before};
+use tally_dataflows::checkpoint::{
+    Cadence, Encoded, Part, Pieces, SegmentId, ShardParts, SnapshotsHandle, release_before,
+};
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
@@ -311,7 +313,7 @@ pub fn write<'scope>(
 /// there. Returns the shard's name and size.
 fn write_shard(
     store: &Store,
-    segments: Vec<(SegmentId, Arc<Vec<u8>>)>,
+    segments: Vec<(SegmentId, Pieces)>,
     parts: Vec<(Part, Encoded)>,
     previous: Option<&str>,
     epoch: u64,
@@ -319,16 +321,16 @@ fn write_shard(
     metrics: &Metrics,
 ) -> (String, u64) {
     let started = Instant::now();
-    for (id, bytes) in segments {
-        checkpoint::write_segment(store, id, Bytes::from_owner(Snapshot(bytes)));
+    for (id, pieces) in segments {
+        checkpoint::write_segment(store, id, pieces);
     }
     let mut previous_parts: Option<ShardParts> = None;
-    let encoded: Vec<(Part, Bytes)> = parts
+    let encoded: Vec<(Part, Pieces)> = parts
         .into_iter()
         .map(|(part, encoded)| {
             let bytes = match encoded {
-                Encoded::Empty => Bytes::from(tally_dataflows::checkpoint::empty(part)),
-                Encoded::Held(bytes) => Bytes::from_owner(Snapshot(bytes)),
+                Encoded::Empty => vec![Bytes::from(tally_dataflows::checkpoint::empty(part))],
+                Encoded::Held(pieces) => pieces,
                 Encoded::Written => {
                     let name = previous.expect("a part let go was written in an earlier shard");
                     let shard = previous_parts.get_or_insert_with(|| {
@@ -336,7 +338,7 @@ fn write_shard(
                             .unwrap_or_else(|e| panic!("this worker's last shard cannot be read back: {e}"))
                     });
                     let index = shard.iter().position(|(p, _)| *p == part).expect("a shard holds every part");
-                    Bytes::from(std::mem::take(&mut shard[index].1))
+                    vec![Bytes::from(std::mem::take(&mut shard[index].1))]
                 }
             };
             (part, bytes)
@@ -347,15 +349,6 @@ fn write_shard(
     metrics.observe_checkpoint("shard", started.elapsed());
     tracing::debug!(epoch, worker, bytes, "shard written");
     (name, bytes)
-}
-
-/// An encoded snapshot as the bytes of a shard's piece, shared, not copied.
-struct Snapshot(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for Snapshot {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
 }
 
 /// The manifest of `epoch` from every worker's latest acknowledgement. Every
@@ -411,7 +404,9 @@ fn remember_acks(acks: Vec<ShardAck>, latest: &mut [Option<ShardAck>]) {
 fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Output]) {
     let version = target.versions.of(epoch);
     let prices = &target.prices;
-    let mut breakdowns = Vec::new();
+    // Nearly every output of an epoch is a breakdown row: one allocation
+    // rather than a doubling buffer, whose every step faulted in fresh pages.
+    let mut breakdowns = Vec::with_capacity(batch.len());
     let mut totals = Vec::new();
     let mut rejections = Vec::new();
     for output in batch {
@@ -477,7 +472,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tally-sink-{}-{nanos}", std::process::id()));
         let store = Store::open(&format!("file://{}", dir.display()), "events").unwrap();
         let metrics = Metrics::new(1);
-        let held = |bytes: &[u8]| Encoded::Held(Arc::new(bytes.to_vec()));
+        let held = |bytes: &[u8]| Encoded::Held(vec![Bytes::from(bytes.to_vec())]);
         let first = vec![
             (Part::Dedup, held(b"dedup at 5")),
             (Part::Usage, held(b"usage at 5")),

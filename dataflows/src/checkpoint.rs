@@ -21,11 +21,11 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use self::pieces::Pieces;
 use crate::dataflow::route;
 use crate::event::{Partition, ResourceKey};
 use crate::identity::Fingerprint;
@@ -33,6 +33,8 @@ use crate::judge::PartitionClock;
 use crate::lifecycle::{Loaded, Resources, Stored};
 use crate::rows::{BreakdownKey, Delta, Progress, TotalKey};
 use crate::time::Millis;
+
+pub mod pieces;
 
 /// A piece of keyed state, owned by one operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -85,13 +87,13 @@ pub type SegmentHours = Vec<(Millis, Vec<Fingerprint>)>;
 /// An operator's state as recorded after a checkpoint epoch.
 pub(crate) struct Recorded {
     /// The part's encoding.
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Pieces,
     /// Entries the state holds.
     pub(crate) entries: usize,
     /// The segments the part names, with their sizes in bytes.
     pub(crate) segments: Vec<(SegmentId, u64)>,
     /// A segment to write before any shard holding the part.
-    pub(crate) new_segment: Option<(SegmentId, Vec<u8>)>,
+    pub(crate) new_segment: Option<(SegmentId, Pieces)>,
 }
 
 /// An operator's state, as it records itself for a checkpoint.
@@ -105,8 +107,7 @@ pub(crate) struct Whole<'a, T>(pub(crate) &'a T, pub(crate) usize);
 
 impl<T: Serialize> Record for Whole<'_, T> {
     fn record(&mut self, _: u64) -> Recorded {
-        let bytes = postcard::to_stdvec(self.0).expect("operator state is plain data and encodes");
-        Recorded { bytes, entries: self.1, segments: Vec::new(), new_segment: None }
+        Recorded { bytes: pieces::encode(self.0), entries: self.1, segments: Vec::new(), new_segment: None }
     }
 }
 
@@ -125,14 +126,14 @@ pub struct Snapshots {
     parts: BTreeMap<Part, BTreeMap<u64, Snapshot>>,
     shared: BTreeMap<u64, Shared>,
     /// Segments recorded and not yet written.
-    segments: BTreeMap<SegmentId, Arc<Vec<u8>>>,
+    segments: BTreeMap<SegmentId, Pieces>,
 }
 
 /// One part's state, encoded, and how many entries it holds. The bytes are
 /// let go once a shard holds them (see [`Snapshots::let_go_at`]).
 #[derive(Debug)]
 struct Snapshot {
-    bytes: Option<Arc<Vec<u8>>>,
+    bytes: Option<Pieces>,
     entries: usize,
     segments: Vec<(SegmentId, u64)>,
 }
@@ -143,7 +144,7 @@ pub enum Encoded {
     /// Never recorded: the part is empty.
     Empty,
     /// The bytes.
-    Held(Arc<Vec<u8>>),
+    Held(Pieces),
     /// Let go: the worker's shard written last holds them.
     Written,
 }
@@ -181,17 +182,17 @@ impl Snapshots {
     pub(crate) fn record(&mut self, part: Part, epoch: u64, state: &mut impl Record) {
         let Recorded { bytes, entries, segments, new_segment } = state.record(epoch);
         if let Some((id, bytes)) = new_segment {
-            self.segments.insert(id, Arc::new(bytes));
+            self.segments.insert(id, bytes);
         }
-        let snapshot = Snapshot { bytes: Some(Arc::new(bytes)), entries, segments };
+        let snapshot = Snapshot { bytes: Some(bytes), entries, segments };
         self.parts.entry(part).or_default().insert(epoch, snapshot);
     }
 
     /// The segments recorded for epochs up to `epoch` and not yet let go:
     /// to be written before a shard of `epoch`.
-    pub fn segments_through(&self, epoch: u64) -> Vec<(SegmentId, Arc<Vec<u8>>)> {
+    pub fn segments_through(&self, epoch: u64) -> Vec<(SegmentId, Pieces)> {
         let written = self.segments.iter().filter(|(id, _)| id.epoch <= epoch);
-        written.map(|(id, bytes)| (*id, Arc::clone(bytes))).collect()
+        written.map(|(id, bytes)| (*id, bytes.clone())).collect()
     }
 
     /// Lets go of the segments recorded for epochs up to `epoch`: written.
@@ -212,7 +213,7 @@ impl Snapshots {
     /// Each part's encoded state as of `epoch`.
     pub fn parts_at(&self, epoch: u64) -> Vec<(Part, Encoded)> {
         let encoded =
-            |snapshot: &Snapshot| snapshot.bytes.as_ref().map_or(Encoded::Written, |b| Encoded::Held(Arc::clone(b)));
+            |snapshot: &Snapshot| snapshot.bytes.as_ref().map_or(Encoded::Written, |b| Encoded::Held(b.clone()));
         Part::ALL.iter().map(|&part| (part, self.latest(part, epoch).map_or(Encoded::Empty, encoded))).collect()
     }
 
@@ -531,7 +532,7 @@ mod tests {
         snapshots.record(Part::Dedup, 4, &mut Whole(&map(&[("x", 9)]), 1));
         let usage_at = |s: &Snapshots, epoch| s.parts_at(epoch).into_iter().find(|(p, _)| *p == Part::Usage).unwrap().1;
         assert_eq!(usage_at(&snapshots, 2), Encoded::Empty, "nothing recorded yet");
-        let encoded = |m: &[(&str, i64)]| Encoded::Held(Arc::new(postcard::to_stdvec(&map(m)).unwrap()));
+        let encoded = |m: &[(&str, i64)]| Encoded::Held(pieces::encode(&map(m)));
         assert_eq!(usage_at(&snapshots, 4), encoded(&[("a", 1)]));
         assert_eq!(snapshots.entries_at(6)[&Part::Usage], 2);
         assert_eq!(snapshots.entries_at(6)[&Part::Totals], 0);
@@ -554,7 +555,7 @@ mod tests {
         assert_eq!(parts, [Encoded::Written, Encoded::Written, Encoded::Empty]);
         let after = snapshots.parts_at(8);
         assert_eq!(after[0], (Part::Dedup, Encoded::Written), "unchanged since the shard of epoch 5");
-        assert_eq!(after[1], (Part::Usage, Encoded::Held(Arc::new(postcard::to_stdvec(&map(&[("a", 2)])).unwrap()))));
+        assert_eq!(after[1], (Part::Usage, Encoded::Held(pieces::encode(&map(&[("a", 2)])))));
         assert_eq!(snapshots.entries_at(8)[&Part::Dedup], 1, "entries are kept with the bytes let go");
     }
 

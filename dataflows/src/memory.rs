@@ -15,7 +15,8 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
 
 use crate::checkpoint::{
-    self, Cadence, Encoded, Part, Recovery, Restored, SegmentId, ShardParts, Shared, SnapshotsHandle, Stale,
+    self, Cadence, Encoded, Part, Pieces, Recovery, Restored, SegmentId, ShardParts, Shared, SnapshotsHandle, Stale,
+    pieces,
 };
 use crate::dataflow::billing;
 use crate::event::{Message, Offset, Partition};
@@ -66,7 +67,7 @@ pub struct Crash {
 }
 
 /// A worker's encoded parts as of an epoch (`None`: never recorded).
-type SharedParts = Vec<(Part, Option<Arc<Vec<u8>>>)>;
+type SharedParts = Vec<(Part, Option<Pieces>)>;
 
 #[derive(Default)]
 struct Collected {
@@ -81,7 +82,7 @@ struct Collected {
     snapshots: BTreeMap<u64, BTreeMap<usize, SharedParts>>,
     shared: BTreeMap<u64, Shared>,
     /// Every worker's dedup segments.
-    segments: BTreeMap<SegmentId, Arc<Vec<u8>>>,
+    segments: BTreeMap<SegmentId, Pieces>,
 }
 
 impl Collected {
@@ -149,13 +150,15 @@ fn checkpoint_at(crashed: &Collected, messages: &[Message], shape: &RunShape, ep
     let shard = |parts: &SharedParts| -> ShardParts {
         parts
             .iter()
-            .map(|(part, bytes)| (*part, bytes.as_ref().map_or_else(|| checkpoint::empty(*part), |b| b.to_vec())))
+            .map(|(part, bytes)| {
+                (*part, bytes.as_ref().map_or_else(|| checkpoint::empty(*part), |b| pieces::joined(b)))
+            })
             .collect()
     };
     let shards = crashed.snapshots.get(&epoch).map(|s| s.values().map(shard).collect()).unwrap_or_default();
     let shared = crashed.shared.range(..=epoch).next_back().map(|(_, s)| s.clone()).unwrap_or_default();
     let segments =
-        crashed.segments.iter().filter(|(id, _)| id.epoch <= epoch).map(|(id, b)| (*id, b.to_vec())).collect();
+        crashed.segments.iter().filter(|(id, _)| id.epoch <= epoch).map(|(id, b)| (*id, pieces::joined(b))).collect();
     let mut next_offsets = BTreeMap::new();
     for (message, message_epoch) in messages.iter().zip(epochs(messages.len(), shape, 0)) {
         if message_epoch <= epoch {

@@ -27,7 +27,7 @@ use timely::dataflow::operators::Operator;
 
 use super::pending::Pending;
 use super::snapshots::PartSnapshots;
-use crate::checkpoint::{DedupPart, Part, Record, Recorded, Recorder, RestoredSeen, SegmentId};
+use crate::checkpoint::{DedupPart, Part, Pieces, Record, Recorded, Recorder, RestoredSeen, SegmentId, pieces};
 use crate::event::{Event, Reason};
 use crate::identity::{BuildFingerprintHasher, Fingerprint};
 use crate::judge::Candidate;
@@ -174,7 +174,7 @@ impl Seen {
     /// The segment to write for `epoch`, if anything is new: the identities
     /// seen since the last one, merged with the newest segments while those
     /// hold no more (see the type's documentation).
-    fn next_segment(&mut self, epoch: u64) -> Option<(SegmentId, Vec<u8>)> {
+    fn next_segment(&mut self, epoch: u64) -> Option<(SegmentId, Pieces)> {
         self.segments.retain(|segment| !segment.runs.is_empty());
         let mut runs: BTreeMap<Millis, Range<usize>> = self
             .by_hour
@@ -205,10 +205,10 @@ impl Seen {
         }
         let hours: Vec<(Millis, &[Fingerprint])> =
             runs.iter().map(|(hour, run)| (*hour, &self.by_hour[hour][run.clone()])).collect();
-        let bytes = postcard::to_stdvec(&hours).expect("fingerprints encode");
+        let bytes = pieces::encode(&hours);
         let (worker, workers) = self.worker;
         let id = SegmentId { epoch, worker, workers };
-        self.segments.push(Segment { id, bytes: bytes.len() as u64, runs });
+        self.segments.push(Segment { id, bytes: bytes.iter().map(|piece| piece.len() as u64).sum(), runs });
         self.written = self.by_hour.iter().map(|(hour, identities)| (*hour, identities.len())).collect();
         Some((id, bytes))
     }
@@ -221,7 +221,7 @@ impl Record for Seen {
         let new_segment = self.next_segment(epoch);
         let part = DedupPart { segments: self.segments.iter().map(|s| s.id).collect(), inline: Vec::new() };
         Recorded {
-            bytes: postcard::to_stdvec(&part).expect("segment names encode"),
+            bytes: pieces::encode(&part),
             entries: self.len(),
             segments: self.segments.iter().map(|s| (s.id, s.bytes)).collect(),
             new_segment,
@@ -304,8 +304,8 @@ mod tests {
     /// shard's dedup part, and every segment written so far.
     fn checkpoint(seen: &mut Seen, epoch: u64, written: &mut BTreeMap<SegmentId, Vec<u8>>) -> Vec<(Part, Vec<u8>)> {
         let recorded = seen.record(epoch);
-        written.extend(recorded.new_segment);
-        vec![(Part::Dedup, recorded.bytes)]
+        written.extend(recorded.new_segment.map(|(id, bytes)| (id, pieces::joined(&bytes))));
+        vec![(Part::Dedup, pieces::joined(&recorded.bytes))]
     }
 
     fn restore(
