@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 #[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
 use std::collections::HashSet;
 use std::collections::btree_map::Entry;
-
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
