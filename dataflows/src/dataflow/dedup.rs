@@ -72,8 +72,6 @@ pub struct Seen {
     #[expect(clippy::disallowed_types, reason = "looked up by fingerprint only; encoding walks `by_hour`")]
     identities: HashSet<Fingerprint, BuildFingerprintHasher>,
     by_hour: BTreeMap<Millis, Vec<Fingerprint>>,
-    /// Per hour, how many of its first identities segments hold.
-    written: BTreeMap<Millis, usize>,
     /// The segments holding the written identities, oldest first.
     segments: Vec<Segment>,
     /// This worker and the worker count, which name its segments.
@@ -97,7 +95,6 @@ impl Seen {
         Seen {
             identities: Default::default(),
             by_hour: BTreeMap::new(),
-            written: BTreeMap::new(),
             segments: Vec::new(),
             worker: (worker, workers),
         }
@@ -124,7 +121,6 @@ impl Seen {
             }
             seen.segments.push(Segment { id, bytes, runs });
         }
-        seen.written = seen.by_hour.iter().map(|(hour, identities)| (*hour, identities.len())).collect();
         for (identity, time) in restored.loose {
             seen.insert(identity, time);
         }
@@ -153,7 +149,6 @@ impl Seen {
             for identity in identities {
                 self.identities.remove(&identity);
             }
-            self.written.remove(&hour);
             for segment in &mut self.segments {
                 segment.runs.remove(&hour);
             }
@@ -179,7 +174,8 @@ impl Seen {
             .by_hour
             .iter()
             .filter_map(|(hour, identities)| {
-                let written = self.written.get(hour).copied().unwrap_or(0);
+                // Segments hold each hour's first identities, the newest up to its run's end.
+                let written = self.segments.iter().rev().find_map(|s| s.runs.get(hour)).map_or(0, |run| run.end);
                 (written < identities.len()).then_some((*hour, written..identities.len()))
             })
             .collect();
@@ -208,7 +204,6 @@ impl Seen {
         let (worker, workers) = self.worker;
         let id = SegmentId { epoch, worker, workers };
         self.segments.push(Segment { id, bytes: bytes.iter().map(|piece| piece.len() as u64).sum(), runs });
-        self.written = self.by_hour.iter().map(|(hour, identities)| (*hour, identities.len())).collect();
         Some((id, bytes))
     }
 }
