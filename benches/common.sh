@@ -4,7 +4,8 @@
 #
 #   bench_setup NAME     sets TALLY_KAFKA_TOPIC, TALLY_CLICKHOUSE_DATABASE,
 #                        TALLY_CHECKPOINT_URL ($store), and $tally: the release
-#                        build, or TALLY_BIN when set (to compare two builds)
+#                        build, or TALLY_BIN when set (to compare two builds);
+#                        $store and $log are removed on exit
 #   bench_metrics_port   serves tally's metrics on a free port ($port)
 
 bench_setup() {
@@ -13,6 +14,7 @@ bench_setup() {
   export TALLY_CLICKHOUSE_DATABASE="tally_bench_$name"
   export TALLY_LOG="${TALLY_LOG:-warn}"
   store="$(mktemp -d)"
+  trap bench_cleanup EXIT
   export TALLY_CHECKPOINT_URL="file://$store"
   deploy/local/up.sh >/dev/null
   command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
@@ -24,6 +26,17 @@ bench_setup() {
   fi
   curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
   "$tally" migrate 2>/dev/null
+}
+
+# A bench that fails or is interrupted leaves no tally running and none of its
+# checkpoint store (hundreds of MB) or log behind.
+bench_cleanup() {
+  local job
+  for job in $(jobs -p); do
+    pkill -P "$job" 2>/dev/null || true
+    kill "$job" 2>/dev/null || true
+  done
+  rm -rf "$store" "${log:-}"
 }
 
 bench_metrics_port() {

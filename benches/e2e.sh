@@ -24,4 +24,3 @@ printf 'events %s  workers %s  fleet %s\n' "$EVENTS" "$WORKERS" "$FLEET"
 printf 'drain wall %d.%03d s  =  %d events/s  (%s breakdown rows)\n' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)) \
   $((EVENTS * 1000 / elapsed_ms)) "$rows"
 grep -E "Maximum resident set size|User time|System time|Percent of CPU" "$log"
-rm -rf "$log" "$store"

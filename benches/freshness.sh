@@ -107,4 +107,3 @@ grep -E "Maximum resident set size|User time|System time|Percent of CPU" "$log" 
 # Retries and stalls show here: a tail is worth explaining.
 printf 'tally warnings: %s\n' "$(grep -cE "WARN|ERROR" "$log" || true)"
 grep -E "WARN|ERROR" "$log" | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-240 | tail -5 || true
-rm -rf "$log" "$store"

@@ -61,4 +61,3 @@ print(f'live run before the kill: {rss / 2**20:,.0f} MiB resident ({rss / state[
       f'dedup identities included), peak {peak / 2**20:,.0f} MiB')
 print(f'restart to state restored: {restore_ms / 1000:.1f} s; restart to caught up and committed: {elapsed_ms / 1000:.1f} s')
 PY
-rm -rf "$store" "$log"

@@ -80,4 +80,3 @@ rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
 wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log")
 echo
 echo "drain of $EVENTS messages: peak RSS $((rss_kb / 1024)) MiB, wall $wall; final checkpoint $state"
-rm -rf "$store" "$log"
