@@ -2,7 +2,8 @@
 //! the frontier has passed the epoch, then checkpointed.
 //!
 //! Per epoch, each worker writes its own breakdown rows, totals and rejections
-//! (one insert per table), then its state shard, then acknowledges the epoch
+//! (one insert per table, on a thread of its own: `writer`), then its state
+//! shard, then acknowledges the epoch
 //! to worker 0. When every worker has acknowledged epoch `e`, worker 0 commits
 //! the manifest for `e` and then writes `pipeline_progress` for `e`: a reader
 //! that sees progress `e` sees every row of epochs `≤ e` (the protocol is in
@@ -11,9 +12,10 @@
 
 pub mod clickhouse;
 pub mod rows;
+mod writer;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +39,7 @@ use timely::dataflow::operators::{Concat, Inspect, Operator};
 
 use self::clickhouse::Warehouse;
 use self::rows::{AccountTotal, PipelineProgress, RejectedEvent, UsageBreakdown};
+use self::writer::RowWriter;
 use crate::checkpoint::store::Store;
 use crate::checkpoint::{self, Manifest, StateSize};
 use crate::fault::{self, Fault};
@@ -147,20 +150,32 @@ pub fn write<'scope>(
     let output =
         breakdowns.map(Output::Breakdown).concat(totals.map(Output::Total)).concat(rejections.map(Output::Rejection));
     let rows_target = Arc::clone(&target);
-    let written =
-        output.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "ClickHouseRows", move |_, _| {
-            let warehouse = Warehouse::new(&rows_target.clickhouse);
+    let timely_worker = output.scope().worker();
+    let written = output.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "ClickHouseRows",
+        move |_, info| {
+            let activator = timely_worker.sync_activator_for(info.address.to_vec());
+            let writer = RowWriter::start(rows_target, activator, worker);
             let mut pending = Pending::<Output, ()>::default();
+            // Epochs handed to the writer, oldest first, each held until its
+            // rows are in ClickHouse.
+            let mut writing = VecDeque::new();
             move |(input, frontier), output| {
                 let port = output.output_index();
                 input.for_each(|cap, data| pending.first(&cap, port, data));
                 for (epoch, batch) in pending.complete(&[frontier]) {
-                    write_rows(&warehouse, &rows_target, epoch, &batch.first);
-                    fault::point(Fault::AfterSinkWrite);
-                    output.session(&batch.capability).give(());
+                    writer.write(epoch, batch.first);
+                    writing.push_back((epoch, batch.capability));
+                }
+                for epoch in writer.written() {
+                    let (handed, capability) = writing.pop_front().expect("the writer writes only epochs handed to it");
+                    assert_eq!(handed, epoch, "the writer writes epochs in the order handed to it");
+                    output.session(&capability).give(());
                 }
             }
-        });
+        },
+    );
     let Checkpointing { store, snapshots, offsets, appended, first_epoch, cadence, keep, restored } = checkpointing;
     let store = Rc::new(store);
     let shard_metrics = Arc::clone(&target.metrics);
@@ -401,6 +416,7 @@ fn remember_acks(acks: Vec<ShardAck>, latest: &mut [Option<ShardAck>]) {
     }
 }
 
+/// Writes `epoch`'s rows of one worker, one insert per table.
 fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Output]) {
     let version = target.versions.of(epoch);
     let prices = &target.prices;
@@ -431,6 +447,7 @@ fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Outpu
         rejections = rejections.len(),
         "epoch written"
     );
+    fault::point(Fault::AfterSinkWrite);
 }
 
 fn timed_insert<R: ::clickhouse::Row + ::clickhouse::RowWrite>(

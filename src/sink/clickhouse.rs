@@ -2,8 +2,9 @@
 //! acknowledged.
 //!
 //! A write either succeeds or is retried with backoff for as long as it takes:
-//! while ClickHouse is away the worker blocks here, its epoch is not
-//! acknowledged, and the source stops advancing behind it.
+//! while ClickHouse is away the writer blocks here, its epoch is not
+//! acknowledged, and the worker stops at the next epoch it hands over (see
+//! `sink::writer`), so the source stops advancing behind it.
 
 use std::future::Future;
 
