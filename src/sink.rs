@@ -2,8 +2,8 @@
 //! the frontier has passed the epoch, then checkpointed.
 //!
 //! Per epoch, each worker writes its own breakdown rows, totals and rejections
-//! (one insert per table, on a thread of its own: `writer`), then its state
-//! shard, then acknowledges the epoch
+//! (one insert per table), then its state shard, each on a thread of its own
+//! (see `offload`), then acknowledges the epoch
 //! to worker 0. When every worker has acknowledged epoch `e`, worker 0 commits
 //! the manifest for `e` and then writes `pipeline_progress` for `e`: a reader
 //! that sees progress `e` sees every row of epochs `≤ e` (the protocol is in
@@ -11,8 +11,8 @@
 //! (see [`Versions`]).
 
 pub mod clickhouse;
+mod offload;
 pub mod rows;
-mod writer;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -35,11 +35,11 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Concat, Inspect, Operator};
+use timely::dataflow::operators::{Capability, Concat, Inspect, Operator};
 
 use self::clickhouse::Warehouse;
+use self::offload::Offload;
 use self::rows::{AccountTotal, PipelineProgress, RejectedEvent, UsageBreakdown};
-use self::writer::RowWriter;
 use crate::checkpoint::store::Store;
 use crate::checkpoint::{self, Manifest, StateSize};
 use crate::fault::{self, Fault};
@@ -156,7 +156,12 @@ pub fn write<'scope>(
         "ClickHouseRows",
         move |_, info| {
             let activator = timely_worker.sync_activator_for(info.address.to_vec());
-            let writer = RowWriter::start(rows_target, activator, worker);
+            let warehouse = Warehouse::new(&rows_target.clickhouse);
+            let writer =
+                Offload::start(format!("tally-rows-{worker}"), activator, move |(epoch, batch): (u64, Vec<Output>)| {
+                    write_rows(&warehouse, &rows_target, epoch, &batch);
+                    epoch
+                });
             let mut pending = Pending::<Output, ()>::default();
             // Epochs handed to the writer, oldest first, each held until its
             // rows are in ClickHouse.
@@ -165,10 +170,10 @@ pub fn write<'scope>(
                 let port = output.output_index();
                 input.for_each(|cap, data| pending.first(&cap, port, data));
                 for (epoch, batch) in pending.complete(&[frontier]) {
-                    writer.write(epoch, batch.first);
+                    writer.hand_over((epoch, batch.first));
                     writing.push_back((epoch, batch.capability));
                 }
-                for epoch in writer.written() {
+                for epoch in writer.done() {
                     let (handed, capability) = writing.pop_front().expect("the writer writes only epochs handed to it");
                     assert_eq!(handed, epoch, "the writer writes epochs in the order handed to it");
                     output.session(&capability).give(());
@@ -177,19 +182,35 @@ pub fn write<'scope>(
         },
     );
     let Checkpointing { store, snapshots, offsets, appended, first_epoch, cadence, keep, restored } = checkpointing;
-    let store = Rc::new(store);
     let shard_metrics = Arc::clone(&target.metrics);
-    let shard_store = Rc::clone(&store);
     let shard_snapshots = Rc::clone(&snapshots);
+    let shard_store = store.another();
     let shards = written.unary_frontier::<CapacityContainerBuilder<Vec<ShardAck>>, _, _, _>(
         Pipeline,
         "CheckpointShard",
-        move |capability, _| {
+        move |capability, info| {
+            let activator = timely_worker.sync_activator_for(info.address.to_vec());
+            let upload_metrics = Arc::clone(&shard_metrics);
+            // The uploads remember the shard written last, whose parts let go
+            // since are read back from there.
+            let mut previous: Option<String> = None;
+            let uploads = Offload::start(format!("tally-shards-{worker}"), activator, move |shard: ShardUpload| {
+                let epoch = shard.epoch;
+                let written = write_shard(&shard_store, shard, previous.as_deref(), (worker, workers), &upload_metrics);
+                previous = Some(written.0.clone());
+                (epoch, written)
+            });
             // Held at the next epoch to pass, so that every checkpoint epoch
             // gets an acknowledgement from every worker, rows or not.
             let mut capability = Some(capability.delayed(&first_epoch));
             let mut next = first_epoch;
-            let mut last_written: Option<(u64, String, u64)> = None;
+            // The epoch of the latest shard handed over.
+            let mut last_shard: Option<u64> = None;
+            // Shards written (name and size) by epoch, from the oldest an
+            // acknowledgement still names.
+            let mut shards_written: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+            // Acknowledgements waiting for the shard they name to be written.
+            let mut waiting: VecDeque<WaitingAck> = VecDeque::new();
             let mut acknowledged: Option<u64> = None;
             move |(input, frontier), output| {
                 input.for_each(|_, _| {});
@@ -224,34 +245,28 @@ pub fn write<'scope>(
                         shard_metrics.observe_visible(appended_at, count);
                     }
                     if cadence.is_checkpoint(next) || last {
-                        let changed = last_written.is_none()
-                            || shard_snapshots
-                                .borrow()
-                                .changed_between(last_written.as_ref().map(|(e, _, _)| *e), next);
+                        let changed =
+                            last_shard.is_none() || shard_snapshots.borrow().changed_between(last_shard, next);
                         if changed {
-                            let previous = last_written.as_ref().map(|(_, name, _)| name.as_str());
                             let parts = shard_snapshots.borrow().parts_at(next);
                             let segments = shard_snapshots.borrow().segments_through(next);
-                            let (name, bytes) = write_shard(
-                                &shard_store,
-                                segments,
-                                parts,
-                                previous,
-                                next,
-                                (worker, workers),
-                                &shard_metrics,
-                            );
+                            uploads.hand_over(ShardUpload { epoch: next, segments, parts });
                             shard_snapshots.borrow_mut().let_go_at(next);
                             shard_snapshots.borrow_mut().let_go_segments_through(next);
-                            last_written = Some((next, name, bytes));
+                            last_shard = Some(next);
                         }
-                        let (_, shard, bytes) = last_written.clone().expect("a shard was written");
-                        let entries = shard_snapshots.borrow().entries_at(next);
-                        let segments = shard_snapshots.borrow().named_segments_at(next);
-                        let offsets_now =
-                            offsets.borrow().range(..=next).next_back().map(|(_, o)| o.clone()).unwrap_or_default();
-                        let ack = ShardAck { worker, shard, bytes, segments, entries, offsets: offsets_now };
-                        output.session(&*held).give(ack);
+                        waiting.push_back(WaitingAck {
+                            capability: held.delayed(&next),
+                            shard: last_shard.expect("a shard was handed over"),
+                            segments: shard_snapshots.borrow().named_segments_at(next),
+                            entries: shard_snapshots.borrow().entries_at(next),
+                            offsets: offsets
+                                .borrow()
+                                .range(..=next)
+                                .next_back()
+                                .map(|(_, o)| o.clone())
+                                .unwrap_or_default(),
+                        });
                         acknowledged = Some(next);
                     }
                     shard_snapshots.borrow_mut().release_before(next);
@@ -264,6 +279,15 @@ pub fn write<'scope>(
                 }
                 if frontier.is_empty() {
                     capability = None;
+                }
+                shards_written.extend(uploads.done());
+                while let Some((shard, bytes)) = waiting.front().and_then(|w| shards_written.get(&w.shard)).cloned() {
+                    let WaitingAck { capability, shard: _, segments, entries, offsets } =
+                        waiting.pop_front().expect("an acknowledgement waits");
+                    output.session(&capability).give(ShardAck { worker, shard, bytes, segments, entries, offsets });
+                }
+                if let Some(oldest) = waiting.front().map(|w| w.shard).or(last_shard) {
+                    shards_written.retain(|&epoch, _| epoch >= oldest);
                 }
             }
         },
@@ -322,16 +346,32 @@ pub fn write<'scope>(
     )
 }
 
-/// Writes `worker`'s shard of `epoch`: the dedup segments recorded since
-/// its last shard, then its operators' snapshots as of `epoch`, with the
-/// parts let go since `previous` (the shard it wrote last) read back from
-/// there. Returns the shard's name and size.
-fn write_shard(
-    store: &Store,
+/// A worker's shard of `epoch`, handed to its upload thread: the dedup
+/// segments recorded since its last shard, and its operators' snapshots as of
+/// `epoch`.
+struct ShardUpload {
+    epoch: u64,
     segments: Vec<(SegmentId, Pieces)>,
     parts: Vec<(Part, Encoded)>,
+}
+
+/// An acknowledgement of a checkpoint epoch, waiting for the shard it names.
+struct WaitingAck {
+    capability: Capability<u64>,
+    /// The epoch of the shard.
+    shard: u64,
+    segments: Vec<(SegmentId, u64)>,
+    entries: BTreeMap<Part, usize>,
+    offsets: BTreeMap<Partition, Offset>,
+}
+
+/// Writes `worker`'s shard: its segments, then its parts, those let go since
+/// `previous` (the shard it wrote last) read back from there. Returns the
+/// shard's name and size.
+fn write_shard(
+    store: &Store,
+    ShardUpload { epoch, segments, parts }: ShardUpload,
     previous: Option<&str>,
-    epoch: u64,
     (worker, workers): (usize, usize),
     metrics: &Metrics,
 ) -> (String, u64) {
@@ -495,13 +535,14 @@ mod tests {
             (Part::Usage, held(b"usage at 5")),
             (Part::Totals, Encoded::Empty),
         ];
-        let (first, _) = write_shard(&store, Vec::new(), first, None, 5, (0, 1), &metrics);
+        let upload = |epoch, parts| ShardUpload { epoch, segments: Vec::new(), parts };
+        let (first, _) = write_shard(&store, upload(5, first), None, (0, 1), &metrics);
         let second = vec![
             (Part::Dedup, Encoded::Written),
             (Part::Usage, held(b"usage at 10")),
             (Part::Totals, held(b"totals at 10")),
         ];
-        let (second, _) = write_shard(&store, Vec::new(), second, Some(&first), 10, (0, 1), &metrics);
+        let (second, _) = write_shard(&store, upload(10, second), Some(&first), (0, 1), &metrics);
         let read = checkpoint::read_shard(&store, &second).unwrap();
         let expected: ShardParts = vec![
             (Part::Dedup, b"dedup at 5".to_vec()),

@@ -1,9 +1,9 @@
 //! The checkpoint store: objects under a URL, `file://` or `s3://`, reached
-//! from a synchronous worker thread.
+//! from synchronous threads (a worker, its shard uploads).
 //!
 //! Every operation is retried with backoff until it succeeds: while the store
-//! is away the worker blocks here, its epoch is not committed, and the source
-//! stops advancing behind it. Objects are written in parts and appear only
+//! is away the thread using it blocks here, its epoch is not committed, and
+//! the source stops advancing behind it. Objects are written in parts and appear only
 //! when complete (a rename on a file system, a completed multipart upload on
 //! S3), so a crash mid-write leaves no object, only an abandoned upload.
 
@@ -65,10 +65,7 @@ impl Store {
     /// so that pipelines can share a URL). S3 credentials, region and endpoint
     /// come from the usual `AWS_*` environment variables.
     pub fn open(url: &str, within: &str) -> Result<Store, OpenError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a single-threaded tokio runtime starts");
+        let runtime = runtime();
         if let Some(path) = url.strip_prefix("file://") {
             let path = std::path::Path::new(path).join(within);
             let directory = |source| OpenError::Directory { url: url.into(), path: path.display().to_string(), source };
@@ -97,6 +94,17 @@ impl Store {
             .map_err(|source| OpenError::Store { url: url.into(), source })?;
         let prefix = Path::from(prefix).join(within);
         Ok(Store { objects: Arc::new(objects), prefix, url: url.into(), local_root: None, runtime })
+    }
+
+    /// The same store, for another thread: each drives a runtime of its own.
+    pub fn another(&self) -> Store {
+        Store {
+            objects: Arc::clone(&self.objects),
+            prefix: self.prefix.clone(),
+            url: self.url.clone(),
+            local_root: self.local_root.clone(),
+            runtime: runtime(),
+        }
     }
 
     /// The URL, for messages.
@@ -218,6 +226,10 @@ impl Store {
             }
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a single-threaded tokio runtime starts")
 }
 
 /// A local store stages an upload as `NAME#DIGITS` until it completes.
