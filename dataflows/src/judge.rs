@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::decode;
+use crate::decode::{Invalid, decode};
 use crate::event::{Event, Message, Offset, Partition, Reason};
 use crate::identity::Fingerprint;
 use crate::intern::Interner;
@@ -97,6 +97,28 @@ pub enum Verdict {
     Candidate(Candidate),
 }
 
+/// A message with its event decoded and identified, or why it cannot be.
+/// That needs the message alone, not its partition's clock, so it is done as
+/// messages arrive, while their epoch is still open, rather than when the
+/// epoch's turn comes and its events wait for it.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The message as read.
+    pub message: Message,
+    event: Result<(Event, Fingerprint), Invalid>,
+}
+
+impl Decoded {
+    /// Decodes `message`.
+    pub fn of(message: Message, prices: &PriceList, interner: &mut Interner) -> Decoded {
+        let event = decode(&message.payload, prices, interner).map(|event| {
+            let identity = Fingerprint::of(&event.order.source, &event.order.id);
+            (event, identity)
+        });
+        Decoded { message, event }
+    }
+}
+
 impl PartitionClock {
     /// Judges the partition's next message and advances the clock.
     ///
@@ -108,15 +130,9 @@ impl PartitionClock {
     /// on time for its own partition can still be aimed at a final window when
     /// its partition was idle while the others moved on (a live run only): that
     /// is late too, since final rows never change.
-    pub fn judge(
-        &mut self,
-        message: Message,
-        prices: &PriceList,
-        interner: &mut Interner,
-        settings: &Settings,
-        final_before: Option<Millis>,
-    ) -> Verdict {
-        let event = match decode(&message.payload, prices, interner) {
+    pub fn judge(&mut self, decoded: Decoded, settings: &Settings, final_before: Option<Millis>) -> Verdict {
+        let Decoded { message, event } = decoded;
+        let (event, identity) = match event {
             Ok(event) => event,
             Err(invalid) => {
                 return Verdict::Rejected(Rejection::of(message, invalid.reason, invalid.detail));
@@ -147,7 +163,6 @@ impl PartitionClock {
             let detail = behind_clock(time, self.clock, "allowed_lateness");
             Box::new(LateCopy { message, detail })
         });
-        let identity = Fingerprint::of(&event.order.source, &event.order.id);
         Verdict::Candidate(Candidate { event, identity, partition, offset, late })
     }
 }

@@ -22,7 +22,7 @@ use super::pending::Pending;
 use crate::checkpoint::{Cadence, Recorder, Shared};
 use crate::event::Partition;
 use crate::intern::Interner;
-use crate::judge::{Candidate, ClockReport, PartitionClock, PartitionState, SourceItem, Verdict};
+use crate::judge::{Candidate, ClockReport, Decoded, PartitionClock, PartitionState, SourceItem, Verdict};
 use crate::prices::PriceList;
 use crate::rows::{Progress, Rejection};
 use crate::settings::Settings;
@@ -37,6 +37,12 @@ pub enum Judged {
     Rejected(Rejection),
     /// A partition's clock after the epoch.
     Clock(ClockReport),
+}
+
+/// A source item held until its epoch's turn, its message already decoded.
+enum Arrived {
+    Message(Decoded),
+    Status { partition: Partition, state: PartitionState },
 }
 
 /// Judges each worker's partitions in offset order; `previous` is the progress
@@ -54,12 +60,19 @@ pub fn judge<'scope>(
         Pipeline,
         "JudgePartitions",
         move |_, _| {
-            let mut pending = Pending::<SourceItem, Progress>::default();
+            let mut pending = Pending::<Arrived, Progress>::default();
             let Shared { mut clocks, mut progress } = restored;
             let mut interner = Interner::default();
+            let mut arrived = Vec::new();
             move |(source, source_frontier), (previous, previous_frontier), output| {
                 let port = output.output_index();
-                source.for_each(|cap, data| pending.first(&cap, port, data));
+                source.for_each(|cap, data| {
+                    arrived.extend(data.drain(..).map(|item| match item {
+                        SourceItem::Message(message) => Arrived::Message(Decoded::of(message, &prices, &mut interner)),
+                        SourceItem::Status { partition, state } => Arrived::Status { partition, state },
+                    }));
+                    pending.first(&cap, port, &mut arrived);
+                });
                 previous.for_each(|cap, data| pending.second(&cap, port, data));
                 for (_, epoch) in pending.complete(&[source_frontier, previous_frontier]) {
                     if let Some(&last) = epoch.second.last() {
@@ -69,23 +82,20 @@ pub fn judge<'scope>(
                     let mut touched = Vec::new();
                     for item in epoch.first {
                         match item {
-                            SourceItem::Status { partition, state } => {
+                            Arrived::Status { partition, state } => {
                                 clocks.entry(partition).or_default().state = state;
                                 touched.push(partition);
                             }
-                            SourceItem::Message(message) => {
-                                let partition = message.partition;
+                            Arrived::Message(decoded) => {
+                                let partition = decoded.message.partition;
                                 let clock = clocks.entry(partition).or_default();
                                 if clock.state == PartitionState::Idle {
                                     clock.state = PartitionState::Active;
                                 }
-                                session.give(
-                                    match clock.judge(message, &prices, &mut interner, &settings, progress.final_before)
-                                    {
-                                        Verdict::Rejected(rejection) => Judged::Rejected(rejection),
-                                        Verdict::Candidate(candidate) => Judged::Candidate(candidate),
-                                    },
-                                );
+                                session.give(match clock.judge(decoded, &settings, progress.final_before) {
+                                    Verdict::Rejected(rejection) => Judged::Rejected(rejection),
+                                    Verdict::Candidate(candidate) => Judged::Candidate(candidate),
+                                });
                                 touched.push(partition);
                             }
                         }
