@@ -171,11 +171,11 @@ pub fn write<'scope>(
                 input.for_each(|cap, data| pending.first(&cap, port, data));
                 for (epoch, batch) in pending.complete(&[frontier]) {
                     writer.hand_over((epoch, batch.first));
-                    writing.push_back((epoch, batch.capability));
+                    writing.push_back(batch.capability);
                 }
                 for epoch in writer.done() {
-                    let (handed, capability) = writing.pop_front().expect("the writer writes only epochs handed to it");
-                    assert_eq!(handed, epoch, "the writer writes epochs in the order handed to it");
+                    let capability = writing.pop_front().expect("the writer writes only epochs handed to it");
+                    assert_eq!(*capability.time(), epoch, "the writer writes epochs in the order handed to it");
                     output.session(&capability).give(());
                 }
             }

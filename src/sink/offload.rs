@@ -73,7 +73,9 @@ impl<Write: Send + 'static, Done: Send + 'static> Offload<Write, Done> {
             }
         }
     }
+}
 
+impl<Write, Done> Offload<Write, Done> {
     fn stopped(&self) -> String {
         let name = self.thread.as_ref().and_then(|thread| thread.thread().name()).unwrap_or("writer");
         format!("the thread {name} stopped (see the error above)")
@@ -88,10 +90,11 @@ impl<Write, Done> Drop for Offload<Write, Done> {
         if std::thread::panicking() {
             return;
         }
+        let stopped = self.stopped();
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
-            panic!("a thread for writes stopped (see the error above)");
+            panic!("{stopped}");
         }
     }
 }
