@@ -196,9 +196,10 @@ pub fn write<'scope>(
             let mut previous: Option<String> = None;
             let uploads = Offload::start(format!("tally-shards-{worker}"), activator, move |shard: ShardUpload| {
                 let epoch = shard.epoch;
-                let written = write_shard(&shard_store, shard, previous.as_deref(), (worker, workers), &upload_metrics);
-                previous = Some(written.0.clone());
-                (epoch, written)
+                let (name, bytes) =
+                    write_shard(&shard_store, shard, previous.as_deref(), (worker, workers), &upload_metrics);
+                previous = Some(name.clone());
+                (epoch, name, bytes)
             });
             // Held at the next epoch to pass, so that every checkpoint epoch
             // gets an acknowledgement from every worker, rows or not.
@@ -206,9 +207,8 @@ pub fn write<'scope>(
             let mut next = first_epoch;
             // The epoch of the latest shard handed over.
             let mut last_shard: Option<u64> = None;
-            // Shards written (name and size) by epoch, from the oldest an
-            // acknowledgement still names.
-            let mut shards_written: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+            // The latest shard written: its epoch, name and size.
+            let mut shard_written: Option<(u64, String, u64)> = None;
             // Acknowledgements waiting for the shard they name to be written.
             let mut waiting: VecDeque<WaitingAck> = VecDeque::new();
             let mut acknowledged: Option<u64> = None;
@@ -280,14 +280,23 @@ pub fn write<'scope>(
                 if frontier.is_empty() {
                     capability = None;
                 }
-                shards_written.extend(uploads.done());
-                while let Some((shard, bytes)) = waiting.front().and_then(|w| shards_written.get(&w.shard)).cloned() {
-                    let WaitingAck { capability, shard: _, segments, entries, offsets } =
-                        waiting.pop_front().expect("an acknowledgement waits");
-                    output.session(&capability).give(ShardAck { worker, shard, bytes, segments, entries, offsets });
-                }
-                if let Some(oldest) = waiting.front().map(|w| w.shard).or(last_shard) {
-                    shards_written.retain(|&epoch, _| epoch >= oldest);
+                // Shards are written and acknowledgements wait in epoch
+                // order: each report releases those naming its shard.
+                let mut reports = uploads.done().into_iter();
+                loop {
+                    while let Some(ack) = waiting.front()
+                        && let Some((epoch, shard, bytes)) = &shard_written
+                        && ack.shard == *epoch
+                    {
+                        let WaitingAck { capability, segments, entries, offsets, .. } =
+                            waiting.pop_front().expect("an acknowledgement waits");
+                        let ack = ShardAck { worker, shard: shard.clone(), bytes: *bytes, segments, entries, offsets };
+                        output.session(&capability).give(ack);
+                    }
+                    match reports.next() {
+                        Some(report) => shard_written = Some(report),
+                        None => break,
+                    }
                 }
             }
         },
