@@ -202,7 +202,10 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
         let kafka = &config.kafka;
         tally::produce::ensure_topic(kafka, args.partitions)?;
         let pace = args.rate.map_or(Pace::Unpaced, Pace::PerSecond);
-        let sent = tally::produce::produce(kafka, Generator::new(workload), args.events, pace)?;
+        let total = args.events;
+        let sent = tally::produce::produce(kafka, Generator::new(workload), total, pace, |sent| {
+            eprintln!("tally gen: {sent} of {total} messages sent");
+        })?;
         eprintln!("tally gen: {sent} messages produced to {} at {}", kafka.topic, kafka.brokers);
         return Ok(());
     }

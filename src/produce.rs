@@ -71,13 +71,14 @@ pub enum Pace {
     PerSecond(u32),
 }
 
-/// Sends `messages` to `topic`, reporting progress; fails if Kafka did not
-/// take every one of them.
+/// Sends `messages` to `topic`, calling `progress` with the count sent after
+/// each tenth of `total`; fails if Kafka did not take every one of them.
 pub fn produce(
     kafka: &Kafka,
     messages: impl Iterator<Item = Produced>,
     total: u64,
     pace: Pace,
+    mut progress: impl FnMut(u64),
 ) -> Result<u64, ProduceError> {
     let (brokers, topic) = (&kafka.brokers, kafka.topic.as_str());
     let fail = |what| move |source| ProduceError { brokers: brokers.clone(), what, source: Box::new(source) };
@@ -121,7 +122,7 @@ pub fn produce(
         }
         sent += 1;
         if sent.is_multiple_of(step) {
-            eprintln!("tally gen: {sent} of {total} messages sent");
+            progress(sent);
         }
     }
     producer.flush(Duration::from_secs(120)).map_err(fail("flush"))?;

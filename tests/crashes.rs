@@ -10,7 +10,6 @@
 mod support;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
 use std::thread;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use support::{PrivateBroker, Running, S3Server, Scratch, Switch, as_read, expected, wait};
 use tally::fault::Fault;
+use tally::sink::clickhouse::Warehouse;
 use tally::workload::{Generator, Produced, Workload};
 use tally_dataflows::time::MINUTE;
 
@@ -68,12 +68,13 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
     let epoch_intervals = ["100ms", "40ms", "25ms"];
     for kill in 0..random_kills {
         let workers = rng.random_range(1..=3u32).to_string();
+        let log = scratch.log(&format!("kill-{kill}"));
         let mut run = Running(
             scratch
                 .tally(&["run", "--workers", &workers])
                 .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
                 .env("TALLY_CHECKPOINT_EPOCH_INTERVAL", epoch_intervals[kill % epoch_intervals.len()])
-                .stderr(Stdio::null())
+                .stderr(log.stdio())
                 .spawn()
                 .unwrap(),
         );
@@ -81,23 +82,24 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
         // More input while it runs, so that kills land mid-epoch too.
         scratch.produce_more(pieces.next().unwrap());
         thread::sleep(Duration::from_millis(rng.random_range(0..800)));
-        assert!(run.alive(), "tally exited before kill {kill}");
+        assert!(run.alive(), "tally exited before kill {kill}; {}", log.tail());
         run.0.kill().unwrap();
         run.0.wait().unwrap();
     }
     for (index, (fault, name)) in Fault::ALL.into_iter().enumerate() {
         scratch.produce_more(pieces.next().unwrap());
         let workers = rng.random_range(1..=3u32).to_string();
+        let log = scratch.log(name);
         let mut run = scratch
             .tally(&["run", "--drain", "--workers", &workers])
             .env("TALLY_FAULT", name)
             .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
             .env("TALLY_CHECKPOINT_EPOCH_INTERVAL", epoch_intervals[index % epoch_intervals.len()])
-            .stderr(Stdio::null())
+            .stderr(log.stdio())
             .spawn()
             .unwrap();
         let status = wait(&mut run, Duration::from_secs(60));
-        assert_eq!(status.signal(), Some(6), "{fault:?} was not reached: tally exited with {status}");
+        assert_eq!(status.signal(), Some(6), "{fault:?} was not reached: tally exited with {status}; {}", log.tail());
     }
     for piece in pieces {
         scratch.produce_more(piece);
@@ -132,14 +134,15 @@ fn a_row_written_past_the_checkpoint_is_rewritten_even_when_the_replay_leaves_it
     let committed = newest_manifest_version(&scratch).expect("the first drain committed a checkpoint");
 
     scratch.produce_more(&ahead);
+    let log = scratch.log("crashed");
     let mut crashed = scratch
         .tally(&["run", "--drain", "--workers", "1", "--checkpoint-interval", "10s"])
         .env("TALLY_FAULT", "after-sink-write")
-        .stderr(Stdio::null())
+        .stderr(log.stdio())
         .spawn()
         .unwrap();
     let status = wait(&mut crashed, Duration::from_secs(60));
-    assert_eq!(status.signal(), Some(6), "the fault point was not reached: {status}");
+    assert_eq!(status.signal(), Some(6), "the fault point was not reached: {status}; {}", log.tail());
     assert_eq!(newest_manifest_version(&scratch), Some(committed), "the crash came before the next checkpoint");
     let written = count(
         &scratch,
@@ -191,25 +194,23 @@ fn a_broker_restart_and_clickhouse_away_for_30s_mid_run_lose_nothing() {
     scratch.run_ok(&["migrate"]);
     let clickhouse = Switch::to("127.0.0.1:8123");
     clickhouse.set(true);
-    let live = |scratch: &Scratch| {
-        Running(
-            scratch
-                .tally(&["run", "--workers", "2"])
-                .env("TALLY_CLICKHOUSE_URL", format!("http://127.0.0.1:{}", clickhouse.port))
-                .env("TALLY_CHECKPOINT_INTERVAL", "200ms")
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let mut run = live(&scratch);
+    let log = scratch.log("live");
+    let mut run = Running(
+        scratch
+            .tally(&["run", "--workers", "2"])
+            .env("TALLY_CLICKHOUSE_URL", format!("http://127.0.0.1:{}", clickhouse.port))
+            .env("TALLY_CHECKPOINT_INTERVAL", "200ms")
+            .stderr(log.stdio())
+            .spawn()
+            .unwrap(),
+    );
     thread::sleep(Duration::from_secs(1));
     broker.restart();
     scratch.produce_more(second);
     thread::sleep(Duration::from_secs(1));
     clickhouse.set(false);
     thread::sleep(Duration::from_secs(30));
-    assert!(run.alive(), "tally gave up while ClickHouse was away");
+    assert!(run.alive(), "tally gave up while ClickHouse was away; {}", log.tail());
     clickhouse.set(true);
     thread::sleep(Duration::from_secs(2));
     run.0.kill().unwrap();
@@ -232,11 +233,12 @@ fn an_s3_checkpoint_store_that_stalls_then_a_kill_lose_nothing() {
         command
     };
     let mut live = with_s3(scratch.tally(&["run", "--workers", "2"]));
-    let mut run = Running(live.env("TALLY_CHECKPOINT_INTERVAL", "200ms").stderr(Stdio::null()).spawn().unwrap());
+    let log = scratch.log("live");
+    let mut run = Running(live.env("TALLY_CHECKPOINT_INTERVAL", "200ms").stderr(log.stdio()).spawn().unwrap());
     thread::sleep(Duration::from_millis(700));
     s3.freeze(true);
     thread::sleep(Duration::from_secs(4));
-    assert!(run.alive(), "tally gave up while the checkpoint store was away");
+    assert!(run.alive(), "tally gave up while the checkpoint store was away; {}", log.tail());
     s3.freeze(false);
     thread::sleep(Duration::from_secs(1));
     run.0.kill().unwrap();
@@ -282,6 +284,6 @@ fn a_drain_ends_with_everything_it_read_checkpointed_whatever_the_cadence() {
 }
 
 fn count(scratch: &Scratch, sql: &str) -> u64 {
-    let warehouse = tally::sink::clickhouse::Warehouse::new(&scratch.clickhouse());
+    let warehouse = Warehouse::new(&scratch.clickhouse());
     warehouse.block_on(warehouse.client().query(sql).fetch_one::<u64>()).expect("ClickHouse answers")
 }

@@ -75,7 +75,7 @@ impl Scratch {
     /// Produces `messages` after what the topic already holds.
     pub fn produce_more(&self, messages: &[Produced]) {
         let total = messages.len() as u64;
-        tally::produce::produce(&self.kafka(), messages.iter().cloned(), total, tally::produce::Pace::Unpaced)
+        tally::produce::produce(&self.kafka(), messages.iter().cloned(), total, tally::produce::Pace::Unpaced, |_| {})
             .expect("produced");
     }
 
@@ -108,6 +108,14 @@ impl Scratch {
         output
     }
 
+    /// A file for the stderr of the run called `name`, kept when the test
+    /// fails.
+    pub fn log(&self, name: &str) -> Log {
+        let directory = self.state.with_extension("logs");
+        std::fs::create_dir_all(&directory).expect("a directory for logs");
+        Log { path: directory.join(format!("{name}.log")) }
+    }
+
     /// The tables as a reader sees them with FINAL.
     pub fn tables(&self) -> Tables {
         Tables::read(&Warehouse::new(&self.clickhouse()))
@@ -121,7 +129,27 @@ impl Drop for Scratch {
             let _ =
                 server.block_on(server.client().query(&format!("DROP DATABASE IF EXISTS {}", self.database)).execute());
             let _ = std::fs::remove_dir_all(&self.state);
+            let _ = std::fs::remove_dir_all(self.state.with_extension("logs"));
         }
+    }
+}
+
+/// Where a child's stderr goes, for a failing test to show.
+pub struct Log {
+    pub path: PathBuf,
+}
+
+impl Log {
+    pub fn stdio(&self) -> std::process::Stdio {
+        std::fs::File::create(&self.path).expect("a log file").into()
+    }
+
+    /// The last lines written, with the file's name.
+    pub fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("{} ends:\n{tail}", self.path.display())
     }
 }
 
