@@ -34,7 +34,10 @@
 //! incarnation wrote them, and the restored run may never produce them again
 //! (a value that went back to what it was at `e`). They are written again from
 //! the restored state in the first epoch, with the new incarnation's higher
-//! version (see `tally_dataflows::checkpoint`).
+//! version (see `tally_dataflows::checkpoint`). Before looking for them, the
+//! workers wait until ClickHouse runs no insert of the pipeline: one that a
+//! killed incarnation sent in full is still carried out, and its rows must
+//! be there to be found.
 //!
 //! A checkpoint is only as good as the rows it accounts for: when ClickHouse
 //! holds no `pipeline_progress` for the pipeline (a new or recreated

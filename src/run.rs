@@ -27,7 +27,7 @@ use crate::checkpoint::{self, CheckpointError, Incarnations, Manifest};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::sink::clickhouse::{Warehouse, has_progress, stale_rows};
+use crate::sink::clickhouse::{Warehouse, await_earlier_inserts, has_progress, stale_rows};
 use crate::sink::{self, AppendedHandle, Checkpointing, OffsetsHandle, Target, Versions};
 use crate::source::kafka::PartitionReader;
 
@@ -121,6 +121,9 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     let config = &shared.config;
     let store = Store::open(&config.checkpoint.url, &config.kafka.topic).map_err(|e| e.to_string())?;
     let warehouse = Warehouse::new(&config.clickhouse);
+    // No worker of this run writes before every worker has agreed on where
+    // to start, so an insert running now is an earlier run's.
+    await_earlier_inserts(&warehouse, &config.kafka.topic);
     let start = Start::agree(worker, &store, &warehouse, &config.kafka.topic, shared.started_millis)
         .map_err(|e| e.to_string())?;
     if index == 0 {

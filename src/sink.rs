@@ -484,11 +484,10 @@ fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Outpu
             }
         }
     }
-    let metrics = &target.metrics;
-    timed_insert::<UsageBreakdown>(warehouse, metrics, "usage_breakdown", &breakdowns);
+    timed_insert::<UsageBreakdown>(warehouse, target, "usage_breakdown", &breakdowns);
     fault::point(Fault::BetweenSinkBatches);
-    timed_insert::<AccountTotal>(warehouse, metrics, "account_totals", &totals);
-    timed_insert::<RejectedEvent>(warehouse, metrics, "rejected_events", &rejections);
+    timed_insert::<AccountTotal>(warehouse, target, "account_totals", &totals);
+    timed_insert::<RejectedEvent>(warehouse, target, "rejected_events", &rejections);
     tracing::debug!(
         epoch,
         breakdowns = breakdowns.len(),
@@ -501,7 +500,7 @@ fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Outpu
 
 fn timed_insert<R: ::clickhouse::Row + ::clickhouse::RowWrite>(
     warehouse: &Warehouse,
-    metrics: &Metrics,
+    target: &Target,
     table: &'static str,
     rows: &[R::Value<'_>],
 ) {
@@ -509,8 +508,8 @@ fn timed_insert<R: ::clickhouse::Row + ::clickhouse::RowWrite>(
         return;
     }
     let started = Instant::now();
-    warehouse.insert_all::<R>(table, rows);
-    metrics.observe_insert(table, rows.len(), started.elapsed());
+    warehouse.insert_all::<R>(&target.topic, table, rows);
+    target.metrics.observe_insert(table, rows.len(), started.elapsed());
 }
 
 fn write_progress(warehouse: &Warehouse, target: &Target, epoch: u64, progress: Progress) {
@@ -525,7 +524,7 @@ fn write_progress(warehouse: &Warehouse, target: &Target, epoch: u64, progress: 
         committed_at,
         version: target.versions.of(epoch),
     };
-    warehouse.insert_all::<PipelineProgress>("pipeline_progress", &[row]);
+    warehouse.insert_all::<PipelineProgress>(&target.topic, "pipeline_progress", &[row]);
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use support::{PrivateBroker, Running, S3Server, Scratch, Switch, as_read, expected, wait};
 use tally::fault::Fault;
-use tally::sink::clickhouse::Warehouse;
+use tally::sink::clickhouse::{Warehouse, insert_prefix};
 use tally::workload::{Generator, Produced, Workload};
 use tally_dataflows::time::MINUTE;
 
@@ -246,6 +246,42 @@ fn an_s3_checkpoint_store_that_stalls_then_a_kill_lose_nothing() {
     let output = with_s3(scratch.tally(&["run", "--drain", "--workers", "3"])).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     scratch.tables().assert_same(&expected(3, &messages));
+}
+
+/// An insert a killed run sent in full is carried out by ClickHouse all the
+/// same, and may land after the next run started. That run has nothing new to
+/// write for the row, so it must wait for the insert and write the row again.
+#[test]
+fn an_insert_of_a_killed_run_landing_after_the_restart_is_written_over() {
+    let scratch = Scratch::new("late_insert");
+    let messages = scratch.produce(2, troubled(35, 3_000, 2));
+    scratch.run_ok(&["migrate"]);
+    scratch.run_ok(&["run", "--drain", "--workers", "2"]);
+    // A row altered as a run past the checkpoint would have altered it, with
+    // a version above the checkpoint's, landing two seconds from now.
+    let query_id = format!("{}killed-run", insert_prefix(&scratch.database, &scratch.topic));
+    let late_insert = "INSERT INTO usage_breakdown SELECT account_id, window_start, resource_id, sku, project_id, \
+         region, labels, usage + 1, unit, cost + 1, currency, (SELECT max(version) FROM pipeline_progress) + 1 \
+         FROM (SELECT * FROM usage_breakdown FINAL ORDER BY account_id, window_start, resource_id, sku LIMIT 1) \
+         WHERE sleep(2) = 0";
+    let clickhouse = scratch.clickhouse();
+    let landing = {
+        let query_id = query_id.clone();
+        thread::spawn(move || {
+            let warehouse = Warehouse::new(&clickhouse);
+            let insert = warehouse.client().query(late_insert).with_setting("query_id", query_id);
+            warehouse.block_on(insert.execute()).expect("the late insert is carried out");
+        })
+    };
+    let running = format!("SELECT count() FROM system.processes WHERE query_id = '{query_id}'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(&scratch, &running) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the late insert did not start");
+        thread::sleep(Duration::from_millis(10));
+    }
+    scratch.run_ok(&["run", "--drain", "--workers", "2"]);
+    landing.join().expect("the late insert landed");
+    scratch.tables().assert_same(&expected(2, &messages));
 }
 
 fn newest_manifest_version(scratch: &Scratch) -> Option<u64> {

@@ -4,9 +4,17 @@
 //! A write either succeeds or is retried with backoff for as long as it takes:
 //! while ClickHouse is away the writer blocks here, its epoch is not
 //! acknowledged, and the worker stops at the next epoch it hands over (see
-//! `sink::writer`), so the source stops advancing behind it.
+//! `sink::offload`), so the source stops advancing behind it.
+//!
+//! Every insert of a pipeline carries a `query_id` beginning with
+//! [`insert_prefix`]. An insert sent in full is carried out even when its
+//! sender has been killed since, and may land after a restart has looked for
+//! what earlier runs wrote; the restart first waits for those still running
+//! (see [`await_earlier_inserts`]).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use clickhouse::{Client, Row, RowWrite};
 
@@ -22,6 +30,8 @@ use crate::config::ClickHouse;
 pub struct Warehouse {
     client: Client,
     url: String,
+    /// The database, empty for the server's default one.
+    database: String,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -55,7 +65,7 @@ impl Warehouse {
             .enable_all()
             .build()
             .expect("a single-threaded tokio runtime starts");
-        Warehouse { client, url: config.url.clone(), runtime }
+        Warehouse { client, url: config.url.clone(), database: database.unwrap_or_default().to_owned(), runtime }
     }
 
     /// The client, for queries.
@@ -78,19 +88,64 @@ impl Warehouse {
         backoff::retry("ClickHouse", what, hint, || self.block_on(attempt(self.client.clone())))
     }
 
-    /// Inserts `rows` into `table` in one statement, retrying until it succeeds.
-    pub fn insert_all<R: Row + RowWrite>(&self, table: &str, rows: &[R::Value<'_>]) {
+    /// Inserts `rows` of `pipeline` into `table` in one statement, retrying
+    /// until it succeeds. Every attempt has the same `query_id`, so that one
+    /// still running in ClickHouse after its sender gave up holds the next
+    /// back rather than running beside it.
+    pub fn insert_all<R: Row + RowWrite>(&self, pipeline: &str, table: &str, rows: &[R::Value<'_>]) {
+        static INSERTS: AtomicU64 = AtomicU64::new(0);
         if rows.is_empty() {
             return;
         }
-        self.retry(table, |client| async move {
-            let mut insert = client.insert::<R>(table).await?;
-            for row in rows {
-                insert.write(row).await?;
+        let insert_number = INSERTS.fetch_add(1, Ordering::Relaxed);
+        let query_id =
+            format!("{}{table}-{}-{insert_number}", insert_prefix(&self.database, pipeline), std::process::id());
+        self.retry(table, |client| {
+            let query_id = query_id.clone();
+            async move {
+                let mut insert = client.insert::<R>(table).await?.with_setting("query_id", query_id);
+                for row in rows {
+                    insert.write(row).await?;
+                }
+                insert.end().await
             }
-            insert.end().await
         });
     }
+}
+
+/// How the `query_id` of every insert of `pipeline` into `database` begins.
+pub fn insert_prefix(database: &str, pipeline: &str) -> String {
+    format!("tally:{database}:{pipeline}:")
+}
+
+/// Waits until ClickHouse runs no insert of `pipeline`. Called before a run
+/// looks at what earlier runs wrote, when none of its own has begun: an insert
+/// a killed run sent in full is still carried out, and a row landing after the
+/// restart looked for stale rows (see [`stale_rows`]) would never be written
+/// again.
+pub fn await_earlier_inserts(warehouse: &Warehouse, pipeline: &str) {
+    let prefix = string_literal(&insert_prefix(&warehouse.database, pipeline));
+    let sql = format!("SELECT count() FROM system.processes WHERE startsWith(query_id, {prefix})");
+    let mut waiting = false;
+    loop {
+        let running = warehouse.retry("list the inserts running", |client| {
+            let sql = sql.clone();
+            async move { client.query(&sql).fetch_one::<u64>().await }
+        });
+        if running == 0 {
+            return;
+        }
+        if !waiting {
+            tracing::warn!(running, "inserts of an earlier run of this pipeline are still running; waiting for them");
+            waiting = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `text` as a ClickHouse string literal.
+fn string_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Rows written with a version above `version`: by an incarnation whose epochs
@@ -138,8 +193,7 @@ pub fn stale_rows(warehouse: &Warehouse, version: u64, prices: &PriceList) -> St
 /// Whether `pipeline_progress` holds a row for `pipeline`: whether the rows a
 /// checkpoint accounts for can be in this database at all.
 pub fn has_progress(warehouse: &Warehouse, pipeline: &str) -> bool {
-    let quoted = pipeline.replace('\\', "\\\\").replace('\'', "\\'");
-    let sql = format!("SELECT count() FROM pipeline_progress WHERE pipeline = '{quoted}'");
+    let sql = format!("SELECT count() FROM pipeline_progress WHERE pipeline = {}", string_literal(pipeline));
     let rows = warehouse.retry("read pipeline_progress", |client| {
         let sql = sql.clone();
         async move { client.query(&sql).fetch_one::<u64>().await }
