@@ -23,7 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{
-    Cadence, Encoded, Part, Pieces, SegmentId, ShardParts, SnapshotsHandle, release_before,
+    Cadence, Encoded, Part, Pieces, SegmentId, ShardParts, Shared, SnapshotsHandle, release_before,
 };
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
@@ -125,6 +125,9 @@ struct ShardAck {
     segments: Vec<(SegmentId, u64)>,
     entries: BTreeMap<Part, usize>,
     offsets: BTreeMap<Partition, Offset>,
+    /// Partition clocks and progress as of the epoch, the same on every
+    /// worker.
+    shared: Shared,
 }
 
 #[derive(Clone)]
@@ -181,9 +184,9 @@ pub fn write<'scope>(
             }
         },
     );
-    let Checkpointing { store, snapshots, offsets, appended, first_epoch, cadence, keep, restored } = checkpointing;
+    let Checkpointing { store, snapshots: shard_snapshots, offsets, appended, first_epoch, cadence, keep, restored } =
+        checkpointing;
     let shard_metrics = Arc::clone(&target.metrics);
-    let shard_snapshots = Rc::clone(&snapshots);
     let shard_store = store.another();
     let shards = written.unary_frontier::<CapacityContainerBuilder<Vec<ShardAck>>, _, _, _>(
         Pipeline,
@@ -260,6 +263,9 @@ pub fn write<'scope>(
                             shard: last_shard.expect("a shard was handed over"),
                             segments: shard_snapshots.borrow().named_segments_at(next),
                             entries: shard_snapshots.borrow().entries_at(next),
+                            // Taken now: the snapshots before `next` go below,
+                            // and the commit may come epochs later.
+                            shared: shard_snapshots.borrow().shared_at(next).cloned().unwrap_or_default(),
                             offsets: offsets
                                 .borrow()
                                 .range(..=next)
@@ -288,9 +294,10 @@ pub fn write<'scope>(
                         && let Some((epoch, shard, bytes)) = &shard_written
                         && ack.shard == *epoch
                     {
-                        let WaitingAck { capability, segments, entries, offsets, .. } =
+                        let WaitingAck { capability, segments, entries, offsets, shared, .. } =
                             waiting.pop_front().expect("an acknowledgement waits");
-                        let ack = ShardAck { worker, shard: shard.clone(), bytes: *bytes, segments, entries, offsets };
+                        let shard = shard.clone();
+                        let ack = ShardAck { worker, shard, bytes: *bytes, segments, entries, offsets, shared };
                         output.session(&capability).give(ack);
                     }
                     match reports.next() {
@@ -338,8 +345,7 @@ pub fn write<'scope>(
                         remember_acks(batch.first, &mut latest);
                     } else if let Some(writer) = &writer {
                         let started = Instant::now();
-                        let manifest =
-                            manifest(&target, &snapshots, epoch, batch.first, &mut latest, &restored_offsets);
+                        let manifest = manifest(&target, epoch, batch.first, &mut latest, &restored_offsets);
                         checkpoint::commit_manifest(&store, &manifest);
                         fault::point(Fault::AfterManifest);
                         write_progress(writer, &target, epoch, progress);
@@ -372,6 +378,7 @@ struct WaitingAck {
     segments: Vec<(SegmentId, u64)>,
     entries: BTreeMap<Part, usize>,
     offsets: BTreeMap<Partition, Offset>,
+    shared: Shared,
 }
 
 /// Writes `worker`'s shard: its segments, then its parts, those let go since
@@ -415,19 +422,20 @@ fn write_shard(
     (name, bytes)
 }
 
-/// The manifest of `epoch` from every worker's latest acknowledgement. Every
-/// worker acknowledges every checkpoint epoch while any input is left, and
-/// its own last epoch at the end of a drain; a worker whose source and
-/// operators stopped before the last epoch stops acknowledging, its state
-/// unchanged: its last shard stands.
+/// The manifest of `epoch` from every worker's latest acknowledgement, and
+/// the shared state the acknowledgements of `epoch` carry. Every worker
+/// acknowledges every checkpoint epoch while any input is left, and its own
+/// last epoch at the end of a drain; a worker whose source and operators
+/// stopped before the last epoch stops acknowledging, its state unchanged:
+/// its last shard stands.
 fn manifest(
     target: &Target,
-    snapshots: &SnapshotsHandle,
     epoch: u64,
     acks: Vec<ShardAck>,
     latest: &mut [Option<ShardAck>],
     restored_offsets: &BTreeMap<Partition, Offset>,
 ) -> Manifest {
+    let shared = acks.first().map(|ack| ack.shared.clone()).expect("a checkpoint is committed on acknowledgements");
     remember_acks(acks, latest);
     let mut offsets = restored_offsets.clone();
     let mut shards = Vec::with_capacity(latest.len());
@@ -451,7 +459,7 @@ fn manifest(
         shards,
         segments,
         offsets,
-        shared: snapshots.borrow().shared_at(epoch).cloned().unwrap_or_default(),
+        shared,
         state,
         committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     }

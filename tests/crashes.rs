@@ -284,17 +284,80 @@ fn an_insert_of_a_killed_run_landing_after_the_restart_is_written_over() {
     scratch.tables().assert_same(&expected(2, &messages));
 }
 
+/// Shard uploads run on threads of their own, so a checkpoint can be
+/// committed after the workers have moved several epochs on, the more so
+/// while the store is slow. Its manifest must still hold the partition
+/// clocks and progress as of its own epoch: a restart from one that lost them
+/// judges lateness and accrual from nothing.
+#[test]
+fn every_manifest_holds_the_clocks_of_the_partitions_it_read_even_behind_a_slow_store() {
+    let s3 = S3Server::start("tally-checkpoints");
+    let scratch = Scratch::new("manifest_clocks");
+    let produced = troubled(36, 20_000, 3);
+    let mut pieces = chunks(&produced, 40).into_iter();
+    scratch.produce(3, pieces.next().unwrap().to_vec());
+    scratch.run_ok(&["migrate"]);
+    let prefix = format!("pipelines/{}", scratch.topic);
+    let with_s3 = |args: &[&str]| {
+        let cadence =
+            ["--checkpoint-interval", "20ms", "--checkpoint-epoch-interval", "5ms", "--checkpoint-keep", "100000"];
+        let mut command = scratch.tally(&[args, &cadence[..]].concat());
+        command.env("TALLY_CHECKPOINT_URL", format!("s3://tally-checkpoints/{prefix}")).envs(s3.environment());
+        command
+    };
+    let mut live = Running(with_s3(&["run", "--workers", "2"]).spawn().unwrap());
+    thread::scope(|scope| {
+        // Messages in every epoch, each recording new clocks, while the
+        // store stalls twice.
+        scope.spawn(|| pieces.for_each(|piece| scratch.produce_more(piece)));
+        for _ in 0..2 {
+            thread::sleep(Duration::from_millis(500));
+            s3.freeze(true);
+            thread::sleep(Duration::from_millis(700));
+            s3.freeze(false);
+        }
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(live.alive(), "the live run exited");
+    drop(live);
+    let output = with_s3(&["run", "--drain", "--workers", "2"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let manifests = s3.objects("tally-checkpoints", &format!("{prefix}/{}/manifests/", scratch.topic));
+    assert!(manifests.len() > 10, "the runs committed {} checkpoints", manifests.len());
+    for manifest in manifests {
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest).expect("a manifest is JSON");
+        let clocks = manifest["shared"]["clocks"].as_object().expect("clocks");
+        for (partition, offset) in manifest["offsets"].as_object().expect("offsets") {
+            assert!(
+                offset.as_i64() == Some(0) || clocks.contains_key(partition),
+                "the manifest of epoch {} read partition {partition} but holds no clock for it: {}",
+                manifest["epoch"],
+                manifest["shared"]
+            );
+        }
+    }
+    scratch.tables().assert_same(&expected(3, &as_read(&produced)));
+}
+
 fn newest_manifest_version(scratch: &Scratch) -> Option<u64> {
     newest_manifest(scratch)?["version"].as_u64()
 }
 
 fn newest_manifest(scratch: &Scratch) -> Option<serde_json::Value> {
-    let newest = std::fs::read_dir(scratch.state.join(&scratch.topic).join("manifests"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .max()?;
-    serde_json::from_slice(&std::fs::read(newest).ok()?).ok()
+    all_manifests(scratch).pop()
+}
+
+/// The manifests in the store, oldest first.
+fn all_manifests(scratch: &Scratch) -> Vec<serde_json::Value> {
+    let Ok(directory) = std::fs::read_dir(scratch.state.join(&scratch.topic).join("manifests")) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = directory.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).expect("a manifest is JSON"))
+        .collect()
 }
 
 /// Epochs far shorter than the checkpoint interval: the drain's last epoch is

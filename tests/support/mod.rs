@@ -416,6 +416,31 @@ impl S3Server {
         ]
     }
 
+    /// The objects of `bucket` whose keys begin with `prefix`, in key order.
+    pub fn objects(&self, bucket: &str, prefix: &str) -> Vec<Vec<u8>> {
+        let get = |url: String| {
+            let output = Command::new("curl").args(["-sf", &url]).output().unwrap();
+            assert!(output.status.success(), "cannot GET {url}");
+            output.stdout
+        };
+        let mut keys = Vec::new();
+        let mut after = String::new();
+        loop {
+            let listing = get(format!("{}/{bucket}?list-type=2&prefix={prefix}&start-after={after}", self.endpoint));
+            let listing = String::from_utf8(listing).expect("an XML listing");
+            let page: Vec<String> = listing
+                .split("<Key>")
+                .skip(1)
+                .map(|rest| rest.split("</Key>").next().expect("a closed key").to_owned())
+                .collect();
+            let Some(last) = page.last() else { break };
+            after = last.clone();
+            keys.extend(page);
+        }
+        keys.sort();
+        keys.into_iter().map(|key| get(format!("{}/{bucket}/{key}", self.endpoint))).collect()
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: an outage that keeps its objects.
     pub fn freeze(&self, frozen: bool) {
         let signal = if frozen { "-STOP" } else { "-CONT" };
