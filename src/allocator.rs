@@ -1,4 +1,4 @@
-//! The process's allocator, mimalloc, and the one setting it runs with.
+//! The process's allocator, mimalloc, and the two settings it runs with.
 //!
 //! mimalloc rather than the system's: checkpoints encode whole operator
 //! states into large, short-lived buffers, and glibc's per-thread arenas
@@ -13,7 +13,14 @@
 //! Told to give memory back in whole huge pages only, it keeps the pages an
 //! epoch reuses and still returns what a shrinking state leaves free.
 //!
-//! The setting is a call into mimalloc, hence this module's one `unsafe`
+//! It also gives memory back one second after it was freed, by default. A
+//! live run's epochs are two seconds apart and its checkpoints ten: each
+//! epoch's batches and each checkpoint's encoded state were freed, given
+//! back, and faulted in again, zeroed, by the next. With the delay at ten
+//! seconds they find the pages the last one left; memory a shrinking state
+//! no longer uses still goes back, ten seconds later.
+//!
+//! The settings are calls into mimalloc, hence this module's one `unsafe`
 //! block; the library crates forbid `unsafe` outright.
 
 #![expect(unsafe_code, reason = "mimalloc's options are set through its C interface only")]
@@ -23,17 +30,24 @@ use std::ffi::c_long;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_allow_thp`: its place in mimalloc 3's `mi_option_t`, which
-/// the bindings do not name (they list mimalloc 2's options).
+/// `mi_option_allow_thp` and `mi_option_purge_delay`: their places in
+/// mimalloc 3's `mi_option_t`, which the bindings do not name (they list
+/// mimalloc 2's options).
 const ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Huge pages allowed, and memory given back in whole huge pages only.
 const WHOLE_HUGE_PAGES: c_long = 2;
+/// Milliseconds memory stays free before it is given back.
+const TEN_SECONDS: c_long = 10_000;
 
 /// Sets mimalloc's options; called first thing, before any thread starts.
 pub fn configure() {
-    // SAFETY: writes one option of mimalloc's table, read when it gives
+    // SAFETY: writes two options of mimalloc's table, read when it gives
     // memory back; no other thread runs yet.
-    unsafe { libmimalloc_sys::mi_option_set(ALLOW_THP, WHOLE_HUGE_PAGES) }
+    unsafe {
+        libmimalloc_sys::mi_option_set(ALLOW_THP, WHOLE_HUGE_PAGES);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, TEN_SECONDS);
+    }
 }
 
 #[cfg(test)]
@@ -53,11 +67,12 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_given_back_in_whole_huge_pages() {
+    fn memory_is_given_back_in_whole_huge_pages_ten_seconds_after_it_is_freed() {
         super::configure();
         let mut printed = String::new();
         // SAFETY: `append` writes to `printed` only, during the call.
         unsafe { mi_options_print_out(Some(append), (&raw mut printed).cast()) };
         assert!(printed.contains("option 'allow_thp': 2"), "mimalloc's options: {printed}");
+        assert!(printed.contains("option 'purge_delay': 10000"), "mimalloc's options: {printed}");
     }
 }
