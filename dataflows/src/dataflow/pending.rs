@@ -21,23 +21,32 @@ pub struct Epoch<A, B> {
 }
 
 /// Records of two inputs, held per epoch.
+///
+/// An epoch's records arrive in many small batches. Appended one after the
+/// other to an empty vector, they were copied at every doubling, each
+/// larger vector on fresh pages, per operator and epoch. A new epoch starts
+/// with room for as many records as the last one completed had: in a steady
+/// stream, one allocation per epoch and nothing moved.
 pub struct Pending<A, B> {
     epochs: BTreeMap<u64, Epoch<A, B>>,
+    /// Records in each input of the epoch completed last.
+    last_sizes: (usize, usize),
 }
 
 impl<A, B> Default for Pending<A, B> {
     fn default() -> Self {
-        Pending { epochs: BTreeMap::new() }
+        Pending { epochs: BTreeMap::new(), last_sizes: (0, 0) }
     }
 }
 
 impl<A, B> Pending<A, B> {
     fn epoch(&mut self, capability: &InputCapability<u64>, port: usize) -> Option<&mut Epoch<A, B>> {
         let time = *capability.least()?;
+        let (first, second) = self.last_sizes;
         Some(self.epochs.entry(time).or_insert_with(|| Epoch {
             capability: capability.delayed(&time, port),
-            first: Vec::new(),
-            second: Vec::new(),
+            first: Vec::with_capacity(first),
+            second: Vec::with_capacity(second),
         }))
     }
 
@@ -62,7 +71,9 @@ impl<A, B> Pending<A, B> {
             if frontiers.iter().any(|f| f.less_equal(entry.key())) {
                 break;
             }
-            done.push(entry.remove_entry());
+            let (time, epoch) = entry.remove_entry();
+            self.last_sizes = (epoch.first.len(), epoch.second.len());
+            done.push((time, epoch));
         }
         done
     }
