@@ -473,51 +473,58 @@ fn remember_acks(acks: Vec<ShardAck>, latest: &mut [Option<ShardAck>]) {
     }
 }
 
-/// Writes `epoch`'s rows of one worker, one insert per table.
+/// Writes `epoch`'s rows of one worker, one insert per table. Each table's
+/// rows are encoded straight from the epoch's output as the insert sends
+/// them: gathered first, an epoch's breakdown rows took a vector of ten
+/// megabytes, on pages the kernel zeroed afresh each time.
 fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Output]) {
     let version = target.versions.of(epoch);
     let prices = &target.prices;
-    // Nearly every output of an epoch is a breakdown row: one allocation
-    // rather than a doubling buffer, whose every step faulted in fresh pages.
-    let mut breakdowns = Vec::with_capacity(batch.len());
-    let mut totals = Vec::new();
-    let mut rejections = Vec::new();
+    let (mut breakdowns, mut totals, mut rejections) = (0, 0, 0);
     for output in batch {
         match output {
-            Output::Breakdown(row) => breakdowns.push(UsageBreakdown::of(row, prices, version)),
-            Output::Total(row) => totals.push(AccountTotal::of(row, prices, version)),
+            Output::Breakdown(_) => breakdowns += 1,
+            Output::Total(_) => totals += 1,
             Output::Rejection(rejection) => {
                 target.metrics.count_rejection(rejection.reason.as_str());
-                rejections.push(RejectedEvent::of(rejection, &target.topic, version));
+                rejections += 1;
             }
         }
     }
-    timed_insert::<UsageBreakdown>(warehouse, target, "usage_breakdown", &breakdowns);
+    let breakdown_rows = batch.iter().filter_map(|output| match output {
+        Output::Breakdown(row) => Some(UsageBreakdown::of(row, prices, version)),
+        _ => None,
+    });
+    timed_insert::<UsageBreakdown>(warehouse, target, "usage_breakdown", breakdowns, breakdown_rows);
     fault::point(Fault::BetweenSinkBatches);
-    timed_insert::<AccountTotal>(warehouse, target, "account_totals", &totals);
-    timed_insert::<RejectedEvent>(warehouse, target, "rejected_events", &rejections);
-    tracing::debug!(
-        epoch,
-        breakdowns = breakdowns.len(),
-        totals = totals.len(),
-        rejections = rejections.len(),
-        "epoch written"
-    );
+    let total_rows = batch.iter().filter_map(|output| match output {
+        Output::Total(row) => Some(AccountTotal::of(row, prices, version)),
+        _ => None,
+    });
+    timed_insert::<AccountTotal>(warehouse, target, "account_totals", totals, total_rows);
+    let rejection_rows = batch.iter().filter_map(|output| match output {
+        Output::Rejection(rejection) => Some(RejectedEvent::of(rejection, &target.topic, version)),
+        _ => None,
+    });
+    timed_insert::<RejectedEvent>(warehouse, target, "rejected_events", rejections, rejection_rows);
+    tracing::debug!(epoch, breakdowns, totals, rejections, "epoch written");
     fault::point(Fault::AfterSinkWrite);
 }
 
-fn timed_insert<R: ::clickhouse::Row + ::clickhouse::RowWrite>(
+/// Inserts the `count` rows `rows` yields into `table`, timed.
+fn timed_insert<'r, R: ::clickhouse::Row + ::clickhouse::RowWrite>(
     warehouse: &Warehouse,
     target: &Target,
     table: &'static str,
-    rows: &[R::Value<'_>],
+    count: usize,
+    rows: impl Iterator<Item = R::Value<'r>> + Clone,
 ) {
-    if rows.is_empty() {
+    if count == 0 {
         return;
     }
     let started = Instant::now();
     warehouse.insert_all::<R>(&target.topic, table, rows);
-    target.metrics.observe_insert(table, rows.len(), started.elapsed());
+    target.metrics.observe_insert(table, count, started.elapsed());
 }
 
 fn write_progress(warehouse: &Warehouse, target: &Target, epoch: u64, progress: Progress) {
@@ -532,7 +539,7 @@ fn write_progress(warehouse: &Warehouse, target: &Target, epoch: u64, progress: 
         committed_at,
         version: target.versions.of(epoch),
     };
-    warehouse.insert_all::<PipelineProgress>(&target.topic, "pipeline_progress", &[row]);
+    warehouse.insert_all::<PipelineProgress>(&target.topic, "pipeline_progress", std::iter::once(row));
 }
 
 #[cfg(test)]

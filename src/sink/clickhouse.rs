@@ -88,24 +88,27 @@ impl Warehouse {
         backoff::retry("ClickHouse", what, hint, || self.block_on(attempt(self.client.clone())))
     }
 
-    /// Inserts `rows` of `pipeline` into `table` in one statement, retrying
-    /// until it succeeds. Every attempt has the same `query_id`, so that one
+    /// Inserts the rows `rows` yields, of `pipeline`, into `table` in one
+    /// statement, retrying until it succeeds (each attempt goes through a
+    /// copy of `rows`). Every attempt has the same `query_id`, so that one
     /// still running in ClickHouse after its sender gave up holds the next
     /// back rather than running beside it.
-    pub fn insert_all<R: Row + RowWrite>(&self, pipeline: &str, table: &str, rows: &[R::Value<'_>]) {
+    pub fn insert_all<'r, R: Row + RowWrite>(
+        &self,
+        pipeline: &str,
+        table: &str,
+        rows: impl Iterator<Item = R::Value<'r>> + Clone,
+    ) {
         static INSERTS: AtomicU64 = AtomicU64::new(0);
-        if rows.is_empty() {
-            return;
-        }
         let insert_number = INSERTS.fetch_add(1, Ordering::Relaxed);
         let query_id =
             format!("{}{table}-{}-{insert_number}", insert_prefix(&self.database, pipeline), std::process::id());
         self.retry(table, |client| {
-            let query_id = query_id.clone();
+            let (query_id, rows) = (query_id.clone(), rows.clone());
             async move {
                 let mut insert = client.insert::<R>(table).await?.with_setting("query_id", query_id);
                 for row in rows {
-                    insert.write(row).await?;
+                    insert.write(&row).await?;
                 }
                 insert.end().await
             }

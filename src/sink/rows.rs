@@ -113,7 +113,7 @@ impl<'a> RejectedEvent<'a> {
 }
 
 /// A `pipeline_progress` row.
-#[derive(Row, Serialize)]
+#[derive(Clone, Row, Serialize)]
 pub struct PipelineProgress<'a> {
     /// The pipeline's name (its topic).
     pub pipeline: &'a str,
