@@ -182,12 +182,9 @@ fn event(partition: u32, id: &str, kind: &str, time: &str, subject: &str, quanti
 
 #[test]
 fn a_broker_restart_and_clickhouse_away_for_30s_mid_run_lose_nothing() {
-    let mut broker = PrivateBroker::start_persistent(std::env::temp_dir().join(format!(
-        "tally-broker-{}-{}",
-        std::process::id(),
-        seed()
-    )));
-    let scratch = Scratch::new("restarts").on(&broker.address);
+    let scratch = Scratch::new("restarts");
+    let mut broker = PrivateBroker::start_persistent(scratch.state.with_extension("broker"));
+    let scratch = scratch.on(&broker.address);
     let produced = troubled(32, 24_000, 3);
     let (first, second) = produced.split_at(produced.len() / 2);
     scratch.produce(3, first.to_vec());

@@ -32,7 +32,9 @@ pub fn require_services() {
     assert!(clickhouse.is_ok(), "no ClickHouse on {CLICKHOUSE_URL}: start the services with deploy/local/up.sh");
 }
 
-/// A topic and a database of this test's own.
+/// A topic, a database and a directory of this test's own. The checkpoint
+/// store is `state`; files beside it (`state.with_extension(…)`) share its
+/// directory and go with it.
 pub struct Scratch {
     pub topic: String,
     pub database: String,
@@ -46,7 +48,9 @@ impl Scratch {
         require_services();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
         let tag = format!("{name}_{}_{}", std::process::id(), nanos % 1_000_000_000);
-        let state = std::env::temp_dir().join("tally-tests").join(&tag);
+        let directory = std::env::temp_dir().join("tally-tests").join(&tag);
+        std::fs::create_dir_all(&directory).expect("a directory of the test's own");
+        let state = directory.join("state");
         Scratch { topic: format!("events-{tag}"), database: format!("test_{tag}"), brokers: BROKERS.into(), state }
     }
 
@@ -128,8 +132,7 @@ impl Drop for Scratch {
             let server = Warehouse::with_database(&self.clickhouse(), None);
             let _ =
                 server.block_on(server.client().query(&format!("DROP DATABASE IF EXISTS {}", self.database)).execute());
-            let _ = std::fs::remove_dir_all(&self.state);
-            let _ = std::fs::remove_dir_all(self.state.with_extension("logs"));
+            let _ = std::fs::remove_dir_all(self.state.parent().expect("the test's own directory"));
         }
     }
 }
