@@ -129,7 +129,8 @@ pub fn insert_prefix(database: &str, pipeline: &str) -> String {
 pub fn await_earlier_inserts(warehouse: &Warehouse, pipeline: &str) {
     let prefix = string_literal(&insert_prefix(&warehouse.database, pipeline));
     let sql = format!("SELECT count() FROM system.processes WHERE startsWith(query_id, {prefix})");
-    let mut waiting = false;
+    let started = std::time::Instant::now();
+    let mut next_warning = Duration::ZERO;
     loop {
         let running = warehouse.retry("list the inserts running", |client| {
             let sql = sql.clone();
@@ -138,9 +139,16 @@ pub fn await_earlier_inserts(warehouse: &Warehouse, pipeline: &str) {
         if running == 0 {
             return;
         }
-        if !waiting {
-            tracing::warn!(running, "inserts of an earlier run of this pipeline are still running; waiting for them");
-            waiting = true;
+        // Said again every ten seconds: inserts that never end are another
+        // run of this pipeline still writing, which must be stopped.
+        let waited = started.elapsed();
+        if waited >= next_warning {
+            tracing::warn!(
+                running,
+                waited_seconds = waited.as_secs(),
+                "inserts of another run of this pipeline are running; waiting for them to end"
+            );
+            next_warning = waited + Duration::from_secs(10);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
