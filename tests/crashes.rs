@@ -341,20 +341,12 @@ fn newest_manifest_version(scratch: &Scratch) -> Option<u64> {
 }
 
 fn newest_manifest(scratch: &Scratch) -> Option<serde_json::Value> {
-    all_manifests(scratch).pop()
-}
-
-/// The manifests in the store, oldest first.
-fn all_manifests(scratch: &Scratch) -> Vec<serde_json::Value> {
-    let Ok(directory) = std::fs::read_dir(scratch.state.join(&scratch.topic).join("manifests")) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<_> = directory.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    paths
-        .iter()
-        .map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).expect("a manifest is JSON"))
-        .collect()
+    let newest = std::fs::read_dir(scratch.state.join(&scratch.topic).join("manifests"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .max()?;
+    serde_json::from_slice(&std::fs::read(newest).ok()?).ok()
 }
 
 /// Epochs far shorter than the checkpoint interval: the drain's last epoch is
