@@ -129,7 +129,7 @@ fn sink_encoding(c: &mut Criterion) {
     let partitions: Vec<u32> = (0..8).collect();
     let ledger = oracle::run(&partitions, messages, &prices, &Settings::default()).expect("no overflow");
     let rows: Vec<BreakdownRow> = ledger.breakdowns.into_values().collect();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio starts");
+    let runtime = tally::blocking_runtime();
     // The mock serves on the runtime it is made in.
     let _entered = runtime.enter();
     let mock = clickhouse::test::Mock::new();

@@ -22,6 +22,13 @@ pub mod sink;
 pub mod source;
 pub mod workload;
 
+/// A single-threaded tokio runtime, for a synchronous thread (a worker, a
+/// writer, a command) to drive the async clients of Kafka, ClickHouse and
+/// the checkpoint store.
+pub fn blocking_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a single-threaded tokio runtime starts")
+}
+
 /// Now, in Unix milliseconds (0 before 1970).
 pub fn unix_millis() -> i64 {
     std::time::SystemTime::now()

@@ -48,7 +48,7 @@ pub fn ensure_topic(kafka: &Kafka, partitions: u32) -> Result<(), ProduceError> 
     let fail = |what| move |source| ProduceError { brokers: brokers.clone(), what, source: Box::new(source) };
     let admin: AdminClient<DefaultClientContext> =
         kafka.client_config().create().map_err(fail("create admin client"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio starts");
+    let runtime = crate::blocking_runtime();
     let new = NewTopic::new(topic, i32::try_from(partitions).unwrap_or(i32::MAX), TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = runtime.block_on(admin.create_topics([&new], &options)).map_err(fail("create topic"))?;

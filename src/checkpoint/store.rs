@@ -65,7 +65,7 @@ impl Store {
     /// so that pipelines can share a URL). S3 credentials, region and endpoint
     /// come from the usual `AWS_*` environment variables.
     pub fn open(url: &str, within: &str) -> Result<Store, OpenError> {
-        let runtime = runtime();
+        let runtime = crate::blocking_runtime();
         if let Some(path) = url.strip_prefix("file://") {
             let path = std::path::Path::new(path).join(within);
             let directory = |source| OpenError::Directory { url: url.into(), path: path.display().to_string(), source };
@@ -103,7 +103,7 @@ impl Store {
             prefix: self.prefix.clone(),
             url: self.url.clone(),
             local_root: self.local_root.clone(),
-            runtime: runtime(),
+            runtime: crate::blocking_runtime(),
         }
     }
 
@@ -226,10 +226,6 @@ impl Store {
             }
         }
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a single-threaded tokio runtime starts")
 }
 
 /// A local store stages an upload as `NAME#DIGITS` until it completes.

@@ -61,11 +61,8 @@ impl Warehouse {
         if let Some(database) = database {
             client = client.with_database(database);
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a single-threaded tokio runtime starts");
-        Warehouse { client, url: config.url.clone(), database: database.unwrap_or_default().to_owned(), runtime }
+        let database = database.unwrap_or_default().to_owned();
+        Warehouse { client, url: config.url.clone(), database, runtime: crate::blocking_runtime() }
     }
 
     /// The client, for queries.
