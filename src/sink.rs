@@ -147,7 +147,7 @@ pub fn write<'scope>(
     worker: usize,
     workers: usize,
 ) -> StreamVec<'scope, u64, ()> {
-    let Streams { breakdowns, totals, rejections, progress, outcomes, errors: _ } = streams;
+    let Streams { breakdowns, totals, rejections, progress, outcomes, errors: _, recorded } = streams;
     let outcome_metrics = Arc::clone(&target.metrics);
     outcomes.inspect(move |outcomes| outcome_metrics.count_outcomes(outcomes));
     let output =
@@ -188,7 +188,9 @@ pub fn write<'scope>(
         checkpointing;
     let shard_metrics = Arc::clone(&target.metrics);
     let shard_store = store.another();
-    let shards = written.unary_frontier::<CapacityContainerBuilder<Vec<ShardAck>>, _, _, _>(
+    let shards = written.binary_frontier::<_, CapacityContainerBuilder<Vec<ShardAck>>, _, _, _, _>(
+        recorded,
+        Pipeline,
         Pipeline,
         "CheckpointShard",
         move |capability, info| {
@@ -215,8 +217,27 @@ pub fn write<'scope>(
             // Acknowledgements waiting for the shard they name to be written.
             let mut waiting: VecDeque<WaitingAck> = VecDeque::new();
             let mut acknowledged: Option<u64> = None;
-            move |(input, frontier), output| {
-                input.for_each(|_, _| {});
+            move |(written, written_frontier), (recorded, recorded_frontier), output| {
+                written.for_each(|_, _| {});
+                recorded.for_each(|_, _| {});
+                // This worker's rows of the epochs its written frontier
+                // passed are in ClickHouse: their events' effects are visible,
+                // whether or not their snapshots are recorded yet.
+                let visible = {
+                    let mut appended = appended.borrow_mut();
+                    let later = match written_frontier.frontier().first() {
+                        Some(&frontier) => appended.split_off(&frontier),
+                        None => BTreeMap::new(),
+                    };
+                    std::mem::replace(&mut *appended, later)
+                };
+                for (appended_at, count) in visible.into_values().flatten() {
+                    shard_metrics.observe_visible(appended_at, count);
+                }
+                // An epoch is done here once its rows are written and every
+                // snapshot as of it is recorded.
+                let frontiers = [written_frontier, recorded_frontier];
+                let ended = frontiers.iter().all(|f| f.is_empty());
                 while let Some(held) = capability.as_mut() {
                     // Once everything is done, the epochs left are those this
                     // worker read or its operators worked; after them its
@@ -229,23 +250,17 @@ pub fn write<'scope>(
                     // then the final state is checkpointed at `next`.
                     let last_epoch =
                         offsets.borrow().keys().next_back().copied().max(shard_snapshots.borrow().last_epoch());
-                    let (complete, last) = if frontier.is_empty() {
+                    let (complete, last) = if ended {
                         match last_epoch {
                             Some(last) if next <= last => (true, next == last),
                             Some(last) if acknowledged < Some(last) => (true, true),
                             _ => (false, false),
                         }
                     } else {
-                        (!frontier.less_equal(&next), false)
+                        (!frontiers.iter().any(|f| f.less_equal(&next)), false)
                     };
                     if !complete {
                         break;
-                    }
-                    // This worker's rows of `next` are in ClickHouse: its
-                    // events' effects are visible.
-                    let visible = appended.borrow_mut().remove(&next).unwrap_or_default();
-                    for (appended_at, count) in visible {
-                        shard_metrics.observe_visible(appended_at, count);
                     }
                     if cadence.is_checkpoint(next) || last {
                         let changed =
@@ -283,7 +298,7 @@ pub fn write<'scope>(
                     next += 1;
                     held.downgrade(&next);
                 }
-                if frontier.is_empty() {
+                if ended {
                     capability = None;
                 }
                 // Shards are written and acknowledgements wait in epoch

@@ -180,7 +180,12 @@ pub enum DecodeError {
 impl Snapshots {
     /// Records `part`'s state after working `epoch`.
     pub(crate) fn record(&mut self, part: Part, epoch: u64, state: &mut impl Record) {
-        let Recorded { bytes, entries, segments, new_segment } = state.record(epoch);
+        self.store(part, epoch, state.record(epoch));
+    }
+
+    /// Keeps `part`'s state as recorded after working `epoch`.
+    pub(crate) fn store(&mut self, part: Part, epoch: u64, recorded: Recorded) {
+        let Recorded { bytes, entries, segments, new_segment } = recorded;
         if let Some((id, bytes)) = new_segment {
             self.segments.insert(id, bytes);
         }
@@ -496,6 +501,17 @@ impl Recorder {
     pub(crate) fn record(&self, part: Part, epoch: u64, state: &mut impl Record) {
         if let Some(snapshots) = &self.snapshots {
             snapshots.borrow_mut().record(part, epoch, state);
+        }
+    }
+
+    /// Whether snapshots are kept at all.
+    pub(crate) fn is_recording(&self) -> bool {
+        self.snapshots.is_some()
+    }
+
+    pub(crate) fn store(&self, part: Part, epoch: u64, recorded: Recorded) {
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.borrow_mut().store(part, epoch, recorded);
         }
     }
 

@@ -58,6 +58,10 @@ pub struct Streams<'scope> {
     pub outcomes: StreamVec<'scope, u64, Outcomes>,
     /// Arithmetic overflows: the pipeline must stop with this message.
     pub errors: StreamVec<'scope, u64, Overflow>,
+    /// Carries nothing; passes a checkpoint epoch once every operator of
+    /// this worker has recorded its state as of it. The rows' streams do not
+    /// wait for snapshots.
+    pub recorded: StreamVec<'scope, u64, ()>,
 }
 
 /// Builds the billing dataflow over each worker's source items, starting from
@@ -93,14 +97,14 @@ pub fn billing<'scope>(
     let progress = partitions::watermark(clocks.broadcast(), settings, shared, recorder.clone());
     progress.clone().connect_loop(loop_handle);
 
-    let deduped = dedup::dedup(candidates, progress.clone(), settings, seen, recorder.clone());
+    let (deduped, dedup_recorded) = dedup::dedup(candidates, progress.clone(), settings, seen, recorder.clone());
     let (accepted, late, outcomes) = split(deduped, |deduped| match deduped {
         Deduped::Accepted(event) => Branch::First(event),
         Deduped::Rejected(rejection) => Branch::Second(rejection),
         Deduped::Outcomes(outcomes) => Branch::Third(outcomes),
     });
 
-    let usage = usage::usage(
+    let (usage, usage_recorded) = usage::usage(
         accepted,
         progress.clone(),
         prices,
@@ -112,8 +116,8 @@ pub fn billing<'scope>(
         UsageOut::Delta(key, delta) => Branch::Second((key, delta)),
         UsageOut::Overflow(overflow) => Branch::Third(overflow),
     });
-    let (totals, total_errors) = totals::totals(deltas, progress.clone(), (sums, stale.totals), recorder)
-        .ok_err::<Vec<TotalRow>, _, Vec<Overflow>, _, _>(|result| result);
+    let (totals, totals_recorded) = totals::totals(deltas, progress.clone(), (sums, stale.totals), recorder);
+    let (totals, total_errors) = totals.ok_err::<Vec<TotalRow>, _, Vec<Overflow>, _, _>(|result| result);
 
     Streams {
         breakdowns,
@@ -122,6 +126,7 @@ pub fn billing<'scope>(
         progress,
         outcomes,
         errors: usage_errors.concat(total_errors),
+        recorded: dedup_recorded.concat(usage_recorded).concat(totals_recorded),
     }
 }
 

@@ -19,13 +19,11 @@ use std::collections::btree_map::Entry;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Operator;
+use timely::dataflow::channels::pact::Exchange;
 
 use super::pending::Pending;
-use super::snapshots::PartSnapshots;
+use super::snapshots::stateful;
 use crate::checkpoint::{DedupPart, Part, Pieces, Record, Recorded, Recorder, RestoredSeen, SegmentId, pieces};
 use crate::event::{Event, Reason};
 use crate::identity::{BuildFingerprintHasher, Fingerprint};
@@ -225,56 +223,51 @@ impl Record for Seen {
 
 /// Deduplicates candidates; `progress` is this worker's copy of the progress.
 /// Starts from the identities `seen`, and records its state with `recorder`.
+/// The second stream holds back each checkpoint epoch until its snapshot is
+/// recorded.
 pub(crate) fn dedup<'scope>(
     candidates: StreamVec<'scope, u64, Candidate>,
     progress: StreamVec<'scope, u64, Progress>,
     settings: Settings,
     mut seen: Seen,
     recorder: Recorder,
-) -> StreamVec<'scope, u64, Deduped> {
+) -> (StreamVec<'scope, u64, Deduped>, StreamVec<'scope, u64, ()>) {
     let by_identity = Exchange::new(|c: &Candidate| c.identity.route());
-    candidates.binary_frontier::<_, CapacityContainerBuilder<Vec<Deduped>>, _, _, _, _>(
-        progress,
-        by_identity,
-        Pipeline,
-        "Dedup",
-        move |capability, _| {
-            let mut pending = Pending::<Candidate, Progress>::default();
-            let mut snapshots = PartSnapshots::new(recorder, Part::Dedup, capability);
-            move |(candidates, candidates_frontier), (progress, progress_frontier), output| {
-                let port = output.output_index();
-                candidates.for_each(|cap, data| pending.first(&cap, port, data));
-                progress.for_each(|cap, data| pending.second(&cap, port, data));
-                for (time, mut epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
-                    snapshots.before(time, &mut seen);
-                    let mut session = output.session(&epoch.capability);
-                    let mut outcomes = Outcomes::default();
-                    epoch.first.sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
-                    for candidate in epoch.first {
-                        let identity = candidate.identity;
-                        if seen.contains(&identity) {
-                            outcomes.duplicates += 1;
-                        } else if let Some(late) = candidate.late {
-                            let late = *late;
-                            session.give(Deduped::Rejected(Rejection::of(late.message, Reason::Late, late.detail)));
-                        } else {
-                            seen.insert(identity, candidate.event.time());
-                            outcomes.accepted += 1;
-                            session.give(Deduped::Accepted(candidate.event));
-                        }
+    stateful(candidates, progress, by_identity, "Dedup", (recorder, Part::Dedup), move |mut snapshots, _| {
+        let mut pending = Pending::<Candidate, Progress>::default();
+        move |(candidates, candidates_frontier), (progress, progress_frontier), output| {
+            let port = output.output_index();
+            candidates.for_each(|cap, data| pending.first(&cap, port, data));
+            progress.for_each(|cap, data| pending.second(&cap, port, data));
+            for (time, mut epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
+                snapshots.before(time, &mut seen);
+                let mut session = output.session(&epoch.capability);
+                let mut outcomes = Outcomes::default();
+                epoch.first.sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
+                for candidate in epoch.first {
+                    let identity = candidate.identity;
+                    if seen.contains(&identity) {
+                        outcomes.duplicates += 1;
+                    } else if let Some(late) = candidate.late {
+                        let late = *late;
+                        session.give(Deduped::Rejected(Rejection::of(late.message, Reason::Late, late.detail)));
+                    } else {
+                        seen.insert(identity, candidate.event.time());
+                        outcomes.accepted += 1;
+                        session.give(Deduped::Accepted(candidate.event));
                     }
-                    if outcomes != Outcomes::default() {
-                        session.give(Deduped::Outcomes(outcomes));
-                    }
-                    if let Some(watermark) = epoch.second.last().and_then(|p| p.watermark) {
-                        seen.forget_before(watermark.saturating_sub(settings.dedup_horizon));
-                    }
-                    snapshots.worked(time);
                 }
-                snapshots.after(&[candidates_frontier, progress_frontier], &mut seen);
+                if outcomes != Outcomes::default() {
+                    session.give(Deduped::Outcomes(outcomes));
+                }
+                if let Some(watermark) = epoch.second.last().and_then(|p| p.watermark) {
+                    seen.forget_before(watermark.saturating_sub(settings.dedup_horizon));
+                }
+                snapshots.worked(time);
             }
-        },
-    )
+            snapshots.after(&[candidates_frontier, progress_frontier], &mut seen);
+        }
+    })
 }
 
 #[cfg(test)]

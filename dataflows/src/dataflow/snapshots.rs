@@ -5,32 +5,105 @@
 //! Its state before it works epoch `e` is its state as of every epoch between
 //! the one it last worked and `e`; after it has worked every complete epoch,
 //! its state is as of every epoch the frontier has passed. The checkpoint
-//! epochs falling there are recorded from that state. Until then the operator
-//! holds a capability at the next checkpoint epoch, so that nothing downstream
-//! (the checkpoint sink above all) sees that epoch complete before its
-//! snapshot exists. A snapshot is only taken when the state changed since the
-//! last one: the latest snapshot at or before an epoch is the state as of it.
+//! epochs falling there are recorded from that state. A snapshot is only
+//! taken when the state changed since the last one: the latest snapshot at
+//! or before an epoch is the state as of it.
+//!
+//! Each stateful operator has a second output, which carries nothing: until
+//! a checkpoint epoch's snapshot is recorded, the operator holds a capability
+//! there at that epoch, so that the checkpoint sink, which reads that output,
+//! does not see the epoch complete before its snapshot exists. The rows flow
+//! on the first output, which no snapshot holds back: an epoch's rows can be
+//! written while its snapshot is still being encoded.
 
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
 use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{InputHandleCore, OperatorInfo, OutputBuilder, OutputBuilderSession};
 use timely::progress::frontier::MutableAntichain;
 
-use crate::checkpoint::{Part, Record, Recorder};
+use crate::checkpoint::{Part, Record, Recorded, Recorder};
+use crate::rows::Progress;
+
+/// One input of a stateful operator, with its frontier.
+pub(crate) type Input<'a, D, P> = (&'a mut InputHandleCore<u64, Vec<D>, P>, &'a MutableAntichain<u64>);
+
+/// The puller of a stateful operator's progress input.
+type ProgressPuller = <Pipeline as ParallelizationContract<u64, Vec<Progress>>>::Puller;
+
+/// Builds a stateful operator of the billing dataflow: `data` exchanged by
+/// `pact` and this worker's `progress` in, records out, and the second output
+/// its snapshots of `part` hold back (see the module docs). `constructor`
+/// gets the operator's [`PartSnapshots`] and returns its logic, called as
+/// timely's `binary_frontier` calls it.
+pub(crate) fn stateful<'scope, D, O, P, B, L>(
+    data: StreamVec<'scope, u64, D>,
+    progress: StreamVec<'scope, u64, Progress>,
+    pact: P,
+    name: &str,
+    (recorder, part): (Recorder, Part),
+    constructor: B,
+) -> (StreamVec<'scope, u64, O>, StreamVec<'scope, u64, ()>)
+where
+    D: 'static,
+    O: 'static,
+    P: ParallelizationContract<u64, Vec<D>>,
+    B: FnOnce(PartSnapshots, OperatorInfo) -> L,
+    L: FnMut(
+            Input<'_, D, P::Puller>,
+            Input<'_, Progress, ProgressPuller>,
+            &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<O>>>,
+        ) + 'static,
+{
+    let mut builder = OperatorBuilder::new(name.to_owned(), data.scope());
+    let info = builder.operator_info();
+    let mut data = builder.new_input(data, pact);
+    let mut progress = builder.new_input(progress, Pipeline);
+    let (records, records_stream) = builder.new_output();
+    let mut records = OutputBuilder::<u64, CapacityContainerBuilder<Vec<O>>>::from(records);
+    let (_, recorded_stream) = builder.new_output::<Vec<()>>();
+    builder.build(move |mut capabilities| {
+        let held = capabilities.pop().expect("a capability per output");
+        // Records are sent at the capabilities of the epochs they belong to.
+        drop(capabilities);
+        let mut logic = constructor(PartSnapshots::new(recorder, part, held), info);
+        move |frontiers| {
+            let mut output = records.activate();
+            logic((&mut data, &frontiers[0]), (&mut progress, &frontiers[1]), &mut output);
+        }
+    });
+    (records_stream, recorded_stream)
+}
 
 /// One operator's snapshots of one part.
 pub(crate) struct PartSnapshots {
     recorder: Recorder,
     part: Part,
-    /// At the next checkpoint epoch not yet recorded; `None` at the end.
+    /// At the next checkpoint epoch not yet recorded, on the operator's
+    /// second output; `None` at the end.
     held: Option<Capability<u64>>,
     /// The epoch last worked, while its changes are not in a snapshot.
     unrecorded: Option<u64>,
+    /// The snapshot asked for and not yet recorded.
+    due: Option<Due>,
+}
+
+/// A snapshot to record: as of `epoch`, then holding `next_from` on (or
+/// nothing, at the end).
+#[derive(Clone, Copy, Debug)]
+struct Due {
+    epoch: u64,
+    next_from: Option<u64>,
 }
 
 impl PartSnapshots {
     /// Starts holding `capability`, the operator's initial one at epoch 0 (a
-    /// checkpoint epoch whatever the cadence).
-    pub(crate) fn new(recorder: Recorder, part: Part, capability: Capability<u64>) -> PartSnapshots {
-        PartSnapshots { recorder, part, held: Some(capability), unrecorded: None }
+    /// checkpoint epoch whatever the cadence), unless nothing is recorded.
+    fn new(recorder: Recorder, part: Part, capability: Capability<u64>) -> PartSnapshots {
+        let held = recorder.is_recording().then_some(capability);
+        PartSnapshots { recorder, part, held, unrecorded: None, due: None }
     }
 
     /// Called after working `epoch`.
@@ -41,15 +114,8 @@ impl PartSnapshots {
     /// Called after working every complete epoch, with the operator's input
     /// frontiers and its state as it is.
     pub(crate) fn after(&mut self, frontiers: &[&MutableAntichain<u64>], state: &mut impl Record) {
-        let frontier = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
-        match frontier {
-            Some(frontier) => self.before(frontier, state),
-            None => {
-                if let Some(epoch) = self.unrecorded.take() {
-                    self.recorder.record(self.part, epoch, state);
-                }
-                self.held = None;
-            }
+        if let Some(epoch) = self.due_after(frontiers) {
+            self.record(state.record(epoch));
         }
     }
 
@@ -57,14 +123,55 @@ impl PartSnapshots {
     /// worked), with the state as it is: records the held checkpoint epoch if
     /// it is before `bound`.
     pub(crate) fn before(&mut self, bound: u64, state: &mut impl Record) {
-        let Some(held) = self.held.as_ref().map(|c| *c.time()) else { return };
+        if let Some(epoch) = self.due_before(bound) {
+            self.record(state.record(epoch));
+        }
+    }
+
+    /// As [`PartSnapshots::after`], for an operator that records its state
+    /// later: the epoch to record the state as it is now as of, if any. The
+    /// state must not change until [`PartSnapshots::record`] has it.
+    pub(crate) fn due_after(&mut self, frontiers: &[&MutableAntichain<u64>]) -> Option<u64> {
+        self.held.as_ref()?;
+        let frontier = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
+        match frontier {
+            Some(frontier) => self.due_before(frontier),
+            None => {
+                let epoch = self.unrecorded.take();
+                match epoch {
+                    Some(epoch) => self.due = Some(Due { epoch, next_from: None }),
+                    None => self.held = None,
+                }
+                epoch
+            }
+        }
+    }
+
+    /// As [`PartSnapshots::before`], for an operator that records its state
+    /// later: the epoch to record the state as it is now as of, if any. The
+    /// state must not change until [`PartSnapshots::record`] has it.
+    pub(crate) fn due_before(&mut self, bound: u64) -> Option<u64> {
+        let held = *self.held.as_ref()?.time();
         if held >= bound {
-            return;
+            return None;
         }
         if self.unrecorded.take().is_some() {
-            self.recorder.record(self.part, held, state);
+            self.due = Some(Due { epoch: held, next_from: Some(bound) });
+            return Some(held);
         }
         self.move_held(bound);
+        None
+    }
+
+    /// Records the snapshot last found due, and moves on to the next
+    /// checkpoint epoch.
+    pub(crate) fn record(&mut self, recorded: Recorded) {
+        let Due { epoch, next_from } = self.due.take().expect("a snapshot is recorded once it is due");
+        self.recorder.store(self.part, epoch, recorded);
+        match next_from {
+            Some(bound) => self.move_held(bound),
+            None => self.held = None,
+        }
     }
 
     fn move_held(&mut self, from: u64) {
@@ -74,5 +181,75 @@ impl PartSnapshots {
         {
             held.downgrade(&next);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::{Input, Probe};
+    use timely::dataflow::{InputHandleVec, ProbeHandle};
+    use timely::scheduling::Activator;
+
+    use super::*;
+    use crate::checkpoint::{Cadence, Encoded, SnapshotsHandle, Whole};
+
+    #[test]
+    fn a_checkpoint_epoch_stays_held_until_its_snapshot_recorded_later_arrives() {
+        timely::execute_directly(|worker| {
+            let snapshots = SnapshotsHandle::default();
+            let recorder = Recorder::new(Some(&snapshots), Cadence::every(2));
+            // The operator reports the epoch found due; the test hands it
+            // the snapshot when it chooses, as an encoding thread would.
+            let due: Rc<Cell<Option<u64>>> = Rc::default();
+            let arrived: Rc<RefCell<Option<Recorded>>> = Rc::default();
+            let activator: Rc<RefCell<Option<Activator>>> = Rc::default();
+            let mut data = InputHandleVec::<u64, u8>::new();
+            let mut progress = InputHandleVec::<u64, Progress>::new();
+            let recorded = ProbeHandle::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let (due, arrived, activator) = (Rc::clone(&due), Rc::clone(&arrived), Rc::clone(&activator));
+                let inputs = (scope.input_from(&mut data), scope.input_from(&mut progress));
+                let (_, held) =
+                    stateful::<_, u8, _, _, _>(inputs.0, inputs.1, Pipeline, "Test", (recorder, Part::Totals), {
+                        move |mut snapshots, info| {
+                            *activator.borrow_mut() = Some(scope.activator_for(info.address.clone()));
+                            move |(data, data_frontier), (progress, progress_frontier), _| {
+                                data.for_each(|cap, _| snapshots.worked(*cap.least().expect("an epoch")));
+                                progress.for_each(|_, _| {});
+                                if let Some(snapshot) = arrived.borrow_mut().take() {
+                                    snapshots.record(snapshot);
+                                    due.set(None);
+                                }
+                                if due.get().is_none() {
+                                    due.set(snapshots.due_after(&[data_frontier, progress_frontier]));
+                                }
+                            }
+                        }
+                    });
+                held.probe_with(&recorded);
+            });
+            data.send(7);
+            data.advance_to(1);
+            progress.advance_to(1);
+            for _ in 0..10 {
+                worker.step();
+            }
+            assert_eq!(due.get(), Some(0), "epoch 0 changed the state and the frontier passed it");
+            assert!(recorded.less_equal(&0), "held until its snapshot arrives");
+            assert_eq!(snapshots.borrow().parts_at(0)[2].1, Encoded::Empty);
+
+            *arrived.borrow_mut() = Some(Whole(&7u8, 1).record(0));
+            activator.borrow().as_ref().expect("the operator is built").activate();
+            for _ in 0..10 {
+                worker.step();
+            }
+            assert!(!recorded.less_equal(&0), "passed once recorded");
+            assert!(matches!(snapshots.borrow().parts_at(0)[2].1, Encoded::Held(_)));
+            assert_eq!(due.get(), None, "nothing changed since");
+        });
     }
 }

@@ -12,19 +12,19 @@
 //! day and SKU at once (every accrual move changes them all), and the totals
 //! stage then receives one delta per total and epoch instead of one per row.
 
-use std::collections::BTreeSet;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Operator;
+use timely::dataflow::channels::pact::Exchange;
+use timely::scheduling::SyncActivator;
 
 use super::pending::Pending;
 use super::route;
-use super::snapshots::PartSnapshots;
-use crate::checkpoint::{Part, Recorder, Whole};
+use super::snapshots::stateful;
+use crate::checkpoint::{Part, Record, Recorded, Recorder, Whole};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
 use crate::lifecycle::{Resource, Resources, RowChange, Stored};
@@ -45,76 +45,147 @@ pub enum UsageOut {
 
 /// Turns accepted events into row changes and total deltas. Starts from the
 /// resources and progress `restored`, writes its stale rows again in the first
-/// epoch it works, and records its state with `recorder`.
+/// epoch it works, and records its state with `recorder`. The second stream
+/// holds back each checkpoint epoch until its snapshot is recorded.
 pub(crate) fn usage<'scope>(
     events: StreamVec<'scope, u64, Event>,
     progress: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
     restored: (Resources, Progress, Vec<BreakdownKey>),
     recorder: Recorder,
-) -> StreamVec<'scope, u64, UsageOut> {
+) -> (StreamVec<'scope, u64, UsageOut>, StreamVec<'scope, u64, ()>) {
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
-    events.binary_frontier::<_, CapacityContainerBuilder<Vec<_>>, _, _, _, _>(
-        progress,
-        by_resource,
-        Pipeline,
-        "Usage",
-        move |capability, _| {
-            let mut pending = Pending::<Event, Progress>::default();
-            let (mut resources, mut progress, mut stale) = restored;
-            let mut snapshots = PartSnapshots::new(recorder, Part::Usage, capability);
-            move |(events, events_frontier), (new_progress, progress_frontier), output| {
-                let port = output.output_index();
-                events.for_each(|cap, data| pending.first(&cap, port, data));
-                new_progress.for_each(|cap, data| pending.second(&cap, port, data));
-                for (time, epoch) in pending.complete(&[events_frontier, progress_frontier]) {
-                    snapshots.before(time, &mut Whole(&Stored(&resources), resources.len()));
-                    let next = epoch.second.last().copied().unwrap_or(progress);
-                    let mut dirty: foldhash::HashMap<ResourceKey, Millis> = foldhash::HashMap::default();
-                    for mut event in epoch.first {
-                        let key = std::mem::take(&mut event.resource);
-                        let from = resources.entry(key.clone()).or_default().insert(event);
-                        let earliest = dirty.entry(key).or_insert(from);
-                        *earliest = (*earliest).min(from);
-                    }
-                    let mut out = EpochOut::default();
-                    // Accrual moved: every running resource's open rows change.
-                    // Walk them in place rather than listing their keys.
-                    if next.accrued_to > progress.accrued_to {
-                        let accrual_from = progress.accrued_to.unwrap_or(Millis::MIN);
-                        for (key, resource) in resources.iter_mut() {
-                            let from = match (dirty.remove(key), resource.is_running()) {
-                                (Some(from), true) => from.min(accrual_from),
-                                (Some(from), false) => from,
-                                (None, true) => accrual_from,
-                                (None, false) => continue,
-                            };
-                            refresh(key, resource, from, &progress, &next, &prices, &mut out);
-                        }
-                    }
-                    for (key, from) in dirty {
-                        let resource = resources.get_mut(&key).expect("dirty resources exist");
-                        refresh(&key, resource, from, &progress, &next, &prices, &mut out);
-                    }
-                    rewrite_stale(std::mem::take(&mut stale), &resources, &mut out.items);
-                    output.session(&epoch.capability).give_iterator(out.finish().into_iter());
-                    if let Some(boundary) = next.final_before
-                        && next.final_before > progress.final_before
-                    {
-                        resources.retain(|_, resource| {
-                            resource.fold(boundary);
-                            !resource.is_dormant()
-                        });
-                        release_room(&mut resources);
-                    }
-                    progress = next;
-                    snapshots.worked(time);
-                }
-                snapshots
-                    .after(&[events_frontier, progress_frontier], &mut Whole(&Stored(&resources), resources.len()));
+    let worker = events.scope().worker();
+    stateful(events, progress, by_resource, "Usage", (recorder, Part::Usage), move |mut snapshots, info| {
+        let mut encoder = Encoder::new(worker.index(), worker.sync_activator_for(info.address.to_vec()));
+        let mut pending = Pending::<Event, Progress>::default();
+        // Epochs complete and not yet worked: they wait while a snapshot is
+        // encoded.
+        let mut ready = VecDeque::new();
+        let (mut resources, mut progress, mut stale) = restored;
+        move |(events, events_frontier), (new_progress, progress_frontier), output| {
+            let port = output.output_index();
+            events.for_each(|cap, data| pending.first(&cap, port, data));
+            new_progress.for_each(|cap, data| pending.second(&cap, port, data));
+            if encoder.is_running() {
+                let Some((held, recorded)) = encoder.finished() else { return };
+                resources = held;
+                snapshots.record(recorded);
             }
-        },
-    )
+            ready.extend(pending.complete(&[events_frontier, progress_frontier]));
+            while let Some(&(time, _)) = ready.front() {
+                if let Some(checkpoint) = snapshots.due_before(time) {
+                    encoder.start(checkpoint, std::mem::take(&mut resources));
+                    return;
+                }
+                let (time, epoch) = ready.pop_front().expect("an epoch is ready");
+                let next = epoch.second.last().copied().unwrap_or(progress);
+                let mut dirty: foldhash::HashMap<ResourceKey, Millis> = foldhash::HashMap::default();
+                for mut event in epoch.first {
+                    let key = std::mem::take(&mut event.resource);
+                    let from = resources.entry(key.clone()).or_default().insert(event);
+                    let earliest = dirty.entry(key).or_insert(from);
+                    *earliest = (*earliest).min(from);
+                }
+                let mut out = EpochOut::default();
+                // Accrual moved: every running resource's open rows change.
+                // Walk them in place rather than listing their keys.
+                if next.accrued_to > progress.accrued_to {
+                    let accrual_from = progress.accrued_to.unwrap_or(Millis::MIN);
+                    for (key, resource) in resources.iter_mut() {
+                        let from = match (dirty.remove(key), resource.is_running()) {
+                            (Some(from), true) => from.min(accrual_from),
+                            (Some(from), false) => from,
+                            (None, true) => accrual_from,
+                            (None, false) => continue,
+                        };
+                        refresh(key, resource, from, &progress, &next, &prices, &mut out);
+                    }
+                }
+                for (key, from) in dirty {
+                    let resource = resources.get_mut(&key).expect("dirty resources exist");
+                    refresh(&key, resource, from, &progress, &next, &prices, &mut out);
+                }
+                rewrite_stale(std::mem::take(&mut stale), &resources, &mut out.items);
+                output.session(&epoch.capability).give_iterator(out.finish().into_iter());
+                if let Some(boundary) = next.final_before
+                    && next.final_before > progress.final_before
+                {
+                    resources.retain(|_, resource| {
+                        resource.fold(boundary);
+                        !resource.is_dormant()
+                    });
+                    release_room(&mut resources);
+                }
+                progress = next;
+                snapshots.worked(time);
+            }
+            if let Some(checkpoint) = snapshots.due_after(&[events_frontier, progress_frontier]) {
+                encoder.start(checkpoint, std::mem::take(&mut resources));
+            }
+        }
+    })
+}
+
+/// Encodes snapshots of the resources on a thread of their own. The
+/// resources are the largest state a worker holds, and encoding them took
+/// the worker a second per checkpoint in a live run, during which the
+/// checkpoint epoch's rows waited to be written. The thread shares the
+/// resources until it is done; the operator works no epoch meanwhile, and
+/// the rest of the worker's dataflow goes on.
+struct Encoder {
+    worker: usize,
+    activator: SyncActivator,
+    /// The resources shared with the running encoding, and where its
+    /// snapshot comes back.
+    running: Option<(Arc<Resources>, Receiver<Recorded>)>,
+}
+
+impl Encoder {
+    fn new(worker: usize, activator: SyncActivator) -> Encoder {
+        Encoder { worker, activator, running: None }
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Starts encoding `resources` as of `epoch`.
+    fn start(&mut self, epoch: u64, resources: Resources) {
+        let shared = Arc::new(resources);
+        let resources = Arc::clone(&shared);
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let activator = self.activator.clone();
+        std::thread::Builder::new()
+            .name(format!("tally-usage-snapshot-{}", self.worker))
+            .spawn(move || {
+                let recorded = Whole(&Stored(&resources), resources.len()).record(epoch);
+                // Let go before reporting: the operator takes the
+                // resources back as soon as it hears.
+                drop(resources);
+                // A worker that stopped meanwhile (another one failed) has
+                // no use for the snapshot.
+                if sender.send(recorded).is_ok() {
+                    activator.activate().ok();
+                }
+            })
+            .expect("the operating system starts a thread");
+        self.running = Some((shared, receiver));
+    }
+
+    /// The resources and their snapshot, once the encoding is done: the
+    /// thread activates the operator then.
+    fn finished(&mut self) -> Option<(Resources, Recorded)> {
+        let (_, receiver) = self.running.as_ref()?;
+        let recorded = match receiver.try_recv() {
+            Ok(recorded) => recorded,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => panic!("the usage snapshot's encoding failed"),
+        };
+        let (shared, _) = self.running.take().expect("an encoding was running");
+        let resources = Arc::try_unwrap(shared).expect("the encoder let go of the resources before reporting");
+        Some((resources, recorded))
+    }
 }
 
 /// Gives back the room of a map that has shrunk to a quarter of it: a hash
