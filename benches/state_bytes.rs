@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tally::workload::{Generator, Workload};
 use tally_dataflows::decode::decode;
 use tally_dataflows::intern::Interner;
-use tally_dataflows::lifecycle::{Resource, Resources, Stored};
+use tally_dataflows::lifecycle::{Resources, Stored};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::window_start;
@@ -62,7 +62,7 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
     for message in messages {
         let Ok(mut event) = decode(&message.payload, prices, &mut interner) else { continue };
         let key = std::mem::take(&mut event.resource);
-        let from = resources.entry(key.clone()).or_default().insert(event);
+        let from = Arc::make_mut(resources.entry(key.clone()).or_default()).insert(event);
         dirty.push((key, from));
     }
     // Rows up to the newest event, the running ones accrued to it; then
@@ -70,16 +70,16 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
     let until = dirty.iter().map(|(_, from)| *from).max().unwrap_or_default() + 1;
     let mut rows = 0;
     for (key, from) in dirty {
-        let resource = resources.get_mut(&key).expect("inserted above");
+        let resource = Arc::make_mut(resources.get_mut(&key).expect("inserted above"));
         rows += resource.refresh(&key, from, until, Some(until), prices).map_or(0, |changes| changes.len());
     }
     let final_before = window_start(until - Settings::default().allowed_lateness - 1);
     resources.retain(|_, resource| {
-        resource.fold(final_before);
+        Arc::make_mut(resource).fold(final_before);
         !resource.is_dormant()
     });
     resources.shrink_to_fit();
-    let events: usize = resources.values().map(Resource::events_held).sum();
+    let events: usize = resources.values().map(|resource| resource.events_held()).sum();
     drop(interner);
     let held = HELD.load(Ordering::Relaxed) - start;
     let running = resources.values().filter(|r| r.is_running()).count();

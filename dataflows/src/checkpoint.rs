@@ -525,7 +525,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::Resource;
+    use std::sync::Arc;
 
     fn map(entries: &[(&str, i64)]) -> BTreeMap<String, i64> {
         entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -579,10 +579,7 @@ mod tests {
     fn a_shard_restores_only_the_keys_routed_to_each_worker() {
         let resources: Resources = (0..50)
             .map(|i| {
-                (
-                    ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() },
-                    Resource::default(),
-                )
+                (ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() }, Arc::default())
             })
             .collect();
         let parts = vec![(Part::Usage, postcard::to_stdvec(&Stored(&resources)).unwrap())];

@@ -53,7 +53,12 @@ pub struct RowChange {
 /// all at one version) and of a snapshot's entries (restore files each by
 /// its key); the totals stage sorts what it sums. The hasher is seeded per
 /// process, as the standard one, and several times faster on short strings.
-pub type Resources = foldhash::HashMap<ResourceKey, Resource>;
+///
+/// Each resource sits behind an `Arc` so that a snapshot is a copy of the
+/// map, not of the resources: a checkpoint encodes that copy on a thread of
+/// its own while the usage stage goes on, and a resource the stage changes
+/// meanwhile is copied then, once (`Arc::make_mut`), the others never.
+pub type Resources = foldhash::HashMap<ResourceKey, Arc<Resource>>;
 
 /// One resource's state: see the module docs. Checkpoints hold it as a
 /// [`Stored`] writes it.
@@ -261,6 +266,13 @@ impl Resource {
         let latest = self.events.entries().iter().rev().find(|(order, _)| order.time <= end).map(|(_, e)| &e.meta);
         let meta = latest.or(self.base_meta.as_ref()).cloned().unwrap_or_default();
         Ok((usage, meta))
+    }
+
+    /// Whether [`Resource::fold`] at `boundary` would change anything: an
+    /// event or a row before it.
+    pub fn holds_before(&self, boundary: Millis) -> bool {
+        let event = self.first_event_time().is_some_and(|time| time < boundary);
+        event || self.emitted.entries().first().is_some_and(|((window, _), _)| *window < boundary)
     }
 
     /// Folds every event before `boundary` into the base state and forgets the

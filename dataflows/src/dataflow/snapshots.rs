@@ -87,15 +87,27 @@ pub(crate) struct PartSnapshots {
     /// The epoch last worked, while its changes are not in a snapshot.
     unrecorded: Option<u64>,
     /// The snapshot asked for and not yet recorded.
-    due: Option<Due>,
+    in_flight: Option<InFlight>,
 }
 
-/// A snapshot to record: as of `epoch`, then holding `next_from` on (or
-/// nothing, at the end).
+/// A snapshot asked for: as of `epoch`, taken before working `bound` (after
+/// it, the next checkpoint epoch is held), or at the end.
 #[derive(Clone, Copy, Debug)]
-struct Due {
+struct InFlight {
     epoch: u64,
-    next_from: Option<u64>,
+    bound: Option<u64>,
+}
+
+/// What an operator recording its snapshots later is to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Nothing: go on.
+    Nothing,
+    /// Record the state as it is now as of this epoch, then go on.
+    Now(u64),
+    /// Wait for the snapshot in flight: the state is needed as it is for
+    /// the next one.
+    Wait,
 }
 
 impl PartSnapshots {
@@ -103,7 +115,7 @@ impl PartSnapshots {
     /// checkpoint epoch whatever the cadence), unless nothing is recorded.
     fn new(recorder: Recorder, part: Part, capability: Capability<u64>) -> PartSnapshots {
         let held = recorder.is_recording().then_some(capability);
-        PartSnapshots { recorder, part, held, unrecorded: None, due: None }
+        PartSnapshots { recorder, part, held, unrecorded: None, in_flight: None }
     }
 
     /// Called after working `epoch`.
@@ -114,7 +126,7 @@ impl PartSnapshots {
     /// Called after working every complete epoch, with the operator's input
     /// frontiers and its state as it is.
     pub(crate) fn after(&mut self, frontiers: &[&MutableAntichain<u64>], state: &mut impl Record) {
-        if let Some(epoch) = self.due_after(frontiers) {
+        if let Due::Now(epoch) = self.due_after(frontiers) {
             self.record(state.record(epoch));
         }
     }
@@ -123,52 +135,66 @@ impl PartSnapshots {
     /// worked), with the state as it is: records the held checkpoint epoch if
     /// it is before `bound`.
     pub(crate) fn before(&mut self, bound: u64, state: &mut impl Record) {
-        if let Some(epoch) = self.due_before(bound) {
+        if let Due::Now(epoch) = self.due_before(bound) {
             self.record(state.record(epoch));
         }
     }
 
-    /// As [`PartSnapshots::after`], for an operator that records its state
-    /// later: the epoch to record the state as it is now as of, if any. The
-    /// state must not change until [`PartSnapshots::record`] has it.
-    pub(crate) fn due_after(&mut self, frontiers: &[&MutableAntichain<u64>]) -> Option<u64> {
-        self.held.as_ref()?;
+    /// As [`PartSnapshots::after`], for an operator that records its
+    /// snapshots later, one at a time: what to do with the state as it is.
+    pub(crate) fn due_after(&mut self, frontiers: &[&MutableAntichain<u64>]) -> Due {
+        if self.held.is_none() {
+            return Due::Nothing;
+        }
         let frontier = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
         match frontier {
-            Some(frontier) => self.due_before(frontier),
-            None => {
-                let epoch = self.unrecorded.take();
-                match epoch {
-                    Some(epoch) => self.due = Some(Due { epoch, next_from: None }),
-                    None => self.held = None,
+            Some(frontier) => match self.due_before(frontier) {
+                // Nothing to wait for before another epoch comes.
+                Due::Wait => Due::Nothing,
+                due => due,
+            },
+            None if self.in_flight.is_some() => Due::Nothing,
+            None => match self.unrecorded.take() {
+                Some(epoch) => {
+                    self.in_flight = Some(InFlight { epoch, bound: None });
+                    Due::Now(epoch)
                 }
-                epoch
-            }
+                None => {
+                    self.held = None;
+                    Due::Nothing
+                }
+            },
         }
     }
 
-    /// As [`PartSnapshots::before`], for an operator that records its state
-    /// later: the epoch to record the state as it is now as of, if any. The
-    /// state must not change until [`PartSnapshots::record`] has it.
-    pub(crate) fn due_before(&mut self, bound: u64) -> Option<u64> {
-        let held = *self.held.as_ref()?.time();
+    /// As [`PartSnapshots::before`], for an operator that records its
+    /// snapshots later, one at a time: what to do with the state as it is
+    /// before working `bound`.
+    pub(crate) fn due_before(&mut self, bound: u64) -> Due {
+        let Some(held) = self.held.as_ref().map(|c| *c.time()) else { return Due::Nothing };
+        if let Some(InFlight { bound: Some(after), .. }) = self.in_flight {
+            // Once recorded, the next checkpoint epoch is held; working past
+            // it before then would lose the state as of it.
+            let next = self.recorder.cadence.next_from(after);
+            return if next < bound { Due::Wait } else { Due::Nothing };
+        }
         if held >= bound {
-            return None;
+            return Due::Nothing;
         }
         if self.unrecorded.take().is_some() {
-            self.due = Some(Due { epoch: held, next_from: Some(bound) });
-            return Some(held);
+            self.in_flight = Some(InFlight { epoch: held, bound: Some(bound) });
+            return Due::Now(held);
         }
         self.move_held(bound);
-        None
+        Due::Nothing
     }
 
-    /// Records the snapshot last found due, and moves on to the next
-    /// checkpoint epoch.
+    /// Records the snapshot in flight, and moves on to the next checkpoint
+    /// epoch.
     pub(crate) fn record(&mut self, recorded: Recorded) {
-        let Due { epoch, next_from } = self.due.take().expect("a snapshot is recorded once it is due");
+        let InFlight { epoch, bound } = self.in_flight.take().expect("a snapshot is recorded once it is due");
         self.recorder.store(self.part, epoch, recorded);
-        match next_from {
+        match bound {
             Some(bound) => self.move_held(bound),
             None => self.held = None,
         }
@@ -224,8 +250,10 @@ mod tests {
                                     snapshots.record(snapshot);
                                     due.set(None);
                                 }
-                                if due.get().is_none() {
-                                    due.set(snapshots.due_after(&[data_frontier, progress_frontier]));
+                                if due.get().is_none()
+                                    && let Due::Now(epoch) = snapshots.due_after(&[data_frontier, progress_frontier])
+                                {
+                                    due.set(Some(epoch));
                                 }
                             }
                         }
@@ -250,6 +278,32 @@ mod tests {
             assert!(!recorded.less_equal(&0), "passed once recorded");
             assert!(matches!(snapshots.borrow().parts_at(0)[2].1, Encoded::Held(_)));
             assert_eq!(due.get(), None, "nothing changed since");
+        });
+    }
+
+    #[test]
+    fn with_a_snapshot_in_flight_work_stops_short_of_the_next_checkpoint_epochs_state() {
+        timely::execute_directly(|worker| {
+            let snapshots = SnapshotsHandle::default();
+            let recorder = Recorder::new(Some(&snapshots), Cadence::every(2));
+            let mut data = InputHandleVec::<u64, u8>::new();
+            let mut progress = InputHandleVec::<u64, Progress>::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let inputs = (scope.input_from(&mut data), scope.input_from(&mut progress));
+                stateful::<_, u8, _, _, _>(inputs.0, inputs.1, Pipeline, "Test", (recorder, Part::Totals), {
+                    |mut snapshots, _| {
+                        snapshots.worked(0);
+                        assert_eq!(snapshots.due_before(1), Due::Now(0));
+                        snapshots.worked(1);
+                        assert_eq!(snapshots.due_before(2), Due::Nothing, "epoch 2 still goes in the next one");
+                        snapshots.worked(2);
+                        assert_eq!(snapshots.due_before(3), Due::Wait, "the state as of epoch 2 is due first");
+                        snapshots.record(Whole(&0u8, 0).record(0));
+                        assert_eq!(snapshots.due_before(3), Due::Now(2));
+                        |_, _, _| {}
+                    }
+                });
+            });
         });
     }
 }

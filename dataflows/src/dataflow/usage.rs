@@ -23,7 +23,7 @@ use timely::scheduling::SyncActivator;
 
 use super::pending::Pending;
 use super::route;
-use super::snapshots::stateful;
+use super::snapshots::{Due, stateful};
 use crate::checkpoint::{Part, Record, Recorded, Recorder, Whole};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
@@ -59,31 +59,31 @@ pub(crate) fn usage<'scope>(
     stateful(events, progress, by_resource, "Usage", (recorder, Part::Usage), move |mut snapshots, info| {
         let mut encoder = Encoder::new(worker.index(), worker.sync_activator_for(info.address.to_vec()));
         let mut pending = Pending::<Event, Progress>::default();
-        // Epochs complete and not yet worked: they wait while a snapshot is
-        // encoded.
+        // Epochs complete and not yet worked: they wait when the snapshot in
+        // flight is needed before the next one can be taken.
         let mut ready = VecDeque::new();
         let (mut resources, mut progress, mut stale) = restored;
         move |(events, events_frontier), (new_progress, progress_frontier), output| {
             let port = output.output_index();
             events.for_each(|cap, data| pending.first(&cap, port, data));
             new_progress.for_each(|cap, data| pending.second(&cap, port, data));
-            if encoder.is_running() {
-                let Some((held, recorded)) = encoder.finished() else { return };
-                resources = held;
+            if let Some(recorded) = encoder.finished() {
                 snapshots.record(recorded);
             }
             ready.extend(pending.complete(&[events_frontier, progress_frontier]));
             while let Some(&(time, _)) = ready.front() {
-                if let Some(checkpoint) = snapshots.due_before(time) {
-                    encoder.start(checkpoint, std::mem::take(&mut resources));
-                    return;
+                match snapshots.due_before(time) {
+                    Due::Now(checkpoint) => encoder.start(checkpoint, &resources),
+                    Due::Wait => return,
+                    Due::Nothing => {}
                 }
                 let (time, epoch) = ready.pop_front().expect("an epoch is ready");
                 let next = epoch.second.last().copied().unwrap_or(progress);
                 let mut dirty: foldhash::HashMap<ResourceKey, Millis> = foldhash::HashMap::default();
                 for mut event in epoch.first {
                     let key = std::mem::take(&mut event.resource);
-                    let from = resources.entry(key.clone()).or_default().insert(event);
+                    let resource = Arc::make_mut(resources.entry(key.clone()).or_default());
+                    let from = resource.insert(event);
                     let earliest = dirty.entry(key).or_insert(from);
                     *earliest = (*earliest).min(from);
                 }
@@ -99,12 +99,12 @@ pub(crate) fn usage<'scope>(
                             (None, true) => accrual_from,
                             (None, false) => continue,
                         };
-                        refresh(key, resource, from, &progress, &next, &prices, &mut out);
+                        refresh(key, Arc::make_mut(resource), from, &progress, &next, &prices, &mut out);
                     }
                 }
                 for (key, from) in dirty {
                     let resource = resources.get_mut(&key).expect("dirty resources exist");
-                    refresh(&key, resource, from, &progress, &next, &prices, &mut out);
+                    refresh(&key, Arc::make_mut(resource), from, &progress, &next, &prices, &mut out);
                 }
                 rewrite_stale(std::mem::take(&mut stale), &resources, &mut out.items);
                 output.session(&epoch.capability).give_iterator(out.finish().into_iter());
@@ -112,7 +112,9 @@ pub(crate) fn usage<'scope>(
                     && next.final_before > progress.final_before
                 {
                     resources.retain(|_, resource| {
-                        resource.fold(boundary);
+                        if resource.holds_before(boundary) {
+                            Arc::make_mut(resource).fold(boundary);
+                        }
                         !resource.is_dormant()
                     });
                     release_room(&mut resources);
@@ -120,25 +122,24 @@ pub(crate) fn usage<'scope>(
                 progress = next;
                 snapshots.worked(time);
             }
-            if let Some(checkpoint) = snapshots.due_after(&[events_frontier, progress_frontier]) {
-                encoder.start(checkpoint, std::mem::take(&mut resources));
+            if let Due::Now(checkpoint) = snapshots.due_after(&[events_frontier, progress_frontier]) {
+                encoder.start(checkpoint, &resources);
             }
         }
     })
 }
 
 /// Encodes snapshots of the resources on a thread of their own. The
-/// resources are the largest state a worker holds, and encoding them took
-/// the worker a second per checkpoint in a live run, during which the
-/// checkpoint epoch's rows waited to be written. The thread shares the
-/// resources until it is done; the operator works no epoch meanwhile, and
-/// the rest of the worker's dataflow goes on.
+/// resources are the largest state a worker holds: encoding them took the
+/// worker one to three seconds per checkpoint in a live run, during which
+/// the checkpoint epoch's rows, then the next epoch, waited. The thread
+/// encodes a copy of the map, whose resources it shares with the stage
+/// until the stage changes them (see [`Resources`]).
 struct Encoder {
     worker: usize,
     activator: SyncActivator,
-    /// The resources shared with the running encoding, and where its
-    /// snapshot comes back.
-    running: Option<(Arc<Resources>, Receiver<Recorded>)>,
+    /// Where the running encoding's snapshot comes back.
+    running: Option<Receiver<Recorded>>,
 }
 
 impl Encoder {
@@ -146,22 +147,18 @@ impl Encoder {
         Encoder { worker, activator, running: None }
     }
 
-    fn is_running(&self) -> bool {
-        self.running.is_some()
-    }
-
-    /// Starts encoding `resources` as of `epoch`.
-    fn start(&mut self, epoch: u64, resources: Resources) {
-        let shared = Arc::new(resources);
-        let resources = Arc::clone(&shared);
+    /// Starts encoding `resources` as they are, as of `epoch`.
+    fn start(&mut self, epoch: u64, resources: &Resources) {
+        assert!(self.running.is_none(), "one snapshot is encoded at a time");
+        let resources = resources.clone();
         let (sender, receiver) = mpsc::sync_channel(1);
         let activator = self.activator.clone();
         std::thread::Builder::new()
             .name(format!("tally-usage-snapshot-{}", self.worker))
             .spawn(move || {
                 let recorded = Whole(&Stored(&resources), resources.len()).record(epoch);
-                // Let go before reporting: the operator takes the
-                // resources back as soon as it hears.
+                // Let go of the shared resources before reporting: the stage
+                // would copy each one it changes while they are shared.
                 drop(resources);
                 // A worker that stopped meanwhile (another one failed) has
                 // no use for the snapshot.
@@ -170,21 +167,18 @@ impl Encoder {
                 }
             })
             .expect("the operating system starts a thread");
-        self.running = Some((shared, receiver));
+        self.running = Some(receiver);
     }
 
-    /// The resources and their snapshot, once the encoding is done: the
-    /// thread activates the operator then.
-    fn finished(&mut self) -> Option<(Resources, Recorded)> {
-        let (_, receiver) = self.running.as_ref()?;
-        let recorded = match receiver.try_recv() {
+    /// The snapshot, once encoded: the thread activates the operator then.
+    fn finished(&mut self) -> Option<Recorded> {
+        let recorded = match self.running.as_ref()?.try_recv() {
             Ok(recorded) => recorded,
             Err(TryRecvError::Empty) => return None,
             Err(TryRecvError::Disconnected) => panic!("the usage snapshot's encoding failed"),
         };
-        let (shared, _) = self.running.take().expect("an encoding was running");
-        let resources = Arc::try_unwrap(shared).expect("the encoder let go of the resources before reporting");
-        Some((resources, recorded))
+        self.running = None;
+        Some(recorded)
     }
 }
 
@@ -333,7 +327,7 @@ mod tests {
         let mut resources = Resources::default();
         for i in 0..100_000 {
             let key = ResourceKey { account: "acc".into(), resource: format!("vm-{i:06}").into() };
-            resources.insert(key, Resource::default());
+            resources.insert(key, Arc::default());
         }
         let peak = resources.capacity();
         resources.retain(|key, _| key.resource.ends_with("00"));

@@ -106,7 +106,7 @@ impl Serialize for ResourcesWritten<'_> {
 }
 
 /// Resources read back from what [`Stored`] wrote, sharing their metadata.
-pub struct Loaded(pub Vec<(ResourceKey, Resource)>);
+pub struct Loaded(pub Vec<(ResourceKey, Arc<Resource>)>);
 
 impl<'de> Deserialize<'de> for Loaded {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -133,7 +133,7 @@ impl<'de> Deserialize<'de> for Loaded {
                 events: SortedMap::from_sorted(events).ok_or_else(|| sorted("events"))?,
                 emitted: SortedMap::from_sorted(emitted).ok_or_else(|| sorted("rows"))?,
             };
-            resources.push((key, resource));
+            resources.push((key, Arc::new(resource)));
         }
         Ok(Loaded(resources))
     }
@@ -172,7 +172,7 @@ impl Loaded {
                 events: SortedMap::from_sorted(events).ok_or(postcard::Error::SerdeDeCustom)?,
                 emitted: SortedMap::from_sorted(emitted).ok_or(postcard::Error::SerdeDeCustom)?,
             };
-            resources.push((key, resource));
+            resources.push((key, Arc::new(resource)));
         }
         Ok(Loaded(resources))
     }

@@ -30,6 +30,25 @@ fn usage_of(changes: &[RowChange]) -> Vec<(Millis, String)> {
 }
 
 #[test]
+fn a_resource_holding_nothing_before_the_boundary_is_left_as_it_is_by_a_fold() {
+    let prices = prices();
+    let mut resource = Resource::default();
+    resource.insert(event(&prices, "a", "2026-11-23T10:10:00Z", EventKind::Started, Some("1")));
+    let (ten, eleven, noon) = (at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"), at("2026-11-23T12:00:00Z"));
+    resource.refresh(&key(), ten, ten, Some(at("2026-11-23T10:30:00Z")), &prices).unwrap();
+    assert!(!resource.holds_before(ten), "its event and row are at 10:00 or later");
+    let mut folded = resource.clone();
+    folded.fold(ten);
+    assert_eq!(folded, resource, "so a fold there changes nothing");
+    assert!(resource.holds_before(eleven), "an event and a row before 11:00");
+    resource.fold(eleven);
+    assert!(!resource.holds_before(noon), "folded: the past is in the base, no event or row is left");
+    let mut again = resource.clone();
+    again.fold(noon);
+    assert_eq!(again, resource);
+}
+
+#[test]
 fn refresh_emits_only_changed_rows_and_corrections_to_zero() {
     let prices = prices();
     let mut resource = Resource::default();
@@ -113,7 +132,8 @@ fn events_with_equal_metadata_share_one_copy_inserted_and_restored() {
     let other_key = ResourceKey { account: "acc".into(), resource: "vm-2".into() };
     other.refresh(&other_key, at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"), None, &prices).unwrap();
     resource.refresh(&key(), at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"), None, &prices).unwrap();
-    let resources: Resources = [(key(), resource), (other_key.clone(), other)].into_iter().collect();
+    let resources: Resources =
+        [(key(), Arc::new(resource)), (other_key.clone(), Arc::new(other))].into_iter().collect();
 
     let bytes = postcard::to_stdvec(&Stored(&resources)).unwrap();
     let Loaded(loaded) = postcard::from_bytes(&bytes).unwrap();
@@ -148,7 +168,7 @@ fn format_2_fixture_resources() -> Resources {
     first.refresh(&key(), from, through, accrued, &prices).unwrap();
     second.refresh(&second_key, from, through, accrued, &prices).unwrap();
     first.fold(at("2026-11-23T10:00:00Z"));
-    [(key(), first), (second_key, second)].into_iter().collect()
+    [(key(), Arc::new(first)), (second_key, Arc::new(second))].into_iter().collect()
 }
 
 #[test]
