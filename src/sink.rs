@@ -3,7 +3,7 @@
 //!
 //! Per epoch, each worker writes its own breakdown rows, totals and rejections
 //! (one insert per table), then its state shard, each on a thread of its own
-//! (see `offload`), then acknowledges the epoch
+//! (see [`tally_dataflows::offload`]), then acknowledges the epoch
 //! to worker 0. When every worker has acknowledged epoch `e`, worker 0 commits
 //! the manifest for `e` and then writes `pipeline_progress` for `e`: a reader
 //! that sees progress `e` sees every row of epochs `≤ e` (the protocol is in
@@ -11,7 +11,6 @@
 //! (see [`Versions`]).
 
 pub mod clickhouse;
-mod offload;
 pub mod rows;
 
 use std::cell::RefCell;
@@ -28,6 +27,7 @@ use tally_dataflows::checkpoint::{
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
+use tally_dataflows::offload::Offload;
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::rows::{BreakdownRow, Progress, Rejection, TotalRow};
 use tally_dataflows::time::Millis;
@@ -38,7 +38,6 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, Concat, Inspect, Operator};
 
 use self::clickhouse::Warehouse;
-use self::offload::Offload;
 use self::rows::{AccountTotal, PipelineProgress, RejectedEvent, UsageBreakdown};
 use crate::checkpoint::store::Store;
 use crate::checkpoint::{self, Manifest, StateSize};

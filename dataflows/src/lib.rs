@@ -20,6 +20,7 @@ pub mod intern;
 pub mod judge;
 pub mod lifecycle;
 pub mod memory;
+pub mod offload;
 pub mod oracle;
 pub mod prices;
 pub mod rate;

@@ -4,7 +4,7 @@
 //! A write either succeeds or is retried with backoff for as long as it takes:
 //! while ClickHouse is away the writer blocks here, its epoch is not
 //! acknowledged, and the worker stops at the next epoch it hands over (see
-//! `sink::offload`), so the source stops advancing behind it.
+//! `tally_dataflows::offload`), so the source stops advancing behind it.
 //!
 //! Every insert of a pipeline carries a `query_id` beginning with
 //! [`insert_prefix`]. An insert sent in full is carried out even when its

@@ -1,4 +1,5 @@
-//! A worker's slow writes, done on a thread of their own.
+//! A worker's slow work, done on a thread of their own: writes, and
+//! encoding the usage state's snapshots.
 //!
 //! A worker that waited for ClickHouse to take an epoch's rows, or for the
 //! store to take its shard, did nothing else meanwhile, while the next
