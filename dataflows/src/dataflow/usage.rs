@@ -57,7 +57,7 @@ pub(crate) fn usage<'scope>(
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
     let worker = events.scope().worker();
     stateful(events, progress, by_resource, "Usage", (recorder, Part::Usage), move |mut snapshots, info| {
-        let mut encoder = Encoder::new(worker.index(), worker.sync_activator_for(info.address.to_vec()));
+        let encoder = snapshot_encoder(worker.index(), worker.sync_activator_for(info.address.to_vec()));
         let mut pending = Pending::<Event, Progress>::default();
         // Epochs complete and not yet worked: they wait when the snapshot in
         // flight is needed before the next one can be taken.
@@ -67,13 +67,13 @@ pub(crate) fn usage<'scope>(
             let port = output.output_index();
             events.for_each(|cap, data| pending.first(&cap, port, data));
             new_progress.for_each(|cap, data| pending.second(&cap, port, data));
-            if let Some(recorded) = encoder.finished() {
+            if let Some(recorded) = encoder.done().pop() {
                 snapshots.record(recorded);
             }
             ready.extend(pending.complete(&[events_frontier, progress_frontier]));
             while let Some(&(time, _)) = ready.front() {
                 match snapshots.due_before(time) {
-                    Due::Now(checkpoint) => encoder.start(checkpoint, &resources),
+                    Due::Now(checkpoint) => encoder.hand_over((checkpoint, resources.clone())),
                     Due::Wait => return,
                     Due::Nothing => {}
                 }
@@ -123,43 +123,23 @@ pub(crate) fn usage<'scope>(
                 snapshots.worked(time);
             }
             if let Due::Now(checkpoint) = snapshots.due_after(&[events_frontier, progress_frontier]) {
-                encoder.start(checkpoint, &resources);
+                encoder.hand_over((checkpoint, resources.clone()));
             }
         }
     })
 }
 
 /// Encodes snapshots of the resources on a thread of their own, one at a
-/// time. The resources are the largest state a worker holds: encoding them
+/// time (the stage asks for one only once the last is recorded, see
+/// [`Due`]). The resources are the largest state a worker holds: encoding them
 /// took the worker 0.4 to 1.2 s per checkpoint in a live run, during which
 /// the checkpoint epoch's rows waited, and on a thread of its own up to
 /// 4 s, longer than an epoch. The thread encodes a copy of the map, whose
 /// resources it shares with the stage until the stage changes them (see
 /// [`Resources`]), and lets go of it before it reports.
-struct Encoder {
-    thread: Offload<(u64, Resources), Recorded>,
-    running: bool,
-}
-
-impl Encoder {
-    fn new(worker: usize, activator: SyncActivator) -> Encoder {
-        let encode = |(epoch, resources): (u64, Resources)| Whole(&Stored(&resources), resources.len()).record(epoch);
-        Encoder { thread: Offload::start(format!("tally-usage-snapshot-{worker}"), activator, encode), running: false }
-    }
-
-    /// Starts encoding `resources` as they are, as of `epoch`.
-    fn start(&mut self, epoch: u64, resources: &Resources) {
-        assert!(!self.running, "one snapshot is encoded at a time");
-        self.thread.hand_over((epoch, resources.clone()));
-        self.running = true;
-    }
-
-    /// The snapshot, once encoded: the thread activates the operator then.
-    fn finished(&mut self) -> Option<Recorded> {
-        let recorded = self.thread.done().pop()?;
-        self.running = false;
-        Some(recorded)
-    }
+fn snapshot_encoder(worker: usize, activator: SyncActivator) -> Offload<(u64, Resources), Recorded> {
+    let encode = |(epoch, resources): (u64, Resources)| Whole(&Stored(&resources), resources.len()).record(epoch);
+    Offload::start(format!("tally-usage-snapshot-{worker}"), activator, encode)
 }
 
 /// Gives back the room of a map that has shrunk to a quarter of it: a hash
