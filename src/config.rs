@@ -58,7 +58,8 @@ pub struct Kafka {
     /// system's.
     pub ssl_ca_location: String,
     /// Any other librdkafka client setting, passed through as is
-    /// (`[kafka.properties]`); the keys above win over these.
+    /// (`[kafka.properties]`): these win over tally's own tuning, the keys
+    /// above win over these.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -85,10 +86,14 @@ fn redacted(secret: &str) -> &'static str {
 }
 
 impl Kafka {
-    /// A librdkafka client configuration with the brokers and every security
-    /// setting; callers add their own tuning.
-    pub fn client_config(&self) -> rdkafka::ClientConfig {
+    /// A librdkafka client configuration: tally's `tuning` for this client,
+    /// which `[kafka.properties]` may override, then the brokers and every
+    /// security setting. Callers set what correctness needs afterwards.
+    pub fn client_config(&self, tuning: &[(&str, &str)]) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
+        for (key, value) in tuning {
+            config.set(*key, *value);
+        }
         for (key, value) in &self.properties {
             config.set(key, value);
         }
@@ -501,5 +506,21 @@ mod tests {
         assert_eq!(shape(Config::default()), (2_000, Cadence::every(5)));
         assert_eq!(shape(with("100ms", "2s")), (100, Cadence::every(1)), "an epoch is never longer");
         assert_eq!(shape(with("100ms", "40ms")), (40, Cadence::every(3)), "at least one checkpoint per interval");
+    }
+
+    #[test]
+    fn kafka_properties_override_the_tuning_but_not_the_brokers_or_security() {
+        let properties = [("linger.ms", "5"), ("bootstrap.servers", "elsewhere:9092"), ("sasl.username", "someone")];
+        let kafka = Kafka {
+            brokers: "here:9092".into(),
+            sasl_username: "billing".into(),
+            properties: properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Kafka::default()
+        };
+        let config = kafka.client_config(&[("linger.ms", "20"), ("batch.num.messages", "10000")]);
+        assert_eq!(config.get("linger.ms"), Some("5"), "the user's setting wins over tally's tuning");
+        assert_eq!(config.get("batch.num.messages"), Some("10000"));
+        assert_eq!(config.get("bootstrap.servers"), Some("here:9092"));
+        assert_eq!(config.get("sasl.username"), Some("billing"));
     }
 }

@@ -47,7 +47,7 @@ pub fn ensure_topic(kafka: &Kafka, partitions: u32) -> Result<(), ProduceError> 
     let (brokers, topic) = (&kafka.brokers, &kafka.topic);
     let fail = |what| move |source| ProduceError { brokers: brokers.clone(), what, source: Box::new(source) };
     let admin: AdminClient<DefaultClientContext> =
-        kafka.client_config().create().map_err(fail("create admin client"))?;
+        kafka.client_config(&[]).create().map_err(fail("create admin client"))?;
     let runtime = crate::blocking_runtime();
     let new = NewTopic::new(topic, i32::try_from(partitions).unwrap_or(i32::MAX), TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -60,6 +60,15 @@ pub fn ensure_topic(kafka: &Kafka, partitions: u32) -> Result<(), ProduceError> 
     }
     Ok(())
 }
+
+/// The producer's defaults, which `[kafka.properties]` may override.
+const PRODUCER_TUNING: &[(&str, &str)] = &[
+    ("linger.ms", "20"),
+    ("batch.num.messages", "10000"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("compression.type", "lz4"),
+    ("message.max.bytes", "2000000"),
+];
 
 /// How fast to send.
 #[derive(Clone, Copy, Debug)]
@@ -83,12 +92,7 @@ pub fn produce(
     let (brokers, topic) = (&kafka.brokers, kafka.topic.as_str());
     let fail = |what| move |source| ProduceError { brokers: brokers.clone(), what, source: Box::new(source) };
     let producer: ThreadedProducer<Deliveries> = kafka
-        .client_config()
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("compression.type", "lz4")
-        .set("message.max.bytes", "2000000")
+        .client_config(PRODUCER_TUNING)
         .create_with_context(Deliveries::default())
         .map_err(fail("create producer"))?;
     let mut sent = 0u64;

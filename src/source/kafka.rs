@@ -26,6 +26,16 @@ use crate::metrics::Metrics;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the end offsets of the partitions read are asked for (the lag).
 const END_OFFSETS_INTERVAL: Duration = Duration::from_secs(5);
+/// The consumer's defaults, which `[kafka.properties]` may override.
+const CONSUMER_TUNING: &[(&str, &str)] = &[
+    ("fetch.wait.max.ms", "50"),
+    // Prefetch per partition: enough to keep a worker busy, bounded so that
+    // a backlog does not sit in librdkafka's queues (at the defaults,
+    // gigabytes over eight partitions).
+    ("queued.min.messages", "20000"),
+    ("queued.max.messages.kbytes", "16384"),
+];
+
 /// Append times are counted in steps of this many milliseconds, for freshness.
 const APPEND_STEP: Millis = 100;
 /// Messages fetched ahead per partition, for the merge by timestamp.
@@ -38,7 +48,7 @@ const MERGE_SLACK: Millis = 1_000;
 /// partition this process reads, for the lag metric: a worker waiting out a
 /// ClickHouse outage reads nothing, which is when the lag matters most.
 pub fn watch_end_offsets(kafka: &crate::config::Kafka, metrics: Arc<Metrics>) -> Result<(), SourceError> {
-    let consumer: BaseConsumer = kafka.client_config().create().map_err(|source| SourceError::Kafka {
+    let consumer: BaseConsumer = kafka.client_config(&[]).create().map_err(|source| SourceError::Kafka {
         brokers: kafka.brokers.clone(),
         what: "create the end offset client".into(),
         source: Box::new(source),
@@ -135,18 +145,12 @@ impl PartitionReader {
     ) -> Result<PartitionReader, SourceError> {
         let (brokers, topic) = (&kafka.brokers, &kafka.topic);
         let consumer: BaseConsumer = kafka
-            .client_config()
+            .client_config(CONSUMER_TUNING)
             // assign() still wants a group id; nothing is committed to it.
             .set("group.id", "tally")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50")
-            // Prefetch per partition: enough to keep a worker busy, bounded
-            // so that a backlog does not sit in librdkafka's queues (at the
-            // defaults, gigabytes over eight partitions).
-            .set("queued.min.messages", "20000")
-            .set("queued.max.messages.kbytes", "16384")
             .create()
             .map_err(|source| SourceError::Kafka {
                 brokers: brokers.clone(),
@@ -406,7 +410,7 @@ impl TopicLog {
             move |source| SourceError::Kafka { brokers, what, source: Box::new(source) }
         };
         let consumer: BaseConsumer = kafka
-            .client_config()
+            .client_config(&[])
             .set("group.id", "tally-reconcile")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
