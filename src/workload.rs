@@ -9,7 +9,7 @@
 //! bounded memory (the fleet plus the disorder window).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -100,7 +100,7 @@ pub struct Generator {
     rng: ChaCha8Rng,
     resources: Vec<Resource>,
     schedule: BinaryHeap<Reverse<(Millis, u64, usize, Action)>>,
-    deliveries: BinaryHeap<Reverse<(Millis, u64, Produced)>>,
+    deliveries: Deliveries,
     next_serial: u64,
     sequence: u64,
     emitted: u64,
@@ -114,7 +114,7 @@ impl Generator {
         let mut generator = Generator {
             resources: Vec::with_capacity(config.fleet as usize),
             schedule: BinaryHeap::new(),
-            deliveries: BinaryHeap::new(),
+            deliveries: Deliveries::default(),
             next_serial: 0,
             sequence: 0,
             emitted: 0,
@@ -176,7 +176,7 @@ impl Generator {
 
     fn push(&mut self, produced: Produced) {
         self.sequence += 1;
-        self.deliveries.push(Reverse((produced.timestamp, self.sequence, produced)));
+        self.deliveries.push(self.sequence, produced);
     }
 
     fn step(&mut self) {
@@ -315,14 +315,65 @@ impl Iterator for Generator {
             if self.emitted >= self.config.events {
                 return None;
             }
-            let ready = self.deliveries.peek().is_some_and(|Reverse((t, _, _))| *t <= self.now - self.max_delay());
-            if ready || self.schedule.is_empty() {
-                let Reverse((_, _, produced)) = self.deliveries.pop()?;
+            if let Some(produced) = self.deliveries.released.pop_front() {
                 self.emitted += 1;
                 return Some(produced);
             }
-            self.step();
+            if self.schedule.is_empty() {
+                if !self.deliveries.release_through(Millis::MAX) {
+                    return None;
+                }
+            } else if !self.deliveries.release_through(self.now - self.max_delay()) {
+                self.step();
+            }
         }
+    }
+}
+
+/// Messages waiting for their append time, in buckets of a second of it.
+/// At a large fleet two hours of messages wait (the latest delivery delay):
+/// a heap of them cost each message a sift through a tree far larger than
+/// the caches, most of the generator's time. Here a message is pushed onto
+/// its second's bucket, and a bucket is sorted once, when no earlier append
+/// can follow; the order out is the heap's, by append time then sequence.
+#[derive(Default)]
+struct Deliveries {
+    /// The second of append time of the first bucket.
+    first_second: Millis,
+    /// Per second, its messages in the order they were pushed.
+    buckets: VecDeque<Vec<(Millis, u64, Produced)>>,
+    /// Messages in append order, ready to go.
+    released: VecDeque<Produced>,
+}
+
+impl Deliveries {
+    fn push(&mut self, sequence: u64, produced: Produced) {
+        let second = produced.timestamp.div_euclid(SECOND);
+        if self.buckets.is_empty() {
+            self.first_second = second;
+        }
+        while second < self.first_second {
+            self.buckets.push_front(Vec::new());
+            self.first_second -= 1;
+        }
+        let index = usize::try_from(second - self.first_second).expect("a bucket at or after the first");
+        if index >= self.buckets.len() {
+            self.buckets.resize_with(index + 1, Vec::new);
+        }
+        self.buckets[index].push((produced.timestamp, sequence, produced));
+    }
+
+    /// Releases, in order, the messages of every second that ends by
+    /// `limit`; whether there were any.
+    fn release_through(&mut self, limit: Millis) -> bool {
+        let before = self.released.len();
+        while !self.buckets.is_empty() && (self.first_second + 1).saturating_mul(SECOND) - 1 <= limit {
+            let mut bucket = self.buckets.pop_front().expect("a first bucket");
+            self.first_second += 1;
+            bucket.sort_unstable_by_key(|&(timestamp, sequence, _)| (timestamp, sequence));
+            self.released.extend(bucket.into_iter().map(|(_, _, produced)| produced));
+        }
+        self.released.len() > before
     }
 }
 
@@ -345,5 +396,34 @@ mod tests {
         assert!(first.windows(2).all(|w| w[0].timestamp <= w[1].timestamp), "append order");
         let other: Vec<Produced> = Generator::new(Workload { seed: 2, ..config }).collect();
         assert_ne!(first, other);
+    }
+
+    #[test]
+    fn deliveries_come_out_as_a_heap_would_give_them() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut deliveries = Deliveries::default();
+        let mut heap = BinaryHeap::new();
+        let (mut out, mut expected) = (Vec::new(), Vec::new());
+        let mut now: Millis = 1_000_000;
+        for sequence in 0..20_000u64 {
+            now += rng.random_range(0..50);
+            // Most within two seconds, a tenth up to ten minutes late; some share a millisecond.
+            let delay = if rng.random_bool(0.1) { rng.random_range(0..600_000) } else { rng.random_range(0..2_000) };
+            let payload = sequence.to_string();
+            let produced = Produced { partition: 0, key: String::new(), timestamp: now + delay, payload };
+            heap.push(Reverse((produced.timestamp, sequence, produced.clone())));
+            deliveries.push(sequence, produced);
+            let limit = now - 600_000;
+            deliveries.release_through(limit);
+            out.extend(deliveries.released.drain(..));
+            while heap.peek().is_some_and(|Reverse((t, _, _))| *t <= limit) {
+                expected.push(heap.pop().expect("a peeked message").0.2);
+            }
+            assert!(out.len() <= expected.len(), "nothing released before the heap would");
+        }
+        deliveries.release_through(Millis::MAX);
+        out.extend(deliveries.released.drain(..));
+        expected.extend(std::iter::from_fn(|| heap.pop().map(|Reverse((_, _, produced))| produced)));
+        assert_eq!(out, expected);
     }
 }
