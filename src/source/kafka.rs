@@ -28,13 +28,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const END_OFFSETS_INTERVAL: Duration = Duration::from_secs(5);
 /// The consumer's defaults, which `[kafka.properties]` may override.
 const CONSUMER_TUNING: &[(&str, &str)] = &[
-    ("fetch.wait.max.ms", "50"),
     // Prefetch per partition: enough to keep a worker busy, bounded so that
     // a backlog does not sit in librdkafka's queues (at the defaults,
     // gigabytes over eight partitions).
     ("queued.min.messages", "20000"),
     ("queued.max.messages.kbytes", "16384"),
 ];
+
+/// How a live run fetches: a fetch that finds less than a megabyte waits for
+/// more, up to half a second (Kafka's own default wait), instead of coming
+/// back at once with a handful. Asked again as fast as it answered, the
+/// broker spent most of its time on fetches (each costs it more than the
+/// messages it returns), on the cores tally shares with it; half a second
+/// is a quarter of an epoch.
+const LIVE_FETCH: &[(&str, &str)] = &[("fetch.wait.max.ms", "500"), ("fetch.min.bytes", "1000000")];
+
+/// How a drain fetches: its backlog fills any fetch at once, and the last
+/// fetches, which find less, should not wait.
+const DRAIN_FETCH: &[(&str, &str)] = &[("fetch.wait.max.ms", "50")];
 
 /// Append times are counted in steps of this many milliseconds, for freshness.
 const APPEND_STEP: Millis = 100;
@@ -144,8 +155,10 @@ impl PartitionReader {
         metrics: Arc<Metrics>,
     ) -> Result<PartitionReader, SourceError> {
         let (brokers, topic) = (&kafka.brokers, &kafka.topic);
+        let fetch = if drain { DRAIN_FETCH } else { LIVE_FETCH };
+        let tuning: Vec<(&str, &str)> = CONSUMER_TUNING.iter().chain(fetch).copied().collect();
         let consumer: BaseConsumer = kafka
-            .client_config(CONSUMER_TUNING)
+            .client_config(&tuning)
             // assign() still wants a group id; nothing is committed to it.
             .set("group.id", "tally")
             .set("enable.auto.commit", "false")
