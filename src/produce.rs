@@ -72,7 +72,7 @@ const PRODUCER_TUNING: &[(&str, &str)] = &[
 
 /// How far ahead of its pace a paced producer may run before it sleeps:
 /// sleeping before each message that is due a few microseconds later took
-/// a syscall and a wake-up per message, a third of a core at 50,000 a second.
+/// a syscall and a wake-up per message, on cores shared with tally.
 const PACE_SLACK: Duration = Duration::from_millis(2);
 
 /// How fast to send.

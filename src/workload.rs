@@ -333,20 +333,22 @@ impl Iterator for Generator {
 /// Messages waiting for their append time, in buckets of a second of it.
 /// At a large fleet two hours of messages wait (the latest delivery delay):
 /// a heap of them cost each message a sift through a tree far larger than
-/// the caches, most of the generator's time. Here a message is pushed onto
+/// the caches, a sixth of the producer's time. Here a message is pushed onto
 /// its second's bucket, and a bucket is sorted once, when no earlier append
 /// can follow; the order out is the heap's, by append time then sequence.
 #[derive(Default)]
 struct Deliveries {
     /// The second of append time of the first bucket.
     first_second: Millis,
-    /// Per second, its messages in the order they were pushed.
-    buckets: VecDeque<Vec<(Millis, u64, Produced)>>,
+    /// Per second, its messages with their sequence, in the order pushed.
+    buckets: VecDeque<Vec<(u64, Produced)>>,
     /// Messages in append order, ready to go.
     released: VecDeque<Produced>,
 }
 
 impl Deliveries {
+    /// Holds `produced`, which may be appended before every message held
+    /// (their delays differ), never in a second already released.
     fn push(&mut self, sequence: u64, produced: Produced) {
         let second = produced.timestamp.div_euclid(SECOND);
         if self.buckets.is_empty() {
@@ -360,7 +362,7 @@ impl Deliveries {
         if index >= self.buckets.len() {
             self.buckets.resize_with(index + 1, Vec::new);
         }
-        self.buckets[index].push((produced.timestamp, sequence, produced));
+        self.buckets[index].push((sequence, produced));
     }
 
     /// Releases, in order, the messages of every second that ends by
@@ -370,8 +372,8 @@ impl Deliveries {
         while !self.buckets.is_empty() && (self.first_second + 1).saturating_mul(SECOND) - 1 <= limit {
             let mut bucket = self.buckets.pop_front().expect("a first bucket");
             self.first_second += 1;
-            bucket.sort_unstable_by_key(|&(timestamp, sequence, _)| (timestamp, sequence));
-            self.released.extend(bucket.into_iter().map(|(_, _, produced)| produced));
+            bucket.sort_unstable_by_key(|(sequence, produced)| (produced.timestamp, *sequence));
+            self.released.extend(bucket.into_iter().map(|(_, produced)| produced));
         }
         self.released.len() > before
     }

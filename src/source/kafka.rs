@@ -38,9 +38,9 @@ const CONSUMER_TUNING: &[(&str, &str)] = &[
 /// How a live run fetches: a fetch that finds less than a megabyte waits for
 /// more, up to half a second (Kafka's own default wait), instead of coming
 /// back at once with a handful. Asked again as fast as it answered, the
-/// broker spent most of its time on fetches (each costs it more than the
-/// messages it returns), on the cores tally shares with it; half a second
-/// is a quarter of an epoch.
+/// broker spent most of its time on fetches (the local one lists every
+/// stored batch of a partition per fetch), on the cores tally shares with
+/// it; half a second is a quarter of an epoch.
 const LIVE_FETCH: &[(&str, &str)] = &[("fetch.wait.max.ms", "500"), ("fetch.min.bytes", "1000000")];
 
 /// How a drain fetches: its backlog fills any fetch at once, and the last
