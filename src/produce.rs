@@ -42,14 +42,18 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
+/// Creates `topic` with `partitions` partitions unless it exists. The topic
+/// keeps every message: a workload's messages are stamped with their event
+/// time, days or weeks back, and a broker's default retention (7 days)
+/// deletes such messages, even under a reader that has not read them yet.
 pub fn ensure_topic(kafka: &Kafka, partitions: u32) -> Result<(), ProduceError> {
     let (brokers, topic) = (&kafka.brokers, &kafka.topic);
     let fail = |what| move |source| ProduceError { brokers: brokers.clone(), what, source: Box::new(source) };
     let admin: AdminClient<DefaultClientContext> =
         kafka.client_config(&[]).create().map_err(fail("create admin client"))?;
     let runtime = crate::blocking_runtime();
-    let new = NewTopic::new(topic, i32::try_from(partitions).unwrap_or(i32::MAX), TopicReplication::Fixed(1));
+    let new = NewTopic::new(topic, i32::try_from(partitions).unwrap_or(i32::MAX), TopicReplication::Fixed(1))
+        .set("retention.ms", "-1");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = runtime.block_on(admin.create_topics([&new], &options)).map_err(fail("create topic"))?;
     for result in results {

@@ -61,6 +61,26 @@ fn a_new_database_is_billed_from_the_beginning_despite_a_checkpoint() {
     scratch.tables().assert_same(&expected(workload.partitions, &messages));
 }
 
+/// A generated topic keeps its messages whatever their timestamps: the
+/// workloads are stamped days back, and a persistent broker's retention
+/// sweep deleted them under a live run once they were a week old.
+#[test]
+fn a_generated_topic_keeps_every_message() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+
+    let scratch = Scratch::new("retention");
+    let workload = Workload { events: 10, ..workload(15) };
+    scratch.produce(workload.partitions, Generator::new(workload).collect());
+    let admin: AdminClient<DefaultClientContext> = scratch.kafka().client_config(&[]).create().unwrap();
+    let described = tally::blocking_runtime()
+        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(&scratch.topic)], &AdminOptions::new()))
+        .unwrap();
+    let topic = described.into_iter().next().unwrap().unwrap();
+    let retention = topic.get("retention.ms").and_then(|entry| entry.value.as_deref());
+    assert_eq!(retention, Some("-1"), "the topic's retention, as the broker describes it");
+}
+
 /// Pipelines sharing one checkpoint URL keep their state apart.
 #[test]
 fn two_topics_share_a_checkpoint_url() {
