@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::sink::clickhouse::{Warehouse, await_earlier_inserts, has_progress, stale_rows};
 use crate::sink::{self, AppendedHandle, Checkpointing, OffsetsHandle, Target, Versions};
-use crate::source::kafka::PartitionReader;
+use crate::source::kafka::{PartitionReader, SourceError};
 
 /// Epochs the source may run ahead of the last one fully written.
 pub const EPOCHS_IN_FLIGHT: u64 = 2;
@@ -59,11 +59,24 @@ struct Shared {
     idle_timeout: Duration,
     started_millis: u64,
     mode: Mode,
+    /// The first error a worker of this process stopped on.
     failure: Mutex<Option<String>>,
     metrics: Arc<Metrics>,
     /// Worker threads per process: the first of each process reports its
     /// process's epochs.
     threads: usize,
+}
+
+impl Shared {
+    /// Stops a worker once another worker of the process has failed: its
+    /// epochs can no longer complete, and the process should exit with the
+    /// error rather than wait for them.
+    fn stop_if_failed(&self) -> Result<(), String> {
+        match self.failure.lock().expect("no worker panics holding the lock").as_deref() {
+            Some(error) => Err(format!("stopping: another worker stopped: {error}")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs this process's workers until the mode says stop; the first error any
@@ -194,7 +207,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     .map_err(|e| e.to_string())?;
     input.advance_to(first_epoch);
     let mut items = Vec::new();
-    retry_discovery(&mut reader, &mut items);
+    retry_discovery(&mut reader, &mut items)?;
     metrics.worker_ready();
     let reporter = index % shared.threads == 0;
     if reporter {
@@ -209,10 +222,11 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         if let Some(error) = overflow.lock().expect("no panic holding the lock").take() {
             return Err(format!("stopping: {error}"));
         }
+        shared.stop_if_failed()?;
         if reader.drained() {
             break;
         }
-        reader.poll(10_000, Duration::from_millis(10), &mut items);
+        reader.poll(10_000, Duration::from_millis(10), &mut items).map_err(|e| e.to_string())?;
         epoch_messages += items.len();
         for item in items.drain(..) {
             input.send(item);
@@ -230,6 +244,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
             input.advance_to(epoch);
             epoch_started = Instant::now();
             while probe.less_than(&epoch.saturating_sub(EPOCHS_IN_FLIGHT)) {
+                shared.stop_if_failed()?;
                 worker.step_or_park(Some(Duration::from_millis(10)));
             }
         }
@@ -237,7 +252,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
             closed.observe_committed(&probe, metrics);
         }
         if !drain && last_discovery.elapsed() >= DISCOVERY_INTERVAL {
-            retry_discovery(&mut reader, &mut items);
+            retry_discovery(&mut reader, &mut items)?;
             last_discovery = Instant::now();
         }
     }
@@ -251,6 +266,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     }
     input.close();
     while worker.step_or_park(Some(Duration::from_millis(10))) {
+        shared.stop_if_failed()?;
         if reporter {
             closed.observe_committed(&probe, metrics);
         }
@@ -409,7 +425,14 @@ fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 2]) -> [u6
     agreed.get()
 }
 
-/// Looks for partitions until the broker answers, backing off.
-fn retry_discovery(reader: &mut PartitionReader, items: &mut Vec<tally_dataflows::judge::SourceItem>) {
-    backoff::retry("Kafka", "read the topic's partitions", "", || reader.discover(items));
+/// Looks for partitions until the broker answers, backing off; fails when a
+/// partition no longer holds the offset to read, which no wait mends.
+fn retry_discovery(
+    reader: &mut PartitionReader,
+    items: &mut Vec<tally_dataflows::judge::SourceItem>,
+) -> Result<(), String> {
+    backoff::retry("Kafka", "read the topic's partitions", "", || match reader.discover(items) {
+        Err(gone @ SourceError::OffsetGone { .. }) => Ok(Err(gone.to_string())),
+        found => found.map(Ok),
+    })
 }

@@ -337,16 +337,7 @@ fn every_manifest_holds_the_clocks_of_the_partitions_it_read_even_behind_a_slow_
 }
 
 fn newest_manifest_version(scratch: &Scratch) -> Option<u64> {
-    newest_manifest(scratch)?["version"].as_u64()
-}
-
-fn newest_manifest(scratch: &Scratch) -> Option<serde_json::Value> {
-    let newest = std::fs::read_dir(scratch.state.join(&scratch.topic).join("manifests"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .max()?;
-    serde_json::from_slice(&std::fs::read(newest).ok()?).ok()
+    scratch.newest_manifest()?["version"].as_u64()
 }
 
 /// Epochs far shorter than the checkpoint interval: the drain's last epoch is
@@ -364,7 +355,7 @@ fn a_drain_ends_with_everything_it_read_checkpointed_whatever_the_cadence() {
             scratch.produce_more(second);
         }
         scratch.run_ok(&[&["run", "--drain", "--workers", workers][..], &cadence[..]].concat());
-        let manifest = newest_manifest(&scratch).expect("the drain committed a checkpoint");
+        let manifest = scratch.newest_manifest().expect("the drain committed a checkpoint");
         let read: i64 = manifest["offsets"].as_object().unwrap().values().map(|o| o.as_i64().unwrap()).sum();
         assert_eq!(read, upto as i64, "the last checkpoint is after every message read");
     }

@@ -5,7 +5,9 @@
 //! committed offsets: where to read from is tally's to decide). New partitions
 //! are picked up when the topic's metadata is refreshed. librdkafka reconnects
 //! by itself after a broker outage; reading resumes at the next offset, so
-//! nothing is skipped or read twice.
+//! nothing is skipped or read twice. An offset the broker no longer holds
+//! (retention or a deletion took events tally had not read) stops the run
+//! with an error: skipping them would bill too little, silently.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -103,6 +106,35 @@ pub enum SourceError {
         /// What is wrong.
         what: String,
     },
+    /// The broker no longer holds the offset tally reads next: waiting
+    /// cannot mend that, and reading on would skip events.
+    #[error("Kafka at {brokers}: {what}")]
+    OffsetGone {
+        /// Bootstrap servers.
+        brokers: String,
+        /// Which offset, and what the partition holds instead.
+        what: String,
+    },
+}
+
+/// Refuses to read `partition` at `next` unless the partition holds it:
+/// `start..=end` are its offsets, `end` the next to be appended.
+fn check_offset(brokers: &str, partition: Partition, next: i64, (start, end): (i64, i64)) -> Result<(), SourceError> {
+    let what = if next < start {
+        format!(
+            "partition {partition} now starts at offset {start}, but tally reads offset {next} next: the broker \
+             deleted events tally has not billed (retention shorter than tally's lag, or deleted records). tally \
+             stops rather than skip them; bill offsets {next}..{start} from a copy of the events"
+        )
+    } else if next > end {
+        format!(
+            "partition {partition} ends at offset {end}, but tally's checkpoint is at offset {next}: this is not \
+             the topic tally read (was it deleted and created again?)"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(SourceError::OffsetGone { brokers: brokers.into(), what })
 }
 
 struct Owned {
@@ -163,7 +195,8 @@ impl PartitionReader {
             .set("group.id", "tally")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // An offset out of range is an error, not a jump to either end.
+            .set("auto.offset.reset", "error")
             .create()
             .map_err(|source| SourceError::Kafka {
                 brokers: brokers.clone(),
@@ -209,16 +242,13 @@ impl PartitionReader {
             return Ok(());
         }
         for partition in found {
-            let end = if self.drain {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, partition as i32, REQUEST_TIMEOUT)
-                    .map_err(self.error(format!("end offset of partition {partition}")))?;
-                Some(high)
-            } else {
-                None
-            };
+            let watermarks = self
+                .consumer
+                .fetch_watermarks(&self.topic, partition as i32, REQUEST_TIMEOUT)
+                .map_err(self.error(format!("offsets of partition {partition}")))?;
             let next_offset = self.start.get(&partition).copied().unwrap_or(0);
+            check_offset(&self.brokers, partition, next_offset, watermarks)?;
+            let end = self.drain.then_some(watermarks.1);
             let owned = Owned {
                 next_offset,
                 fetched: next_offset,
@@ -258,17 +288,19 @@ impl PartitionReader {
     }
 
     /// Hands out up to `max` messages, merging the partitions by timestamp,
-    /// waiting at most `wait` when there are none.
-    pub fn poll(&mut self, max: usize, wait: Duration, out: &mut Vec<SourceItem>) {
+    /// waiting at most `wait` when there are none; fails when the broker no
+    /// longer holds an offset to read.
+    pub fn poll(&mut self, max: usize, wait: Duration, out: &mut Vec<SourceItem>) -> Result<(), SourceError> {
         // The consumer's own queue first: it serves events, and holds what was
         // fetched before the partition queues were split, which precedes
         // anything in them.
         let before = out.len();
+        let mut out_of_range = false;
         while let Some(result) = self.consumer.poll(Duration::ZERO) {
-            fetch(&mut self.owned, result);
+            out_of_range |= fetch(&mut self.owned, result);
         }
         for (partition, queue) in &self.queues {
-            refill(&mut self.owned, *partition, queue);
+            out_of_range |= refill(&mut self.owned, *partition, queue);
         }
         while out.len() - before < max {
             let Some((partition, bound)) = self.earliest() else { break };
@@ -282,13 +314,13 @@ impl PartitionReader {
             if owned.ahead.is_empty()
                 && let Some((_, queue)) = self.queues.iter().find(|(p, _)| *p == partition)
             {
-                refill(&mut self.owned, partition, queue);
+                out_of_range |= refill(&mut self.owned, partition, queue);
             }
         }
         if out.len() == before
             && let Some(result) = self.consumer.poll(wait)
         {
-            fetch(&mut self.owned, result);
+            out_of_range |= fetch(&mut self.owned, result);
         }
         if out.len() > before {
             for (&partition, owned) in &self.owned {
@@ -297,6 +329,31 @@ impl PartitionReader {
         }
         self.mark_exhausted(out);
         self.mark_idle(out);
+        if out_of_range {
+            return Err(self.offset_gone());
+        }
+        Ok(())
+    }
+
+    /// Why librdkafka found an offset out of range: the partition whose next
+    /// offset to fetch the broker no longer holds. librdkafka has stopped
+    /// fetching it, so the run stops even when the watermarks, asked a moment
+    /// later, cannot say which.
+    fn offset_gone(&self) -> SourceError {
+        for (&partition, owned) in &self.owned {
+            let checked = self
+                .consumer
+                .fetch_watermarks(&self.topic, partition as i32, REQUEST_TIMEOUT)
+                .map_err(self.error(format!("offsets of partition {partition}")))
+                .and_then(|watermarks| check_offset(&self.brokers, partition, owned.fetched, watermarks));
+            if let Err(error) = checked {
+                return error;
+            }
+        }
+        SourceError::OffsetGone {
+            brokers: self.brokers.clone(),
+            what: "an offset tally was to read is out of the range the broker holds".into(),
+        }
     }
 
     /// The partition whose next message is the earliest, and up to which
@@ -361,33 +418,37 @@ impl PartitionReader {
 }
 
 /// Polls `partition`'s queue until [`LOOKAHEAD`] messages are ahead or the
-/// queue is empty.
+/// queue is empty; true when an offset was out of range.
 fn refill(
     owned: &mut BTreeMap<Partition, Owned>,
     partition: Partition,
     queue: &PartitionQueue<DefaultConsumerContext>,
-) {
+) -> bool {
     let ahead = |owned: &BTreeMap<Partition, Owned>| owned.get(&partition).map_or(LOOKAHEAD, |o| o.ahead.len());
+    let mut out_of_range = false;
     while ahead(owned) < LOOKAHEAD {
         let Some(result) = queue.poll(Duration::ZERO) else { break };
-        fetch(owned, result);
+        out_of_range |= fetch(owned, result);
     }
+    out_of_range
 }
 
 /// Takes one polled message of an owned partition, in offset order, into the
-/// partition's messages ahead.
-fn fetch(owned: &mut BTreeMap<Partition, Owned>, result: rdkafka::error::KafkaResult<BorrowedMessage<'_>>) {
+/// partition's messages ahead; true when librdkafka found the offset to fetch
+/// out of range instead.
+fn fetch(owned: &mut BTreeMap<Partition, Owned>, result: rdkafka::error::KafkaResult<BorrowedMessage<'_>>) -> bool {
     let message = match result {
         Ok(message) => message,
+        Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => return true,
         Err(error) => {
             tracing::warn!(%error, "Kafka read failed; librdkafka retries");
-            return;
+            return false;
         }
     };
-    let Ok(partition) = Partition::try_from(message.partition()) else { return };
-    let Some(owned) = owned.get_mut(&partition) else { return };
+    let Ok(partition) = Partition::try_from(message.partition()) else { return false };
+    let Some(owned) = owned.get_mut(&partition) else { return false };
     if owned.end.is_some_and(|end| message.offset() >= end) || message.offset() < owned.fetched {
-        return;
+        return false;
     }
     owned.fetched = message.offset() + 1;
     owned.last_message = Instant::now();
@@ -398,6 +459,7 @@ fn fetch(owned: &mut BTreeMap<Partition, Owned>, result: rdkafka::error::KafkaRe
         timestamp: message.timestamp().to_millis().unwrap_or_else(crate::unix_millis),
         payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
     });
+    false
 }
 
 /// The whole topic, for a recomputation: every message of every partition

@@ -124,6 +124,30 @@ impl Scratch {
     pub fn tables(&self) -> Tables {
         Tables::read(&Warehouse::new(&self.clickhouse()))
     }
+
+    /// The newest checkpoint manifest in the file store, if any.
+    pub fn newest_manifest(&self) -> Option<serde_json::Value> {
+        let newest = std::fs::read_dir(self.state.join(&self.topic).join("manifests"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .max()?;
+        serde_json::from_slice(&std::fs::read(newest).ok()?).ok()
+    }
+
+    /// Deletes the messages of `partition` before `offset`, as retention
+    /// would.
+    pub fn delete_before(&self, partition: i32, offset: i64) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        use rdkafka::client::DefaultClientContext;
+
+        let admin: AdminClient<DefaultClientContext> = self.kafka().client_config(&[]).create().unwrap();
+        let mut before = rdkafka::TopicPartitionList::new();
+        before.add_partition_offset(&self.topic, partition, rdkafka::Offset::Offset(offset)).unwrap();
+        let deleted = tally::blocking_runtime().block_on(admin.delete_records(&before, &AdminOptions::new())).unwrap();
+        let result = deleted.elements_for_topic(&self.topic)[0].error();
+        assert!(result.is_ok(), "deleting records of partition {partition}: {result:?}");
+    }
 }
 
 impl Drop for Scratch {
