@@ -79,13 +79,13 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
         !resource.is_dormant()
     });
     resources.shrink_to_fit();
-    let events: usize = resources.values().map(|resource| resource.events_held()).sum();
+    let entries: usize = resources.values().map(|resource| resource.entries_held()).sum();
     drop(interner);
     let held = HELD.load(Ordering::Relaxed) - start;
     let running = resources.values().filter(|r| r.is_running()).count();
     let checkpointed = postcard::to_stdvec(&Stored(&resources)).expect("plain data").len();
     println!(
-        "fleet {fleet}, {events_per_resource} events per resource: {} resources ({running} running), {events} events held, \
+        "fleet {fleet}, {events_per_resource} events per resource: {} resources ({running} running), {entries} entries held (gauge events, windows of counters), \
          {rows} row changes; {held} bytes, {} per resource; checkpointed in {checkpointed} bytes, {} per resource",
         resources.len(),
         held / resources.len(),

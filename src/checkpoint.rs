@@ -83,11 +83,14 @@ use crate::fault::Fault;
 /// 2: dedup identities are fingerprints.
 /// 3: a usage part holds each distinct metadata once, in a table.
 /// 4: dedup identities are held in segments, which shards name.
-pub const FORMAT: u32 = 4;
-/// The formats read: this one, and formats 2 and 3, whose shards differ
-/// in how a dedup part (both) and a usage part (2) are encoded; those are
-/// converted as the shard is read.
-const READS: [u32; 3] = [2, 3, FORMAT];
+/// 5: a usage part holds a resource's counter events summed per window.
+pub const FORMAT: u32 = 5;
+/// The formats read: this one, and formats 2 to 4, whose shards differ in
+/// how a dedup part (2 and 3) and a usage part (all three) are encoded;
+/// those are converted as the shard is read.
+const READS: [u32; 4] = [2, 3, 4, FORMAT];
+/// The first format with dedup segments, which later formats write alike.
+const SEGMENTS_SINCE: u32 = 4;
 
 /// A committed checkpoint: everything a restore needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,7 +247,7 @@ pub fn read_segments(store: &Store, parts: &ShardParts) -> Result<BTreeMap<Segme
             store.get(&name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.clone() })?;
         let ((format, found), body): ((u32, SegmentId), &[u8]) =
             postcard::take_from_bytes(&bytes).map_err(|e| corrupt(&name, e.to_string()))?;
-        if format != FORMAT || found != id {
+        if !(SEGMENTS_SINCE..=FORMAT).contains(&format) || found != id {
             return Err(corrupt(&name, format!("holds segment {found:?} of format {format}")));
         }
         segments.insert(id, body.to_vec());
@@ -356,7 +359,11 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
             Part::Usage if format == 2 => {
                 *bytes = usage_part_of_format_2(bytes).map_err(|e| corrupt(format!("usage part of format 2: {e}")))?;
             }
-            Part::Dedup if format < 4 => {
+            Part::Usage if format < 5 => {
+                let converted = usage_part_of_format_4(bytes);
+                *bytes = converted.map_err(|e| corrupt(format!("usage part of format {format}: {e}")))?;
+            }
+            Part::Dedup if format < SEGMENTS_SINCE => {
                 let converted = dedup_part_of_format_3(bytes);
                 *bytes = converted.map_err(|e| corrupt(format!("dedup part of format {format}: {e}")))?;
             }
@@ -369,6 +376,12 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
 /// A usage part of format 2 as this format encodes it.
 fn usage_part_of_format_2(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
     let Loaded(resources) = Loaded::from_format_2(bytes)?;
+    postcard::to_stdvec(&Stored(&resources.into_iter().collect()))
+}
+
+/// A usage part of formats 3 and 4 as this format encodes it.
+fn usage_part_of_format_4(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
+    let Loaded(resources) = Loaded::from_format_4(bytes)?;
     postcard::to_stdvec(&Stored(&resources.into_iter().collect()))
 }
 
@@ -507,7 +520,7 @@ mod tests {
         assert_eq!(by_key(converted), by_key(original));
         store.put("older.bin", file(1), None);
         let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
-        assert!(refused.contains("format 1 (this tally reads [2, 3, 4])"), "{refused}");
+        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5])"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,10 +1,17 @@
 //! One resource's history and the breakdown rows it yields.
 //!
-//! A resource keeps the events of its open windows, ordered by `(time, id)`,
-//! plus what the folded past left behind: the gauge quantities in force at the
-//! fold boundary and the latest folded event's metadata. Rows are recomputed
-//! from that state, so they depend only on the set of events and the accrual
-//! point, never on the order the events arrived in.
+//! A resource keeps the gauge events of its open windows, ordered by
+//! `(time, id)`; the counter events of each open window summed per SKU, with
+//! the latest of them (and the latest at the window's very start) for the
+//! metadata rule; and what the folded past left behind: the gauge quantities
+//! in force at the fold boundary and the latest folded event's metadata. Rows
+//! are recomputed from that state, so they depend only on the set of events
+//! and the accrual point, never on the order the events arrived in.
+//!
+//! A counter adds to its own window and nothing else, so its amounts need
+//! not be kept one by one: a resource reporting every second held thousands
+//! of events per window, and recomputing a row read them all, at every epoch
+//! that touched it; the window's sums are what every epoch reads now.
 //!
 //! Invariant: no event ever arrives before the fold boundary (upstream rejects
 //! events aimed at final windows), so folding loses nothing a row still needs.
@@ -22,12 +29,58 @@ use crate::rate;
 use crate::rows::{BreakdownKey, BreakdownRow, Delta};
 use crate::time::{HOUR, Millis, window_start};
 
-/// The part of an event a resource's history keeps.
+/// The part of a gauge event a resource's history keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     kind: EventKind,
     quantities: Vec<(SkuId, Quantity)>,
     meta: Arc<Meta>,
+}
+
+/// The counter events of one window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Counted {
+    /// Amounts per SKU at scale 12 (quantity nanos × 1000, as a gauge's
+    /// unit-seconds), sorted by SKU. Saturating: a sum this large is out
+    /// of `Decimal(38, 12)` anyway, which recomputing the row reports.
+    sums: Vec<(SkuId, i128)>,
+    /// Time of the window's earliest counter event.
+    first: Millis,
+    /// The window's latest counter event, with its metadata.
+    latest: (EventOrder, Arc<Meta>),
+    /// The latest counter event at the window's start exactly, if any: the
+    /// window before takes its metadata from events up to its end inclusive.
+    at_start: Option<Box<(EventOrder, Arc<Meta>)>>,
+}
+
+impl Counted {
+    fn of(order: EventOrder, quantities: &[(SkuId, Quantity)], meta: Arc<Meta>, window: Millis) -> Counted {
+        let at_start = (order.time == window).then(|| Box::new((order.clone(), Arc::clone(&meta))));
+        let mut counted = Counted { sums: Vec::new(), first: order.time, latest: (order, meta), at_start };
+        counted.add(quantities);
+        counted
+    }
+
+    fn add(&mut self, quantities: &[(SkuId, Quantity)]) {
+        for &(sku, quantity) in quantities {
+            let units = quantity.nanos().saturating_mul(1000);
+            match self.sums.binary_search_by_key(&sku, |&(s, _)| s) {
+                Ok(index) => self.sums[index].1 = self.sums[index].1.saturating_add(units),
+                Err(index) => self.sums.insert(index, (sku, units)),
+            }
+        }
+    }
+
+    fn insert(&mut self, order: EventOrder, quantities: &[(SkuId, Quantity)], meta: Arc<Meta>, window: Millis) {
+        self.add(quantities);
+        self.first = self.first.min(order.time);
+        if order.time == window && self.at_start.as_ref().is_none_or(|held| order > held.0) {
+            self.at_start = Some(Box::new((order.clone(), Arc::clone(&meta))));
+        }
+        if order > self.latest.0 {
+            self.latest = (order, meta);
+        }
+    }
 }
 
 /// What was last emitted for a row of an open window.
@@ -66,7 +119,10 @@ pub type Resources = foldhash::HashMap<ResourceKey, Arc<Resource>>;
 pub struct Resource {
     base: Vec<(SkuId, Quantity)>,
     base_meta: Option<Arc<Meta>>,
+    /// Gauge events.
     events: SortedMap<EventOrder, Entry>,
+    /// Counter events by the start of their window.
+    counted: SortedMap<Millis, Counted>,
     emitted: SortedMap<(Millis, SkuId), Emitted>,
 }
 
@@ -77,16 +133,20 @@ impl Resource {
     /// (`Millis::MIN` when that segment starts in the folded past).
     pub fn insert(&mut self, event: Event) -> Millis {
         let time = event.order.time;
-        let mut earliest = time - 1;
-        if event.kind.is_gauge() {
-            let previous = self.events.below(&event.order).iter().rev().find(|(_, e)| e.kind.is_gauge());
-            earliest = match previous {
-                Some((order, _)) => earliest.min(order.time),
-                None if self.base.is_empty() => earliest,
-                None => Millis::MIN,
-            };
-        }
         let meta = self.shared_meta(event.meta);
+        if !event.kind.is_gauge() {
+            let window = window_start(time);
+            match self.counted.get_mut(&window) {
+                Some(counted) => counted.insert(event.order, &event.quantities, meta, window),
+                None => self.counted.insert(window, Counted::of(event.order, &event.quantities, meta, window)),
+            }
+            return time - 1;
+        }
+        let earliest = match self.events.below(&event.order).last() {
+            Some((order, _)) => (time - 1).min(order.time),
+            None if self.base.is_empty() => time - 1,
+            None => Millis::MIN,
+        };
         let entry = Entry { kind: event.kind, quantities: event.quantities, meta };
         self.events.insert(event.order, entry);
         earliest
@@ -95,23 +155,30 @@ impl Resource {
     /// The resource's copy of `meta` when it holds an equal one: a resource's
     /// events mostly carry the same metadata, and keeping it once per
     /// resource rather than once per event is most of what an event costs.
-    /// Looks at the newest event and the folded past only: metadata rarely
-    /// changes, and comparing with every event held made inserting quadratic.
+    /// Looks at the newest gauge event, the newest window's counters and the
+    /// folded past only: metadata rarely changes, and comparing with every
+    /// event held made inserting quadratic.
     fn shared_meta(&self, meta: Arc<Meta>) -> Arc<Meta> {
-        let newest = self.events.entries().last().map(|(_, e)| &e.meta);
-        let mut held = newest.into_iter().chain(self.base_meta.as_ref());
+        let gauge = self.events.entries().last().map(|(_, e)| &e.meta);
+        let counter = self.counted.entries().last().map(|(_, c)| &c.latest.1);
+        let mut held = gauge.into_iter().chain(counter).chain(self.base_meta.as_ref());
         held.find(|held| **held == meta).map_or(meta, Arc::clone)
     }
 
     /// True when the resource can accrue nothing more and has nothing to
     /// remember: it can be forgotten.
     pub fn is_dormant(&self) -> bool {
-        self.base.iter().all(|(_, q)| q.is_zero()) && self.events.is_empty() && self.emitted.is_empty()
+        self.base.iter().all(|(_, q)| q.is_zero())
+            && self.events.is_empty()
+            && self.counted.is_empty()
+            && self.emitted.is_empty()
     }
 
     /// Time of the earliest event held, if any.
     pub fn first_event_time(&self) -> Option<Millis> {
-        self.events.entries().first().map(|(order, _)| order.time)
+        let gauge = self.events.entries().first().map(|(order, _)| order.time);
+        let counter = self.counted.entries().first().map(|(_, counted)| counted.first);
+        gauge.into_iter().chain(counter).min()
     }
 
     /// Whether events were folded into the base state.
@@ -119,21 +186,23 @@ impl Resource {
         self.base_meta.is_some()
     }
 
-    /// How many events the resource holds (those of its open windows).
-    pub fn events_held(&self) -> usize {
-        self.events.entries().len()
+    /// How many entries the resource holds for its open windows: a gauge
+    /// event each, and one per window with counter events.
+    pub fn entries_held(&self) -> usize {
+        self.events.entries().len() + self.counted.entries().len()
     }
 
     /// Time of the latest event held, if any.
     pub fn last_event_time(&self) -> Option<Millis> {
-        self.events.entries().last().map(|(order, _)| order.time)
+        let gauge = self.events.entries().last().map(|(order, _)| order.time);
+        let counter = self.counted.entries().last().map(|(_, counted)| counted.latest.0.time);
+        gauge.into_iter().chain(counter).max()
     }
 
     /// Whether a gauge is running at the end of the known history.
     pub fn is_running(&self) -> bool {
-        let last_gauge = self.events.entries().iter().rev().map(|(_, e)| e).find(|e| e.kind.is_gauge());
-        match last_gauge {
-            Some(entry) => entry.quantities.iter().any(|(_, q)| !q.is_zero()),
+        match self.events.entries().last() {
+            Some((_, entry)) => entry.quantities.iter().any(|(_, q)| !q.is_zero()),
             None => self.base.iter().any(|(_, q)| !q.is_zero()),
         }
     }
@@ -235,37 +304,48 @@ impl Resource {
         let end = start + HOUR;
         let overflow = || Overflow::new(format!("usage in window starting {}", crate::time::Rfc3339(start)));
         let mut usage = Usage::default();
-        let gauge_before =
-            self.events.below(&EventOrder::first_at(start)).iter().rev().find(|(_, e)| e.kind.is_gauge());
+        let gauge_before = self.events.below(&EventOrder::first_at(start)).last();
         let mut in_force: &[(SkuId, Quantity)] = gauge_before.map_or(&self.base, |(_, e)| &e.quantities);
         let mut from = start;
         for (order, entry) in self.events.between(&EventOrder::first_at(start), &EventOrder::first_at(end)) {
-            if entry.kind.is_gauge() {
-                if order.time > from {
-                    usage.accrue(in_force, order.time - from).ok_or_else(overflow)?;
-                    from = order.time;
-                }
-                in_force = &entry.quantities;
-            } else {
-                for &(sku, quantity) in &entry.quantities {
-                    let units = quantity.nanos().checked_mul(1000).ok_or_else(overflow)?;
-                    usage.add(sku, units).ok_or_else(overflow)?;
-                }
+            if order.time > from {
+                usage.accrue(in_force, order.time - from).ok_or_else(overflow)?;
+                from = order.time;
             }
+            in_force = &entry.quantities;
         }
         // A later gauge event closes the last segment; otherwise the resource
         // is still running and accrues up to `accrued_to`.
-        let closed = self.events.at_or_after(&EventOrder::first_at(end)).iter().any(|(_, e)| e.kind.is_gauge());
+        let closed = !self.events.at_or_after(&EventOrder::first_at(end)).is_empty();
         let until = if closed { end } else { accrued_to.map_or(from, |a| a.clamp(from, end)) };
         usage.accrue(in_force, until - from).ok_or_else(overflow)?;
+        if let Some(counted) = self.counted.get(&start) {
+            for &(sku, units) in &counted.sums {
+                usage.add(sku, units).ok_or_else(overflow)?;
+            }
+        }
         let usage = usage
             .0
             .into_iter()
             .map(|(sku, scaled)| Amount::from_scaled(scaled).map(|a| (sku, a)).ok_or_else(overflow))
             .collect::<Result<_, _>>()?;
-        let latest = self.events.entries().iter().rev().find(|(order, _)| order.time <= end).map(|(_, e)| &e.meta);
-        let meta = latest.or(self.base_meta.as_ref()).cloned().unwrap_or_default();
+        let meta = self.latest_meta_through(end).or(self.base_meta.as_ref()).cloned().unwrap_or_default();
         Ok((usage, meta))
+    }
+
+    /// The metadata of the latest event held at or before `end` (a window's
+    /// end: a counter exactly there sits in the next window's sums).
+    fn latest_meta_through(&self, end: Millis) -> Option<&Arc<Meta>> {
+        let gauge = self.events.below(&EventOrder::first_at(end + 1)).last().map(|(order, e)| (order, &e.meta));
+        let counter = match self.counted.get(&end).and_then(|c| c.at_start.as_deref()) {
+            Some((order, meta)) => Some((order, meta)),
+            None => self.counted.below(&end).last().map(|(_, c)| (&c.latest.0, &c.latest.1)),
+        };
+        let latest = match (gauge, counter) {
+            (Some(g), Some(c)) => Some(if g.0 > c.0 { g } else { c }),
+            (g, c) => g.or(c),
+        };
+        latest.map(|(_, meta)| meta)
     }
 
     /// Whether [`Resource::fold`] at `boundary` would change anything: an
@@ -275,14 +355,22 @@ impl Resource {
         event || self.emitted.entries().first().is_some_and(|((window, _), _)| *window < boundary)
     }
 
-    /// Folds every event before `boundary` into the base state and forgets the
-    /// rows of windows before it, which are final.
+    /// Folds every event before `boundary`, a window's start, into the base
+    /// state and forgets the rows of windows before it, which are final.
     pub fn fold(&mut self, boundary: Millis) {
-        for (_, entry) in self.events.take_below(&EventOrder::first_at(boundary)) {
-            if entry.kind.is_gauge() {
-                self.base = entry.quantities;
+        debug_assert_eq!(boundary, window_start(boundary), "folds happen at window starts");
+        let mut latest: Option<(EventOrder, Arc<Meta>)> = None;
+        for (order, entry) in self.events.take_below(&EventOrder::first_at(boundary)) {
+            self.base = entry.quantities;
+            latest = Some((order, entry.meta));
+        }
+        for (_, counted) in self.counted.take_below(&boundary) {
+            if latest.as_ref().is_none_or(|(order, _)| counted.latest.0 > *order) {
+                latest = Some(counted.latest);
             }
-            self.base_meta = Some(entry.meta);
+        }
+        if let Some((_, meta)) = latest {
+            self.base_meta = Some(meta);
         }
         self.base.retain(|(_, q)| !q.is_zero());
         self.emitted.take_below(&(boundary, SkuId(0)));

@@ -18,7 +18,7 @@ use serde::de::{Deserialize, Deserializer, Error as _};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use super::sorted::SortedMap;
-use super::{Emitted, Entry, Resource, Resources};
+use super::{Counted, Emitted, Entry, Resource, Resources};
 use crate::event::{EventKind, EventOrder, Meta, ResourceKey};
 use crate::fixed::{Amount, Quantity};
 use crate::prices::SkuId;
@@ -49,20 +49,33 @@ impl<'a> Places<'a> {
 }
 
 /// How one resource is written: its gauge quantities in force, the place of
-/// its folded past's metadata, its events and the rows last emitted.
-type Written<'r> = (&'r [(SkuId, Quantity)], Option<u32>, EventsWritten<'r>, RowsWritten<'r>);
+/// its folded past's metadata, its gauge events, its windows of counters and
+/// the rows last emitted.
+type Written<'r> = (&'r [(SkuId, Quantity)], Option<u32>, EventsWritten<'r>, CountedWritten<'r>, RowsWritten<'r>);
 /// How one resource is read back (the same layout, owned).
-type Read =
-    (Vec<(SkuId, Quantity)>, Option<u32>, Vec<(EventOrder, (EventKind, Vec<(SkuId, Quantity)>, u32))>, Vec<RowRead>);
+type Read = (Vec<(SkuId, Quantity)>, Option<u32>, Vec<EventRead>, Vec<CountedRead>, Vec<RowRead>);
+type EventRead = (EventOrder, (EventKind, Vec<(SkuId, Quantity)>, u32));
+type CountedRead = (Millis, (Vec<(SkuId, i128)>, Millis, (EventOrder, u32), Option<(EventOrder, u32)>));
 type RowRead = ((Millis, SkuId), (Amount, Amount, u32));
 
 struct EventsWritten<'r>(&'r [(EventOrder, Entry)], &'r Places<'r>);
+struct CountedWritten<'r>(&'r [(Millis, Counted)], &'r Places<'r>);
 struct RowsWritten<'r>(&'r [((Millis, SkuId), Emitted)], &'r Places<'r>);
 
 impl Serialize for EventsWritten<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let places = self.1;
         serializer.collect_seq(self.0.iter().map(|(order, e)| (order, (e.kind, &e.quantities, places.of(&e.meta)))))
+    }
+}
+
+impl Serialize for CountedWritten<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let places = self.1;
+        serializer.collect_seq(self.0.iter().map(|(window, c)| {
+            let at_start = c.at_start.as_deref().map(|(order, meta)| (order, places.of(meta)));
+            (window, (&c.sums, c.first, (&c.latest.0, places.of(&c.latest.1)), at_start))
+        }))
     }
 }
 
@@ -79,6 +92,10 @@ impl Serialize for Stored<'_> {
         for resource in self.0.values() {
             resource.base_meta.iter().for_each(|meta| places.add(meta));
             resource.events.entries().iter().for_each(|(_, entry)| places.add(&entry.meta));
+            for (_, counted) in resource.counted.entries() {
+                places.add(&counted.latest.1);
+                counted.at_start.iter().for_each(|held| places.add(&held.1));
+            }
             resource.emitted.entries().iter().for_each(|(_, row)| places.add(&row.meta));
         }
         let mut pair = serializer.serialize_tuple(2)?;
@@ -98,6 +115,7 @@ impl Serialize for ResourcesWritten<'_> {
                 r.base.as_slice(),
                 r.base_meta.as_ref().map(|meta| places.of(meta)),
                 EventsWritten(r.events.entries(), places),
+                CountedWritten(r.counted.entries(), places),
                 RowsWritten(r.emitted.entries(), places),
             );
             (key, written)
@@ -118,10 +136,25 @@ impl<'de> Deserialize<'de> for Loaded {
         };
         let sorted = |what: &str| D::Error::custom(format!("{what} not sorted by key"));
         let mut resources = Vec::with_capacity(read.len());
-        for (key, (base, base_meta, events, emitted)) in read {
+        for (key, (base, base_meta, events, counted, emitted)) in read {
             let events = events
                 .into_iter()
-                .map(|(order, (kind, quantities, place))| Ok((order, Entry { kind, quantities, meta: meta(place)? })))
+                .map(|(order, (kind, quantities, place))| {
+                    if !kind.is_gauge() {
+                        return Err(D::Error::custom("a counter event among the gauge events"));
+                    }
+                    Ok((order, Entry { kind, quantities, meta: meta(place)? }))
+                })
+                .collect::<Result<Vec<_>, D::Error>>()?;
+            let counted = counted
+                .into_iter()
+                .map(|(window, (sums, first, (order, place), at_start))| {
+                    let at_start = match at_start {
+                        Some((order, place)) => Some(Box::new((order, meta(place)?))),
+                        None => None,
+                    };
+                    Ok((window, Counted { sums, first, latest: (order, meta(place)?), at_start }))
+                })
                 .collect::<Result<Vec<_>, D::Error>>()?;
             let emitted = emitted
                 .into_iter()
@@ -131,6 +164,7 @@ impl<'de> Deserialize<'de> for Loaded {
                 base,
                 base_meta: base_meta.map(meta).transpose()?,
                 events: SortedMap::from_sorted(events).ok_or_else(|| sorted("events"))?,
+                counted: SortedMap::from_sorted(counted).ok_or_else(|| sorted("windows of counters"))?,
                 emitted: SortedMap::from_sorted(emitted).ok_or_else(|| sorted("rows"))?,
             };
             resources.push((key, Arc::new(resource)));
@@ -138,6 +172,34 @@ impl<'de> Deserialize<'de> for Loaded {
         Ok(Loaded(resources))
     }
 }
+
+impl Resource {
+    /// A resource as formats 2 to 4 held it, every event one by one.
+    fn of_events(
+        base: Vec<(SkuId, Quantity)>,
+        base_meta: Option<Arc<Meta>>,
+        events: Vec<(EventOrder, Entry)>,
+        emitted: Vec<((Millis, SkuId), Emitted)>,
+    ) -> Option<Resource> {
+        let events = SortedMap::from_sorted(events)?;
+        let mut resource =
+            Resource { base, base_meta, emitted: SortedMap::from_sorted(emitted)?, ..Resource::default() };
+        let (gauges, counters): (Vec<_>, Vec<_>) =
+            events.into_entries().into_iter().partition(|(_, entry)| entry.kind.is_gauge());
+        resource.events = SortedMap::from_sorted(gauges)?;
+        for (order, entry) in counters {
+            let window = crate::time::window_start(order.time);
+            match resource.counted.get_mut(&window) {
+                Some(counted) => counted.insert(order, &entry.quantities, entry.meta, window),
+                None => resource.counted.insert(window, Counted::of(order, &entry.quantities, entry.meta, window)),
+            }
+        }
+        Some(resource)
+    }
+}
+
+/// How formats 3 and 4 wrote a resource: every event in one list.
+type ReadFormat4 = (Vec<(SkuId, Quantity)>, Option<u32>, Vec<EventRead>, Vec<RowRead>);
 
 /// How format 2 wrote a resource: as [`Read`], with the metadata itself at
 /// each place.
@@ -166,12 +228,37 @@ impl Loaded {
                 .into_iter()
                 .map(|(key, (usage, cost, m))| (key, Emitted { usage, cost, meta: meta(m) }))
                 .collect();
-            let resource = Resource {
-                base,
-                base_meta: base_meta.map(&mut meta),
-                events: SortedMap::from_sorted(events).ok_or(postcard::Error::SerdeDeCustom)?,
-                emitted: SortedMap::from_sorted(emitted).ok_or(postcard::Error::SerdeDeCustom)?,
+            let resource = Resource::of_events(base, base_meta.map(&mut meta), events, emitted)
+                .ok_or(postcard::Error::SerdeDeCustom)?;
+            resources.push((key, Arc::new(resource)));
+        }
+        Ok(Loaded(resources))
+    }
+
+    /// Reads a usage part as checkpoint formats 3 and 4 wrote it (every
+    /// event held one by one, counters too), summing the counters per window.
+    pub fn from_format_4(bytes: &[u8]) -> Result<Loaded, postcard::Error> {
+        let (table, read): (Vec<Meta>, Vec<(ResourceKey, ReadFormat4)>) = postcard::from_bytes(bytes)?;
+        let table: Vec<Arc<Meta>> = table.into_iter().map(Arc::new).collect();
+        let meta = |place: u32| usize::try_from(place).ok().and_then(|p| table.get(p)).cloned();
+        let mut resources = Vec::with_capacity(read.len());
+        for (key, (base, base_meta, events, emitted)) in read {
+            let events = events
+                .into_iter()
+                .map(|(order, (kind, quantities, place))| Some((order, Entry { kind, quantities, meta: meta(place)? })))
+                .collect::<Option<Vec<_>>>();
+            let emitted = emitted
+                .into_iter()
+                .map(|(key, (usage, cost, place))| Some((key, Emitted { usage, cost, meta: meta(place)? })))
+                .collect::<Option<Vec<_>>>();
+            let base_meta = match base_meta {
+                Some(place) => Some(meta(place).ok_or(postcard::Error::SerdeDeCustom)?),
+                None => None,
             };
+            let resource = events
+                .zip(emitted)
+                .and_then(|(events, emitted)| Resource::of_events(base, base_meta, events, emitted))
+                .ok_or(postcard::Error::SerdeDeCustom)?;
             resources.push((key, Arc::new(resource)));
         }
         Ok(Loaded(resources))
@@ -202,7 +289,8 @@ mod tests {
 
     #[test]
     fn a_place_outside_the_table_is_refused() {
-        let with_place = |place| vec![(ResourceKey::default(), (Vec::new(), Some(place), Vec::new(), Vec::new()))];
+        let with_place =
+            |place| vec![(ResourceKey::default(), (Vec::new(), Some(place), Vec::new(), Vec::new(), Vec::new()))];
         assert!(loaded(vec![Meta::default()], with_place(0)).is_ok());
         assert!(matches!(loaded(vec![Meta::default()], with_place(1)), Err(postcard::Error::SerdeDeCustom)));
     }
@@ -210,13 +298,30 @@ mod tests {
     #[test]
     fn events_out_of_order_are_refused() {
         let with_events = |first, second| {
-            let event = |order| (order, (EventKind::Recorded, Vec::new(), 0));
-            vec![(ResourceKey::default(), (Vec::new(), None, vec![event(first), event(second)], Vec::new()))]
+            let event = |order| (order, (EventKind::Started, Vec::new(), 0));
+            vec![(
+                ResourceKey::default(),
+                (Vec::new(), None, vec![event(first), event(second)], Vec::new(), Vec::new()),
+            )]
         };
         assert!(loaded(vec![Meta::default()], with_events(order(1, "a"), order(2, "b"))).is_ok());
         let reversed = loaded(vec![Meta::default()], with_events(order(2, "b"), order(1, "a")));
         assert!(matches!(reversed, Err(postcard::Error::SerdeDeCustom)));
         let twice = loaded(vec![Meta::default()], with_events(order(1, "a"), order(1, "a")));
         assert!(matches!(twice, Err(postcard::Error::SerdeDeCustom)));
+    }
+
+    #[test]
+    fn counters_are_read_as_windows_only() {
+        let with = |kind, windows: &[Millis]| {
+            let event = (order(1, "a"), (kind, Vec::new(), 0));
+            let counted = windows.iter().map(|&w| (w, (Vec::new(), w, (order(w, "b"), 0), None))).collect();
+            vec![(ResourceKey::default(), (Vec::new(), None, vec![event], counted, Vec::new()))]
+        };
+        assert!(loaded(vec![Meta::default()], with(EventKind::Started, &[0, 3_600_000])).is_ok());
+        let counter = loaded(vec![Meta::default()], with(EventKind::Recorded, &[0, 3_600_000]));
+        assert!(matches!(counter, Err(postcard::Error::SerdeDeCustom)), "a counter among the gauge events");
+        let reversed = loaded(vec![Meta::default()], with(EventKind::Started, &[3_600_000, 0]));
+        assert!(matches!(reversed, Err(postcard::Error::SerdeDeCustom)), "windows out of order");
     }
 }

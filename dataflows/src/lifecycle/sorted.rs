@@ -45,6 +45,11 @@ impl<K: Ord, V> SortedMap<K, V> {
         self.find(key).ok().map(|index| &self.0[index].1)
     }
 
+    /// The value at `key`, to change.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.find(key).ok().map(|index| &mut self.0[index].1)
+    }
+
     /// Sets the value at `key`, replacing any.
     pub fn insert(&mut self, key: K, value: V) {
         match self.find(&key) {
@@ -97,6 +102,11 @@ impl<K: Ord, V> SortedMap<K, V> {
         &self.0
     }
 
+    /// Every entry, in key order, taken.
+    pub fn into_entries(self) -> Vec<(K, V)> {
+        self.0
+    }
+
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -122,6 +132,9 @@ mod tests {
         let pairs = |m: &BTreeMap<i32, usize>| m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>();
         assert_eq!(sorted.entries(), pairs(&btree).as_slice());
         assert_eq!(sorted.get(&5), btree.get(&5));
+        *sorted.get_mut(&5).unwrap() += 10;
+        *btree.get_mut(&5).unwrap() += 10;
+        assert_eq!(sorted.get_mut(&4), None);
         assert_eq!(sorted.below(&5), &pairs(&btree)[..2]);
         assert_eq!(sorted.between(&3, &7), &pairs(&btree)[1..3]);
         assert_eq!(sorted.between(&7, &3), &[]);

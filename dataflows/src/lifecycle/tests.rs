@@ -189,3 +189,76 @@ fn a_usage_part_of_format_2_reads_as_it_was_written_and_shares_metadata() {
     let Loaded(again) = postcard::from_bytes(&postcard::to_stdvec(&Stored(&loaded)).unwrap()).unwrap();
     assert_eq!(again.into_iter().collect::<Resources>(), loaded);
 }
+
+/// Gauges and counters (two at one time, one at a window's start), rows
+/// emitted and a past folded: what the format-4 fixture was written from,
+/// when a resource still held every counter event.
+fn format_4_fixture_resources() -> Resources {
+    let prices = prices();
+    let (egress, _) = prices.lookup("network.egress_gib").unwrap();
+    let (requests, _) = prices.lookup("api.requests").unwrap();
+    let counter = |id: &str, time: &str, quantities: Vec<(SkuId, &str)>| {
+        let mut event = event(&prices, id, time, EventKind::Recorded, None);
+        event.quantities = quantities.into_iter().map(|(sku, q)| (sku, Quantity::parse(q).unwrap())).collect();
+        event
+    };
+    let mut first = Resource::default();
+    first.insert(event(&prices, "a", "2026-11-23T09:10:00Z", EventKind::Started, Some("2")));
+    first.insert(counter("b", "2026-11-23T09:30:00Z", vec![(egress, "1.5")]));
+    first.insert(counter("c", "2026-11-23T10:00:00Z", vec![(egress, "2"), (requests, "10")]));
+    first.insert(counter("d", "2026-11-23T10:15:00Z", vec![(requests, "5")]));
+    first.insert(counter("e", "2026-11-23T10:15:00Z", vec![(egress, "0.25")]));
+    first.insert(event(&prices, "f", "2026-11-23T10:20:00Z", EventKind::Resized, Some("4")));
+    let mut second = Resource::default();
+    second.insert(counter("g", "2026-11-23T10:05:00Z", vec![(requests, "7")]));
+    second.insert(counter("h", "2026-11-23T11:00:00Z", vec![(requests, "1")]));
+    let second_key = ResourceKey { account: "acc".into(), resource: "bucket".into() };
+    let (from, through, accrued) =
+        (at("2026-11-23T09:00:00Z"), at("2026-11-23T11:00:00Z"), Some(at("2026-11-23T11:10:00Z")));
+    first.refresh(&key(), from, through, accrued, &prices).unwrap();
+    second.refresh(&second_key, from, through, accrued, &prices).unwrap();
+    first.fold(at("2026-11-23T10:00:00Z"));
+    [(key(), Arc::new(first)), (second_key, Arc::new(second))].into_iter().collect()
+}
+
+#[test]
+fn a_usage_part_of_format_4_reads_with_its_counters_summed_per_window() {
+    // Written by the encoding of format 4, which held every counter event,
+    // from these resources; their rows were computed from those events.
+    let Loaded(loaded) = Loaded::from_format_4(include_bytes!("format_4_usage.bin")).unwrap();
+    let loaded: Resources = loaded.into_iter().collect();
+    assert_eq!(loaded, format_4_fixture_resources());
+    let first = &loaded[&key()];
+    assert_eq!(first.entries_held(), 2, "the resize and the 10:00 window's three counters; the rest folded away");
+    let Loaded(again) = postcard::from_bytes(&postcard::to_stdvec(&Stored(&loaded)).unwrap()).unwrap();
+    assert_eq!(again.into_iter().collect::<Resources>(), loaded);
+}
+
+/// The metadata of a window is that of the latest event up to its end,
+/// inclusive: a counter exactly at the end belongs to the next window's sums
+/// but names the window before, and a gauge later in event order at that
+/// time wins over it.
+#[test]
+fn a_counter_at_a_window_end_names_the_window_before() {
+    let prices = prices();
+    let (egress, _) = prices.lookup("network.egress_gib").unwrap();
+    let counter = |id: &str, time: &str| {
+        let mut event = event(&prices, id, time, EventKind::Recorded, None);
+        event.quantities = vec![(egress, Quantity::parse("1").unwrap())];
+        event
+    };
+    let (ten, eleven) = (at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"));
+    let mut resource = Resource::default();
+    resource.insert(counter("a", "2026-11-23T10:10:00Z"));
+    resource.insert(counter("c", "2026-11-23T11:00:00Z"));
+    resource.insert(counter("b", "2026-11-23T11:00:00Z"));
+    let rows = resource.refresh(&key(), ten, eleven, None, &prices).unwrap();
+    let metas: Vec<(Millis, &str)> = rows.iter().map(|c| (c.row.key.window_start, &*c.row.meta.project_id)).collect();
+    assert_eq!(metas, [(ten, "c"), (eleven, "c")]);
+    assert_eq!(usage_of(&rows), [(ten, "1.000000000000".to_owned()), (eleven, "2.000000000000".to_owned())]);
+    resource.insert(event(&prices, "d", "2026-11-23T11:00:00Z", EventKind::Started, Some("1")));
+    let rows = resource.refresh(&key(), ten, ten, None, &prices).unwrap();
+    assert_eq!(rows[0].row.meta.project_id, "d", "the gauge's id sorts after the counters'");
+    resource.fold(eleven);
+    assert_eq!(resource.base_meta.as_ref().unwrap().project_id, "a", "the folded past's latest event");
+}
