@@ -525,6 +525,26 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_of_format_4_reads_with_its_usage_part_converted() {
+        let (store, dir) = scratch();
+        let usage = include_bytes!("../dataflows/src/lifecycle/format_4_usage.bin");
+        let dedup = postcard::to_stdvec(&DedupPart::default()).unwrap();
+        let parts = [(Part::Dedup, &dedup[..]), (Part::Usage, &usage[..])]
+            .map(|(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) })
+            .into();
+        let file = ShardFile { format: 4, epoch: 5, worker: 0, workers: 1, parts };
+        store.put("format-4.bin", postcard::to_stdvec(&file).unwrap(), None);
+        let parts = read_shard(&store, "format-4.bin").unwrap();
+        assert_eq!(parts[0].1, dedup, "a dedup part of format 4 is read as it is");
+        let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
+        let Loaded(original) = Loaded::from_format_4(usage).unwrap();
+        assert_eq!(original.len(), 2);
+        let by_key = |resources: Vec<_>| resources.into_iter().collect::<tally_dataflows::lifecycle::Resources>();
+        assert_eq!(by_key(converted), by_key(original));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_shard_in_pieces_is_the_encoding_of_its_file() {
         let parts = [(Part::Dedup, vec![7; 300]), (Part::Usage, Vec::new()), (Part::Totals, vec![1, 2])];
         // A part in several pieces is written as their concatenation.
