@@ -117,14 +117,14 @@ pub enum SourceError {
     },
 }
 
-/// Refuses to read `partition` at `next` unless the partition holds it:
-/// `start..=end` are its offsets, `end` the next to be appended.
+/// Refuses to read `partition` at `next` unless `next` is in `start..=end`:
+/// an offset the partition holds, or `end`, the next one to be appended.
 fn check_offset(brokers: &str, partition: Partition, next: i64, (start, end): (i64, i64)) -> Result<(), SourceError> {
     let what = if next < start {
         format!(
             "partition {partition} now starts at offset {start}, but tally reads offset {next} next: the broker \
-             deleted events tally has not billed (retention shorter than tally's lag, or deleted records). tally \
-             stops rather than skip them; bill offsets {next}..{start} from a copy of the events"
+             deleted events tally has not read (retention shorter than tally's lag, or deleted records); tally \
+             stops rather than skip them: offsets {next}..{start} are not billed"
         )
     } else if next > end {
         format!(
