@@ -135,11 +135,7 @@ impl Resource {
         let time = event.order.time;
         let meta = self.shared_meta(event.meta);
         if !event.kind.is_gauge() {
-            let window = window_start(time);
-            match self.counted.get_mut(&window) {
-                Some(counted) => counted.insert(event.order, &event.quantities, meta, window),
-                None => self.counted.insert(window, Counted::of(event.order, &event.quantities, meta, window)),
-            }
+            self.count(event.order, &event.quantities, meta);
             return time - 1;
         }
         let earliest = match self.events.below(&event.order).last() {
@@ -150,6 +146,15 @@ impl Resource {
         let entry = Entry { kind: event.kind, quantities: event.quantities, meta };
         self.events.insert(event.order, entry);
         earliest
+    }
+
+    /// Adds a counter event to its window.
+    fn count(&mut self, order: EventOrder, quantities: &[(SkuId, Quantity)], meta: Arc<Meta>) {
+        let window = window_start(order.time);
+        match self.counted.get_mut(&window) {
+            Some(counted) => counted.insert(order, quantities, meta, window),
+            None => self.counted.insert(window, Counted::of(order, quantities, meta, window)),
+        }
     }
 
     /// The resource's copy of `meta` when it holds an equal one: a resource's

@@ -22,7 +22,7 @@ use super::{Counted, Emitted, Entry, Resource, Resources};
 use crate::event::{EventKind, EventOrder, Meta, ResourceKey};
 use crate::fixed::{Amount, Quantity};
 use crate::prices::SkuId;
-use crate::time::{Millis, window_start};
+use crate::time::Millis;
 
 /// Encodes `resources` with their metadata in a table.
 pub struct Stored<'a>(pub &'a Resources);
@@ -188,11 +188,7 @@ impl Resource {
             events.into_entries().into_iter().partition(|(_, entry)| entry.kind.is_gauge());
         resource.events = SortedMap::from_sorted(gauges)?;
         for (order, entry) in counters {
-            let window = window_start(order.time);
-            match resource.counted.get_mut(&window) {
-                Some(counted) => counted.insert(order, &entry.quantities, entry.meta, window),
-                None => resource.counted.insert(window, Counted::of(order, &entry.quantities, entry.meta, window)),
-            }
+            resource.count(order, &entry.quantities, entry.meta);
         }
         Some(resource)
     }
