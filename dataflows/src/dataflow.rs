@@ -18,7 +18,7 @@
 //! values: at most one per key per epoch, the last one per key is the current
 //! value, and at the end of the input they equal what the oracle computes.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
@@ -163,9 +163,12 @@ fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
 }
 
 /// The worker a key is exchanged to: a hash that every process of a cluster
-/// computes the same way (no per-process random seed).
+/// computes the same way (a fixed seed, not one per process). foldhash
+/// rather than the standard SipHash, which was 1.5% of a drain's samples:
+/// every event and every day total is routed by its key strings.
 pub(crate) fn route<K: Hash + ?Sized>(key: &K) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish()
+    foldhash::quality::FixedState::with_seed(ROUTE_SEED).hash_one(key)
 }
+
+/// Any constant does; it must only be the same in every process.
+const ROUTE_SEED: u64 = 0x7a11_7a11_7a11_7a11;
