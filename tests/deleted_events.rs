@@ -80,17 +80,12 @@ fn events_deleted_under_a_live_run_stop_it() {
         assert!(start.elapsed() < Duration::from_secs(60), "the live run did not checkpoint its first events");
         thread::sleep(Duration::from_millis(100));
     }
-    signal(&live, "-STOP");
+    live.freeze(true);
     // Longer than a live fetch waits at the broker: the one in flight comes
     // back empty, and no other is sent until the process runs again.
     thread::sleep(Duration::from_millis(1_500));
     scratch.produce_more(second);
     scratch.delete_before(0, produced.len() as i64);
-    signal(&live, "-CONT");
+    live.freeze(false);
     stopped_with(&mut live, &log, "partition 0 now starts at offset 2000, but tally reads offset 800 next");
-}
-
-fn signal(run: &Running, signal: &str) {
-    let status = std::process::Command::new("kill").args([signal, &run.0.id().to_string()]).status().unwrap();
-    assert!(status.success(), "kill {signal}");
 }

@@ -503,6 +503,13 @@ impl Running {
     pub fn alive(&mut self) -> bool {
         self.0.try_wait().is_ok_and(|status| status.is_none())
     }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the run, as [`PrivateBroker::freeze`] does the broker.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &self.0.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
 }
 
 impl Drop for Running {
