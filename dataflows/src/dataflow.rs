@@ -21,9 +21,14 @@
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
-use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
+use timely::progress::operate::FrontierInterest;
 
 use crate::checkpoint::{Part, Recorder, Recovery, Restored, Whole};
 use crate::fixed::Overflow;
@@ -137,29 +142,40 @@ enum Branch<A, B, C> {
     Third(C),
 }
 
-/// Splits an operator's output into three streams, moving each record once.
+/// Splits an operator's output into three streams, moving each record once:
+/// one operator with three outputs, where timely's `partition` sorts each
+/// batch into a map of vectors and copies it again into containers, and
+/// three `flat_map`s after it would move every record once more.
 fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
     stream: StreamVec<'scope, u64, T>,
     route: impl Fn(T) -> Branch<A, B, C> + 'static,
 ) -> (StreamVec<'scope, u64, A>, StreamVec<'scope, u64, B>, StreamVec<'scope, u64, C>) {
-    let mut parts = stream
-        .partition(3, move |record| {
-            let part = route(record);
-            let index = match part {
-                Branch::First(_) => 0,
-                Branch::Second(_) => 1,
-                Branch::Third(_) => 2,
-            };
-            (index, part)
-        })
-        .into_iter();
-    let mut next = || parts.next().expect("partition(3) makes three streams");
-    let (first, second, third) = (next(), next(), next());
-    (
-        first.flat_map(|part| if let Branch::First(a) = part { Some(a) } else { None }),
-        second.flat_map(|part| if let Branch::Second(b) = part { Some(b) } else { None }),
-        third.flat_map(|part| if let Branch::Third(c) = part { Some(c) } else { None }),
-    )
+    let mut builder = OperatorBuilder::new("Split".to_owned(), stream.scope());
+    let mut input = builder.new_input(stream, Pipeline);
+    builder.set_notify_for(0, FrontierInterest::Never);
+    let (first, first_stream) = builder.new_output();
+    let (second, second_stream) = builder.new_output();
+    let (third, third_stream) = builder.new_output();
+    let mut first = OutputBuilder::<_, CapacityContainerBuilder<Vec<A>>>::from(first);
+    let mut second = OutputBuilder::<_, CapacityContainerBuilder<Vec<B>>>::from(second);
+    let mut third = OutputBuilder::<_, CapacityContainerBuilder<Vec<C>>>::from(third);
+    builder.build(move |_| {
+        move |_| {
+            let (mut first, mut second, mut third) = (first.activate(), second.activate(), third.activate());
+            input.for_each(|cap, data| {
+                let (mut first, mut second, mut third) =
+                    (first.session(&cap), second.session(&cap), third.session(&cap));
+                for record in data.drain(..) {
+                    match route(record) {
+                        Branch::First(a) => first.give(a),
+                        Branch::Second(b) => second.give(b),
+                        Branch::Third(c) => third.give(c),
+                    }
+                }
+            });
+        }
+    });
+    (first_stream, second_stream, third_stream)
 }
 
 /// The worker a key is exchanged to: a hash that every process of a cluster
