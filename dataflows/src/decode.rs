@@ -5,6 +5,8 @@
 //! every replay judges a message the same way. Arbitrary bytes never panic.
 //! The rules are checked in a fixed order (size, JSON, envelope, type, time,
 //! subject, data, quantities, labels) and the first broken one names the reason.
+//! Events of the usual shape are read by a fast path (see [`scan`]); the
+//! general parser reads everything else.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -42,7 +44,7 @@ fn invalid(reason: Reason, detail: impl Into<String>) -> Invalid {
     Invalid { reason, detail: detail.into() }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct RawEvent<'a> {
     #[serde(borrow)]
     specversion: Option<Text<'a>>,
@@ -60,18 +62,32 @@ struct RawEvent<'a> {
     data: Option<RawData<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct RawData<'a> {
     #[serde(borrow)]
     account_id: Option<Text<'a>>,
     #[serde(borrow)]
-    quantities: Option<&'a RawValue>,
+    quantities: Option<Quantities<'a>>,
     #[serde(borrow)]
     project_id: Option<Text<'a>>,
     #[serde(borrow)]
     region: Option<Text<'a>>,
     #[serde(borrow)]
     labels: Option<Pairs<'a>>,
+}
+
+/// `data.quantities`: read as pairs only when the type needs them (a
+/// `resource.stopped` ignores whatever it carries), unless the fast path
+/// has read them already.
+enum Quantities<'a> {
+    Raw(&'a RawValue),
+    Read(Pairs<'a>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Quantities<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(deserializer).map(Quantities::Raw)
+    }
 }
 
 /// A JSON object of strings, in document order, refusing repeated keys (a map
@@ -153,10 +169,22 @@ pub fn decode(payload: &[u8], prices: &PriceList, interner: &mut Interner) -> Re
     // on its own, and invalid UTF-8 anywhere is no JSON.
     let text = std::str::from_utf8(payload)
         .map_err(|e| invalid(Reason::MalformedJson, format!("the message is not UTF-8: {e}")))?;
-    let raw: RawEvent = serde_json::from_str(text).map_err(|e| {
-        if e.is_data() { invalid(Reason::Schema, e.to_string()) } else { invalid(Reason::MalformedJson, e.to_string()) }
-    })?;
+    let raw = match scan::event(text) {
+        Some(raw) => raw,
+        None => parse(text)?,
+    };
+    validate(raw, prices, interner)
+}
 
+/// The general parser, for any JSON: it decides what the fast path leaves.
+fn parse(text: &str) -> Result<RawEvent<'_>, Invalid> {
+    serde_json::from_str(text).map_err(|e| {
+        if e.is_data() { invalid(Reason::Schema, e.to_string()) } else { invalid(Reason::MalformedJson, e.to_string()) }
+    })
+}
+
+/// Checks the fields of an event in the contract's order and builds it.
+fn validate(raw: RawEvent<'_>, prices: &PriceList, interner: &mut Interner) -> Result<Event, Invalid> {
     let specversion = required(raw.specversion, "specversion")?;
     if specversion != "1.0" {
         return Err(invalid(Reason::Schema, format!("specversion must be \"1.0\", found {specversion:?}")));
@@ -184,7 +212,8 @@ pub fn decode(payload: &[u8], prices: &PriceList, interner: &mut Interner) -> Re
         (_, None) => {
             return Err(invalid(Reason::Schema, format!("data.quantities: missing, required for {}", kind.as_str())));
         }
-        (_, Some(raw)) => {
+        (_, Some(Quantities::Read(pairs))) => quantities(pairs, kind, time, prices)?,
+        (_, Some(Quantities::Raw(raw))) => {
             let pairs: Pairs = serde_json::from_str(raw.get())
                 .map_err(|e| invalid(Reason::Schema, format!("data.quantities: {e}")))?;
             quantities(pairs, kind, time, prices)?
@@ -264,5 +293,6 @@ fn quantities(
     Ok(quantities)
 }
 
+mod scan;
 #[cfg(test)]
 mod tests;

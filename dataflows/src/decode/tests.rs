@@ -188,3 +188,230 @@ fn events_share_their_account_and_metadata_and_equal_labels_in_any_order() {
     assert_eq!(third.meta.region, "us-east-1");
     assert_eq!(third.meta.labels, first.meta.labels);
 }
+
+mod fast_path {
+    use super::*;
+    use proptest::prelude::*;
+
+    const RECORDED: &str = r#"{"specversion":"1.0","id":"e-2","source":"net","type":"usage.recorded","time":"2026-11-23T10:15:00Z",
+        "subject":"vm-8f2a","datacontenttype":"application/json","data":{"account_id":"acc-000042",
+        "quantities":{"network.egress_gib":"0.5"},"region":"eu-central-1"}}"#;
+
+    /// Decodes `text` with the general parser alone.
+    fn general(text: &str, prices: &PriceList) -> Result<Event, Invalid> {
+        validate(parse(text)?, prices, &mut Interner::default())
+    }
+
+    #[test]
+    fn events_of_the_usual_shape_take_it() {
+        let stopped = r#"{"specversion":"1.0","id":"e-3","source":"s","type":"resource.stopped","time":"2026-11-23T11:00:00Z","subject":"vm","data":{"account_id":"acc"}}"#;
+        for text in [STARTED, RECORDED, stopped, "{}", " { } "] {
+            assert!(scan::event(text).is_some(), "{text}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_left_to_the_general_parser() {
+        let edits = [
+            (r#""id": "01JD8Z6Q4W3V""#, r#""id": "01JD\u0038Z6Q4W3V""#),
+            (r#""id": "01JD8Z6Q4W3V""#, r#""i\u0064": "01JD8Z6Q4W3V""#),
+            (r#""id": "01JD8Z6Q4W3V""#, r#""id": null"#),
+            (r#""id": "01JD8Z6Q4W3V""#, r#""id": 7"#),
+            (r#""id": "01JD8Z6Q4W3V""#, "\"id\": \"01JD\t8Z\""),
+            (r#""id": "01JD8Z6Q4W3V""#, r#""id": "a", "id": "b""#),
+            (r#""id": "01JD8Z6Q4W3V""#, r#""id": "a", "extension": {"x": 1}"#),
+            (r#""team": "ml""#, r#""team": "ml", "team": "ai""#),
+            (r#""compute.vcpu": "4""#, r#""compute.vcpu": 4"#),
+            ("\n}", "\n} x"),
+            ("\n}", "\n}}"),
+        ];
+        for (from, to) in edits {
+            let text = STARTED.replacen(from, to, 1);
+            assert_ne!(text, STARTED);
+            assert!(scan::event(&text).is_none(), "{text}");
+        }
+        assert!(scan::event(r#"["1.0"]"#).is_none());
+    }
+
+    /// Pieces of JSON that an edit puts where a value or key was.
+    const VALUES: &[&str] = &[
+        r#""1.0""#,
+        r#""2026-11-23T10:15:00Z""#,
+        r#""resource.started""#,
+        r#""usage.recorded""#,
+        r#""resource.stopped""#,
+        r#""compute.vcpu""#,
+        r#""4""#,
+        r#""-1""#,
+        r#""1e3""#,
+        r#""""#,
+        r#""acc-7""#,
+        r#""é""#,
+        r#""a\"b""#,
+        r#""\u0041""#,
+        "\"tab\there\"",
+        "null",
+        "7",
+        "-0.5e2",
+        "true",
+        "[]",
+        r#"["a", {}]"#,
+        "{}",
+        r#"{"compute.vcpu": "2"}"#,
+        r#"{"a": "1", "a": "2"}"#,
+        r#"{"a": 1}"#,
+        r#"{"a": "1" "b": "2"}"#,
+        "\"unterminated",
+        "{",
+    ];
+    const KEYS: &[&str] = &[
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "data",
+        "account_id",
+        "quantities",
+        "project_id",
+        "region",
+        "labels",
+        "compute.vcpu",
+        "storage.disk_gib",
+        "team",
+        "x",
+        "i\\u0064",
+        "",
+    ];
+    const SPACES: &[&str] = &["", " ", "\n  ", "\t", "\r\n"];
+
+    /// A JSON value as members to edit.
+    #[derive(Clone, Debug)]
+    enum Json {
+        Text(String),
+        Object(Vec<(String, Json)>),
+    }
+
+    impl Json {
+        fn write(&self, space: &str, out: &mut String) {
+            match self {
+                Json::Text(text) => out.push_str(text),
+                Json::Object(members) => {
+                    out.push('{');
+                    for (i, (key, value)) in members.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&format!("{space}\"{key}\"{space}:{space}"));
+                        value.write(space, out);
+                    }
+                    out.push_str(space);
+                    out.push('}');
+                }
+            }
+        }
+    }
+
+    /// The objects an edit may change: the event, `data` and its two maps.
+    const OBJECTS: &[&[&str]] = &[&[], &["data"], &["data", "quantities"], &["data", "labels"]];
+
+    fn object_at<'j>(json: &'j mut Json, path: &[&str]) -> Option<&'j mut Vec<(String, Json)>> {
+        let Json::Object(members) = json else { return None };
+        match path.split_first() {
+            None => Some(members),
+            Some((first, rest)) => members.iter_mut().find(|(k, _)| k == first).and_then(|(_, v)| object_at(v, rest)),
+        }
+    }
+
+    fn document(text: &str) -> Json {
+        fn of(value: serde_json::Value) -> Json {
+            match value {
+                serde_json::Value::Object(map) => Json::Object(map.into_iter().map(|(k, v)| (k, of(v))).collect()),
+                other => Json::Text(other.to_string()),
+            }
+        }
+        of(serde_json::from_str(text).unwrap())
+    }
+
+    /// Applies one edit to one of the objects of `json` (the event itself
+    /// when an earlier edit took the one aimed at away).
+    fn edit(json: &mut Json, (target, action, at, pick): (usize, u8, prop::sample::Index, usize)) {
+        let path = OBJECTS[target % OBJECTS.len()];
+        let path = if object_at(json, path).is_some() { path } else { &[] };
+        let members = object_at(json, path).expect("the document is an object");
+        let value = || Json::Text(VALUES[pick % VALUES.len()].to_owned());
+        let key = KEYS[pick % KEYS.len()].to_owned();
+        if members.is_empty() {
+            members.push((key, value()));
+            return;
+        }
+        let i = at.index(members.len());
+        match action {
+            0 => drop(members.remove(i)),
+            1 => members.insert(i, members[i].clone()),
+            2 => members[i].1 = value(),
+            3 => members.insert(i, (key, value())),
+            _ => members[i].0 = key,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn it_reads_what_the_general_parser_reads(
+            base in prop::sample::select(vec![STARTED, RECORDED]),
+            edits in proptest::collection::vec(
+                (any::<usize>(), 0u8..5, any::<prop::sample::Index>(), any::<usize>()),
+                0..5,
+            ),
+            space in prop::sample::select(SPACES.to_vec()),
+            tail in prop::sample::select(vec!["", " ", "\n", "x", "}", "{}"]),
+        ) {
+            let mut json = document(base);
+            for e in edits {
+                edit(&mut json, e);
+            }
+            let mut text = String::new();
+            json.write(space, &mut text);
+            text.push_str(tail);
+            let list = prices();
+            if let Some(raw) = scan::event(&text) {
+                let fast = validate(raw, &list, &mut Interner::default());
+                prop_assert_eq!(fast, general(&text, &list), "{}", text);
+            }
+        }
+
+        #[test]
+        fn a_plain_run_ends_at_the_first_quote_backslash_or_control_character(
+            bytes in proptest::collection::vec(
+                prop::sample::select(vec![b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b']']),
+                0..40,
+            )
+        ) {
+            let first = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(bytes.len());
+            prop_assert_eq!(scan::plain_run(&bytes), first);
+        }
+
+        #[test]
+        fn it_reads_what_the_general_parser_reads_of_mutated_bytes(
+            base in prop::sample::select(vec![STARTED, RECORDED]),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)
+        ) {
+            let mut bytes = base.as_bytes().to_vec();
+            for (at, byte, action) in edits {
+                let i = at.index(bytes.len());
+                match action {
+                    0 => bytes[i] = byte,
+                    1 => { bytes.remove(i); }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            let list = prices();
+            if let Ok(text) = std::str::from_utf8(&bytes) && let Some(raw) = scan::event(text) {
+                prop_assert_eq!(validate(raw, &list, &mut Interner::default()), general(text, &list), "{}", text);
+            }
+        }
+    }
+}
