@@ -98,14 +98,14 @@ pub struct EventOrder {
     pub time: Millis,
     /// CloudEvents `id`.
     pub id: String,
-    /// CloudEvents `source`.
-    pub source: String,
+    /// CloudEvents `source`: one of a few, shared.
+    pub source: Arc<str>,
 }
 
 impl EventOrder {
     /// The least order at `time`: every event at `time` sorts at or after it.
     pub fn first_at(time: Millis) -> EventOrder {
-        EventOrder { time, id: String::new(), source: String::new() }
+        EventOrder { time, id: String::new(), source: Arc::from("") }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Values that many events repeat, held once per worker: account ids and
-//! metadata (project, region, labels).
+//! Values that many events repeat, held once per worker: sources, account
+//! ids and metadata (project, region, labels).
 //!
 //! An account has many resources and a resource many events, nearly all with
 //! the metadata of the one before. Decoding each into fresh strings cost
@@ -26,6 +26,7 @@ const CAPACITY: usize = 1 << 16;
 /// One worker's interned values.
 #[derive(Default)]
 pub struct Interner {
+    sources: Table<str>,
     accounts: Table<str>,
     metas: Table<Meta>,
     /// Room for labels as JSON, reused from event to event.
@@ -33,6 +34,12 @@ pub struct Interner {
 }
 
 impl Interner {
+    /// The shared copy of `source`: a cloud has a few dozen, and an event
+    /// carried its own copy from the partition stage to the resource.
+    pub fn source(&mut self, source: &str) -> Arc<str> {
+        self.sources.get(source, |held| held == source, || Arc::from(source))
+    }
+
     /// The shared copy of `account`.
     pub fn account(&mut self, account: &str) -> Arc<str> {
         self.accounts.get(account, |held| held == account, || Arc::from(account))
