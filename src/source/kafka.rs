@@ -296,31 +296,47 @@ impl PartitionReader {
         // anything in them.
         let before = out.len();
         let mut out_of_range = false;
+        // Once per call, not per message: it only tells idle partitions.
+        let now = Instant::now();
         while let Some(result) = self.consumer.poll(Duration::ZERO) {
-            out_of_range |= fetch(&mut self.owned, result);
+            out_of_range |= fetch(&mut self.owned, result, now);
         }
         for (partition, queue) in &self.queues {
-            out_of_range |= refill(&mut self.owned, *partition, queue);
+            out_of_range |= refill(&mut self.owned, *partition, queue, now);
         }
+        // Messages come in timestamp order, many to a step: the map is
+        // touched once per run of one step.
+        let mut run: Option<(Millis, u64)> = None;
         while out.len() - before < max {
             let Some((partition, bound)) = self.earliest() else { break };
             let owned = self.owned.get_mut(&partition).expect("the earliest partition is owned");
             while out.len() - before < max && owned.ahead.front().is_some_and(|m| m.timestamp <= bound) {
                 let message = owned.ahead.pop_front().expect("a front message");
                 owned.next_offset = message.offset + 1;
-                *self.appended.entry(message.timestamp - message.timestamp.rem_euclid(APPEND_STEP)).or_default() += 1;
+                let step = message.timestamp - message.timestamp.rem_euclid(APPEND_STEP);
+                match &mut run {
+                    Some((held, count)) if *held == step => *count += 1,
+                    _ => {
+                        if let Some((held, count)) = run.replace((step, 1)) {
+                            *self.appended.entry(held).or_default() += count;
+                        }
+                    }
+                }
                 out.push(SourceItem::Message(message));
             }
             if owned.ahead.is_empty()
                 && let Some((_, queue)) = self.queues.iter().find(|(p, _)| *p == partition)
             {
-                out_of_range |= refill(&mut self.owned, partition, queue);
+                out_of_range |= refill(&mut self.owned, partition, queue, now);
             }
+        }
+        if let Some((step, count)) = run {
+            *self.appended.entry(step).or_default() += count;
         }
         if out.len() == before
             && let Some(result) = self.consumer.poll(wait)
         {
-            out_of_range |= fetch(&mut self.owned, result);
+            out_of_range |= fetch(&mut self.owned, result, Instant::now());
         }
         if out.len() > before {
             for (&partition, owned) in &self.owned {
@@ -423,20 +439,25 @@ fn refill(
     owned: &mut BTreeMap<Partition, Owned>,
     partition: Partition,
     queue: &PartitionQueue<DefaultConsumerContext>,
+    now: Instant,
 ) -> bool {
     let ahead = |owned: &BTreeMap<Partition, Owned>| owned.get(&partition).map_or(LOOKAHEAD, |o| o.ahead.len());
     let mut out_of_range = false;
     while ahead(owned) < LOOKAHEAD {
         let Some(result) = queue.poll(Duration::ZERO) else { break };
-        out_of_range |= fetch(owned, result);
+        out_of_range |= fetch(owned, result, now);
     }
     out_of_range
 }
 
 /// Takes one polled message of an owned partition, in offset order, into the
-/// partition's messages ahead; true when librdkafka found the offset to fetch
-/// out of range instead.
-fn fetch(owned: &mut BTreeMap<Partition, Owned>, result: rdkafka::error::KafkaResult<BorrowedMessage<'_>>) -> bool {
+/// partition's messages ahead, polled at `now`; true when librdkafka found
+/// the offset to fetch out of range instead.
+fn fetch(
+    owned: &mut BTreeMap<Partition, Owned>,
+    result: rdkafka::error::KafkaResult<BorrowedMessage<'_>>,
+    now: Instant,
+) -> bool {
     let message = match result {
         Ok(message) => message,
         Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => return true,
@@ -451,7 +472,7 @@ fn fetch(owned: &mut BTreeMap<Partition, Owned>, result: rdkafka::error::KafkaRe
         return false;
     }
     owned.fetched = message.offset() + 1;
-    owned.last_message = Instant::now();
+    owned.last_message = now;
     owned.state = PartitionState::Active;
     owned.ahead.push_back(Message {
         partition,
