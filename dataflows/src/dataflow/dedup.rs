@@ -239,12 +239,11 @@ pub(crate) fn dedup<'scope>(
             let port = output.output_index();
             candidates.for_each(|cap, data| pending.first(&cap, port, data));
             progress.for_each(|cap, data| pending.second(&cap, port, data));
-            for (time, mut epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
+            for (time, epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
                 snapshots.before(time, &mut seen);
                 let mut session = output.session(&epoch.capability);
                 let mut outcomes = Outcomes::default();
-                epoch.first.sort_unstable_by_key(|c| (c.late.is_some(), c.partition, c.offset));
-                for candidate in epoch.first {
+                for candidate in in_dedup_order(epoch.first) {
                     let identity = candidate.identity;
                     if seen.contains(&identity) {
                         outcomes.duplicates += 1;
@@ -268,6 +267,17 @@ pub(crate) fn dedup<'scope>(
             snapshots.after(&[candidates_frontier, progress_frontier], &mut seen);
         }
     })
+}
+
+/// An epoch's candidates on time first, each part in `(partition, offset)`
+/// order. Their keys are sorted rather than the candidates themselves,
+/// which are large: sorting moved each a dozen times or more.
+fn in_dedup_order(candidates: Vec<Candidate>) -> impl Iterator<Item = Candidate> {
+    let mut order: Vec<_> =
+        candidates.iter().enumerate().map(|(index, c)| (c.late.is_some(), c.partition, c.offset, index)).collect();
+    order.sort_unstable();
+    let mut candidates: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    order.into_iter().map(move |(.., index)| candidates[index].take().expect("each index once"))
 }
 
 #[cfg(test)]
@@ -308,6 +318,36 @@ mod tests {
 
     fn held(seen: &Seen) -> BTreeMap<Millis, Vec<Fingerprint>> {
         seen.by_hour.clone()
+    }
+
+    #[test]
+    fn candidates_come_on_time_first_each_in_partition_and_offset_order() {
+        use crate::event::{EventKind, EventOrder, Message, ResourceKey};
+        use crate::judge::LateCopy;
+        let candidate = |partition, offset, late: bool| Candidate {
+            event: Event {
+                order: EventOrder::first_at(0),
+                kind: EventKind::Stopped,
+                resource: ResourceKey::default(),
+                quantities: Vec::new(),
+                meta: Default::default(),
+            },
+            identity: identity(offset as u64),
+            partition,
+            offset,
+            late: late.then(|| {
+                let message = Message { partition, offset, timestamp: 0, payload: Vec::new() };
+                Box::new(LateCopy { message, detail: String::new() })
+            }),
+        };
+        let arrived =
+            [(1, 7, false), (0, 9, true), (0, 3, false), (1, 2, false), (0, 1, true), (0, 5, false), (1, 4, true)];
+        let ordered: Vec<_> = in_dedup_order(arrived.iter().map(|&(p, o, l)| candidate(p, o, l)).collect())
+            .map(|c| (c.partition, c.offset, c.late.is_some()))
+            .collect();
+        let expected =
+            [(0, 3, false), (0, 5, false), (1, 2, false), (1, 7, false), (0, 1, true), (0, 9, true), (1, 4, true)];
+        assert_eq!(ordered, expected);
     }
 
     #[test]
