@@ -2,9 +2,9 @@
 //! over the text.
 //!
 //! Decoding was the largest cost of a drain (a third of the workers'
-//! instructions in the in-process bench, two thirds of it in serde_json's
-//! generic parsing: a visitor per field, an `Option` per value, the
-//! quantities read twice). Nearly every event is an object of plain
+//! samples; nearly half of their instructions in the in-process bench, two
+//! thirds of that in serde_json's generic parsing: a visitor per field, an
+//! `Option` per value, the quantities read twice). Nearly every event is an object of plain
 //! strings, with `data`, `data.quantities` and `data.labels` objects of plain
 //! strings. This path reads exactly those and gives up on anything else: an
 //! escape, a control character, `null`, a number, an array, a repeated
