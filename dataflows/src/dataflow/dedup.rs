@@ -130,11 +130,14 @@ impl Seen {
         self.identities.contains(identity)
     }
 
-    /// Remembers `identity`, counted at event time `time`.
-    pub fn insert(&mut self, identity: Fingerprint, time: Millis) {
-        if self.identities.insert(identity) {
+    /// Remembers `identity`, counted at event time `time`; false when it was
+    /// remembered already.
+    pub fn insert(&mut self, identity: Fingerprint, time: Millis) -> bool {
+        let new = self.identities.insert(identity);
+        if new {
             self.by_hour.entry(window_start(time)).or_default().push(identity);
         }
+        new
     }
 
     /// Forgets the identities counted in hours that ended by `time`.
@@ -244,16 +247,19 @@ pub(crate) fn dedup<'scope>(
                 let mut session = output.session(&epoch.capability);
                 let mut outcomes = Outcomes::default();
                 for candidate in in_dedup_order(epoch.first) {
-                    let identity = candidate.identity;
-                    if seen.contains(&identity) {
-                        outcomes.duplicates += 1;
-                    } else if let Some(late) = candidate.late {
-                        let late = *late;
-                        session.give(Deduped::Rejected(Rejection::of(late.message, Reason::Late, late.detail)));
-                    } else {
-                        seen.insert(identity, candidate.event.time());
-                        outcomes.accepted += 1;
-                        session.give(Deduped::Accepted(candidate.event));
+                    // An on-time candidate is looked up by inserting it: the
+                    // set holds every identity of the horizon, and each
+                    // probe of it is a miss in the cache.
+                    match candidate.late {
+                        None if seen.insert(candidate.identity, candidate.event.time()) => {
+                            outcomes.accepted += 1;
+                            session.give(Deduped::Accepted(candidate.event));
+                        }
+                        Some(late) if !seen.contains(&candidate.identity) => {
+                            let late = *late;
+                            session.give(Deduped::Rejected(Rejection::of(late.message, Reason::Late, late.detail)));
+                        }
+                        _ => outcomes.duplicates += 1,
                     }
                 }
                 if outcomes != Outcomes::default() {
