@@ -2,7 +2,7 @@
 //!
 //! cost = round_half_even(usage × unit_price [÷ 3600 for gauges], 12 digits).
 //! The product of a large usage and a price can exceed `i128`, so it is formed
-//! in 256 bits; the result must fit `Decimal(38, 12)`.
+//! in 256 bits then; the result must fit `Decimal(38, 12)`.
 
 use ethnum::I256;
 use rust_decimal::Decimal;
@@ -19,21 +19,34 @@ pub fn cost(usage: Amount, unit_price: Decimal, kind: SkuKind) -> Result<Amount,
         SkuKind::Gauge => SECONDS_PER_HOUR,
         SkuKind::Counter => 1,
     };
-    let numerator = I256::from(usage.scaled()) * I256::from(unit_price.mantissa());
-    let denominator = I256::from(10i128.pow(unit_price.scale())) * I256::from(per);
-    let quotient = div_round_half_even(numerator, denominator);
-    i128::try_from(quotient)
-        .ok()
+    // At most 10^28 × 3600: a price's scale is at most 28.
+    let denominator = 10i128.pow(unit_price.scale()) * per;
+    let quotient = match usage.scaled().checked_mul(unit_price.mantissa()) {
+        // Nearly every product fits 128 bits, where dividing is several
+        // times cheaper than in 256 (it was 4% of a worker's instructions).
+        Some(numerator) => Some(div_round_half_even(numerator, denominator)),
+        None => {
+            let numerator = I256::from(usage.scaled()) * I256::from(unit_price.mantissa());
+            i128::try_from(wide_div_round_half_even(numerator, I256::from(denominator))).ok()
+        }
+    };
+    quotient
         .and_then(Amount::from_scaled)
         .ok_or_else(|| Overflow::new(format!("cost of usage {usage} at unit price {unit_price}")))
 }
 
 /// `numerator / denominator` rounded to the nearest integer, ties to even.
 /// `denominator` must be positive.
-fn div_round_half_even(numerator: I256, denominator: I256) -> I256 {
+fn div_round_half_even(numerator: i128, denominator: i128) -> i128 {
     let quotient = numerator.div_euclid(denominator);
-    let remainder = numerator.rem_euclid(denominator);
-    let twice = remainder * 2;
+    let twice = numerator.rem_euclid(denominator) * 2;
+    if twice > denominator || (twice == denominator && quotient % 2 != 0) { quotient + 1 } else { quotient }
+}
+
+/// [`div_round_half_even`] in 256 bits.
+fn wide_div_round_half_even(numerator: I256, denominator: I256) -> I256 {
+    let quotient = numerator.div_euclid(denominator);
+    let twice = numerator.rem_euclid(denominator) * 2;
     if twice > denominator || (twice == denominator && quotient % 2 != 0) { quotient + 1 } else { quotient }
 }
 
@@ -78,6 +91,27 @@ mod tests {
         assert!(usage.to_decimal().is_none());
         let cost = cost(usage, "0.0125".parse().unwrap(), SkuKind::Gauge).unwrap();
         assert_eq!(cost.to_string(), "299999999999.999999999700");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rounding_in_128_bits_equals_rounding_in_256(
+            numerator in proptest::prelude::any::<i128>(),
+            scale in 0u32..=28,
+            gauge in proptest::prelude::any::<bool>(),
+        ) {
+            let denominator = 10i128.pow(scale) * if gauge { SECONDS_PER_HOUR } else { 1 };
+            let wide = wide_div_round_half_even(I256::from(numerator), I256::from(denominator));
+            proptest::prop_assert_eq!(I256::from(div_round_half_even(numerator, denominator)), wide);
+        }
+    }
+
+    #[test]
+    fn a_product_beyond_128_bits_is_rated_in_256() {
+        let usage = Amount::from_scaled(10i128.pow(37)).unwrap();
+        let one: Decimal = "1.0000000000000000000".parse().unwrap();
+        assert!(usage.scaled().checked_mul(one.mantissa()).is_none());
+        assert_eq!(cost(usage, one, SkuKind::Counter).unwrap(), usage);
     }
 
     #[test]
