@@ -104,8 +104,10 @@ pub struct EventOrder {
 
 impl EventOrder {
     /// The least order at `time`: every event at `time` sorts at or after it.
+    /// Recomputing a window builds several as bounds: the empty source is
+    /// the standard library's shared one, not an allocation each.
     pub fn first_at(time: Millis) -> EventOrder {
-        EventOrder { time, id: String::new(), source: Arc::from("") }
+        EventOrder { time, id: String::new(), source: Arc::default() }
     }
 }
 
