@@ -12,13 +12,14 @@
 #![expect(unsafe_code, reason = "counting the allocator's bytes takes a global allocator of its own")]
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tally::workload::{Generator, Workload};
 use tally_dataflows::decode::decode;
 use tally_dataflows::intern::Interner;
-use tally_dataflows::lifecycle::{Resources, Stored};
+use tally_dataflows::lifecycle::{Emitted, Resource, Resources, Stored};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::window_start;
@@ -58,20 +59,25 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
     let messages = Generator::new(workload).messages();
     let mut interner = Interner::default();
     let mut resources = Resources::default();
-    let mut dirty = Vec::new();
+    let mut dirty: BTreeMap<_, i64> = BTreeMap::new();
+    let mut latest_from = 0;
     for message in messages {
         let Ok(mut event) = decode(&message.payload, prices, &mut interner) else { continue };
         let key = std::mem::take(&mut event.resource);
         let from = Arc::make_mut(resources.entry(key.clone()).or_default()).insert(event);
-        dirty.push((key, from));
+        latest_from = latest_from.max(from);
+        let earliest = dirty.entry(key).or_insert(from);
+        *earliest = (*earliest).min(from);
     }
     // Rows up to the newest event, the running ones accrued to it; then
     // the windows a watermark there makes final folded away.
-    let until = dirty.iter().map(|(_, from)| *from).max().unwrap_or_default() + 1;
+    let until = latest_from + 1;
     let mut rows = 0;
+    let nothing_yet = Resource::default();
     for (key, from) in dirty {
-        let resource = Arc::make_mut(resources.get_mut(&key).expect("inserted above"));
-        rows += resource.refresh(&key, from, until, Some(until), prices).map_or(0, |changes| changes.len());
+        let emitted = Emitted { resource: &nothing_yet, accrued_to: None, prices };
+        let changes = resources[&key].refresh(&key, emitted, (from, until), Some(until), prices);
+        rows += changes.map_or(0, |changes| changes.len());
     }
     let final_before = window_start(until - Settings::default().allowed_lateness - 1);
     resources.retain(|_, resource| {

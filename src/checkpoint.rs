@@ -84,11 +84,12 @@ use crate::fault::Fault;
 /// 3: a usage part holds each distinct metadata once, in a table.
 /// 4: dedup identities are held in segments, which shards name.
 /// 5: a usage part holds a resource's counter events summed per window.
-pub const FORMAT: u32 = 5;
-/// The formats read: this one, and formats 2 to 4, whose shards differ in
-/// how a dedup part (2 and 3) and a usage part (all three) are encoded;
+/// 6: a usage part holds no rows last emitted (resources recompute them).
+pub const FORMAT: u32 = 6;
+/// The formats read: this one, and formats 2 to 5, whose shards differ in
+/// how a dedup part (2 and 3) and a usage part (all four) are encoded;
 /// those are converted as the shard is read.
-const READS: [u32; 4] = [2, 3, 4, FORMAT];
+const READS: [u32; 5] = [2, 3, 4, 5, FORMAT];
 /// The first format with dedup segments, which later formats write alike.
 const SEGMENTS_SINCE: u32 = 4;
 
@@ -363,6 +364,9 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
                 let converted = usage_part_of_format_4(bytes);
                 *bytes = converted.map_err(|e| corrupt(format!("usage part of format {format}: {e}")))?;
             }
+            Part::Usage if format == 5 => {
+                *bytes = usage_part_of_format_5(bytes).map_err(|e| corrupt(format!("usage part of format 5: {e}")))?;
+            }
             Part::Dedup if format < SEGMENTS_SINCE => {
                 let converted = dedup_part_of_format_3(bytes);
                 *bytes = converted.map_err(|e| corrupt(format!("dedup part of format {format}: {e}")))?;
@@ -382,6 +386,12 @@ fn usage_part_of_format_2(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
 /// A usage part of formats 3 and 4 as this format encodes it.
 fn usage_part_of_format_4(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
     let Loaded(resources) = Loaded::from_format_4(bytes)?;
+    postcard::to_stdvec(&Stored(&resources.into_iter().collect()))
+}
+
+/// A usage part of format 5 as this format encodes it.
+fn usage_part_of_format_5(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
+    let Loaded(resources) = Loaded::from_format_5(bytes)?;
     postcard::to_stdvec(&Stored(&resources.into_iter().collect()))
 }
 
@@ -520,7 +530,7 @@ mod tests {
         assert_eq!(by_key(converted), by_key(original));
         store.put("older.bin", file(1), None);
         let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
-        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5])"), "{refused}");
+        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6])"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -541,6 +551,33 @@ mod tests {
         assert_eq!(original.len(), 2);
         let by_key = |resources: Vec<_>| resources.into_iter().collect::<tally_dataflows::lifecycle::Resources>();
         assert_eq!(by_key(converted), by_key(original));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_shard_of_format_5_reads_with_its_rows_last_emitted_dropped() {
+        use tally_dataflows::event::{EventKind, EventOrder, Meta, ResourceKey};
+        use tally_dataflows::fixed::{Amount, Quantity};
+        use tally_dataflows::prices::SkuId;
+        type Counted = (i64, (Vec<(SkuId, i128)>, i64, (EventOrder, u32), Option<(EventOrder, u32)>));
+        let (store, dir) = scratch();
+        let vcpus = vec![(SkuId(0), Quantity::parse("2").unwrap())];
+        let started = (EventOrder { time: 1, id: "a".into(), source: "s".into() }, (EventKind::Started, vcpus, 0_u32));
+        let row = ((0_i64, SkuId(0)), (Amount::from_scaled(2).unwrap(), Amount::from_scaled(1).unwrap(), 0_u32));
+        let key = ResourceKey { account: "acc".into(), resource: "vm".into() };
+        let resource = (Vec::<(SkuId, Quantity)>::new(), None::<u32>, vec![started], Vec::<Counted>::new(), vec![row]);
+        let usage = postcard::to_stdvec(&(vec![Meta::default()], vec![(key, resource)])).unwrap();
+        let dedup = postcard::to_stdvec(&DedupPart::default()).unwrap();
+        let parts = [(Part::Dedup, &dedup[..]), (Part::Usage, &usage[..])]
+            .map(|(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) })
+            .into();
+        let file = ShardFile { format: 5, epoch: 5, worker: 0, workers: 1, parts };
+        store.put("format-5.bin", postcard::to_stdvec(&file).unwrap(), None);
+        let parts = read_shard(&store, "format-5.bin").unwrap();
+        let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
+        let Loaded(original) = Loaded::from_format_5(&usage).unwrap();
+        assert_eq!(original.len(), 1);
+        assert_eq!(converted, original);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

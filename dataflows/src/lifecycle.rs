@@ -8,6 +8,12 @@
 //! are recomputed from that state, so they depend only on the set of events
 //! and the accrual point, never on the order the events arrived in.
 //!
+//! The rows last emitted are not kept: they are recomputed too, from the
+//! resource as it was when they were emitted ([`Emitted`]). Kept, they were
+//! more than half of a running resource's memory and of its checkpoint, and
+//! every accrual move rewrote them, so that a resource shared with a
+//! snapshot being encoded was copied only to update its rows.
+//!
 //! A counter adds to its own window and nothing else, so its amounts need
 //! not be kept one by one: a resource reporting every second held thousands
 //! of events per window, and recomputing a row read them all, at every epoch
@@ -83,13 +89,21 @@ impl Counted {
     }
 }
 
-/// What was last emitted for a row of an open window.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Emitted {
-    usage: Amount,
-    cost: Amount,
-    meta: Arc<Meta>,
+/// What a resource's rows were last emitted from: the resource as it was
+/// then, the accrual point and the price list then. Its rows are the rows
+/// emitted, since every epoch emits each row its changes can have changed.
+#[derive(Clone, Copy, Debug)]
+pub struct Emitted<'a> {
+    /// The resource, before the events since.
+    pub resource: &'a Resource,
+    /// The accrual point then.
+    pub accrued_to: Option<Millis>,
+    /// The prices then (a restore may run with another list).
+    pub prices: &'a PriceList,
 }
+
+/// One row's usage and metadata, as emitted or as now.
+type RowValue<'a> = (Amount, &'a Arc<Meta>);
 
 /// A breakdown row that changed, and the change it makes to its day's total.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +137,6 @@ pub struct Resource {
     events: SortedMap<EventOrder, Entry>,
     /// Counter events by the start of their window.
     counted: SortedMap<Millis, Counted>,
-    emitted: SortedMap<(Millis, SkuId), Emitted>,
 }
 
 impl Resource {
@@ -173,10 +186,7 @@ impl Resource {
     /// True when the resource can accrue nothing more and has nothing to
     /// remember: it can be forgotten.
     pub fn is_dormant(&self) -> bool {
-        self.base.iter().all(|(_, q)| q.is_zero())
-            && self.events.is_empty()
-            && self.counted.is_empty()
-            && self.emitted.is_empty()
+        self.base.iter().all(|(_, q)| q.is_zero()) && self.events.is_empty() && self.counted.is_empty()
     }
 
     /// Time of the earliest event held, if any.
@@ -212,28 +222,42 @@ impl Resource {
         }
     }
 
-    /// Recomputes the rows of the windows starting in `from..=through` and
-    /// returns those that changed since last emitted.
+    /// Recomputes the rows of the windows starting in `from..=through`, accrued
+    /// to `accrued_to` and rated with `prices`, and returns those that differ
+    /// from the rows `emitted` yields.
     pub fn refresh(
-        &mut self,
+        &self,
         key: &ResourceKey,
-        from: Millis,
-        through: Millis,
+        emitted: Emitted<'_>,
+        (from, through): (Millis, Millis),
         accrued_to: Option<Millis>,
         prices: &PriceList,
     ) -> Result<Vec<RowChange>, Overflow> {
         let mut changes = Vec::new();
         let mut start = window_start(from);
         while start <= through {
-            let (mut usage, meta) = self.window(start, accrued_to)?;
-            // A SKU emitted before and absent now dropped back to zero.
-            for &((_, sku), _) in self.emitted.between(&(start, SkuId(0)), &(start + HOUR, SkuId(0))) {
-                if let Err(index) = usage.binary_search_by_key(&sku, |&(s, _)| s) {
-                    usage.insert(index, (sku, Amount::ZERO));
-                }
-            }
-            for (sku, new) in usage {
-                if let Some(change) = self.change(key, start, sku, new, &meta, prices)? {
+            let (old, old_meta) = emitted.resource.window(start, emitted.accrued_to)?;
+            let (new, meta) = self.window(start, accrued_to)?;
+            // Both sorted by SKU: a SKU on one side only is zero on the other.
+            let (mut old, mut new) = (old.into_iter().peekable(), new.into_iter().peekable());
+            loop {
+                let (sku, old_usage, new_usage) = match (old.peek(), new.peek()) {
+                    (None, None) => break,
+                    (Some(&(o, _)), Some(&(n, _))) if o == n => {
+                        let ((_, old_usage), (_, new_usage)) =
+                            (old.next().expect("peeked"), new.next().expect("peeked"));
+                        (o, old_usage, new_usage)
+                    }
+                    (Some(&(o, _)), next) if next.is_none_or(|&(n, _)| o < n) => {
+                        (o, old.next().expect("peeked").1, Amount::ZERO)
+                    }
+                    _ => {
+                        let (n, new_usage) = new.next().expect("peeked");
+                        (n, Amount::ZERO, new_usage)
+                    }
+                };
+                let old = ((old_usage, &old_meta), emitted.prices);
+                if let Some(change) = change(key, start, sku, old, ((new_usage, &meta), prices))? {
                     changes.push(change);
                 }
             }
@@ -242,62 +266,38 @@ impl Resource {
         Ok(changes)
     }
 
-    fn change(
-        &mut self,
-        key: &ResourceKey,
-        window: Millis,
-        sku: SkuId,
-        usage: Amount,
-        meta: &Arc<Meta>,
+    /// The row for `key` (one of this resource's) as now, accrued to
+    /// `accrued_to`: what a reader should see. Zero for a window before
+    /// `final_before` (final, its state folded away) or before the
+    /// resource's first event: no row of it is open.
+    pub fn current_row(
+        &self,
+        key: BreakdownKey,
+        accrued_to: Option<Millis>,
+        final_before: Option<Millis>,
         prices: &PriceList,
-    ) -> Result<Option<RowChange>, Overflow> {
-        let old = self.emitted.get(&(window, sku));
-        let unchanged = match old {
-            None => usage.is_zero(),
-            Some(old) => old.usage == usage && (Arc::ptr_eq(&old.meta, meta) || old.meta == *meta),
-        };
-        if unchanged {
-            return Ok(None);
+    ) -> Result<BreakdownRow, Overflow> {
+        if self.clamp_from(key.window_start, final_before) != Some(key.window_start) {
+            return Ok(BreakdownRow::zero(key));
         }
-        let definition = prices.sku(sku);
-        let price = definition
-            .price_at(window)
-            .expect("decode admits only SKUs priced at their event's window, and prices only start");
-        let cost = rate::cost(usage, price.unit_price, definition.kind)?;
-        let (old_usage, old_cost) = old.map_or((Amount::ZERO, Amount::ZERO), |o| (o.usage, o.cost));
-        let overflow = || Overflow::new(format!("change of row {}/{}/{}", key.account, key.resource, definition.id));
-        let delta = Delta {
-            usage: usage.checked_sub(old_usage).ok_or_else(overflow)?,
-            cost: cost.checked_sub(old_cost).ok_or_else(overflow)?,
-        };
+        let (usage, meta) = self.window(key.window_start, accrued_to)?;
+        let usage = usage.iter().find(|(sku, _)| *sku == key.sku).map_or(Amount::ZERO, |&(_, usage)| usage);
         if usage.is_zero() {
-            self.emitted.remove(&(window, sku));
-        } else {
-            self.emitted.insert((window, sku), Emitted { usage, cost, meta: Arc::clone(meta) });
+            return Ok(BreakdownRow::zero(key));
         }
-        let row = BreakdownRow {
-            key: BreakdownKey {
-                account: key.account.clone(),
-                window_start: window,
-                resource: key.resource.clone(),
-                sku,
-            },
-            meta: Arc::clone(meta),
-            usage,
-            cost,
-        };
-        Ok(Some(RowChange { row, delta }))
+        let cost = rated(key.window_start, key.sku, usage, prices)?;
+        Ok(BreakdownRow { key, meta, usage, cost })
     }
 
-    /// The row for `key` (one of this resource's) as last emitted: what a
-    /// reader should see now; zero when nothing was emitted for it.
-    pub fn emitted_row(&self, key: BreakdownKey) -> BreakdownRow {
-        match self.emitted.get(&(key.window_start, key.sku)) {
-            Some(emitted) => {
-                BreakdownRow { key, meta: Arc::clone(&emitted.meta), usage: emitted.usage, cost: emitted.cost }
-            }
-            None => BreakdownRow::zero(key),
-        }
+    /// The earliest time worth recomputing from: not before the fold boundary
+    /// (those windows are final), nor before the resource's first event when it
+    /// has no folded past. `None` when the resource is empty.
+    pub fn clamp_from(&self, from: Millis, final_before: Option<Millis>) -> Option<Millis> {
+        let floor = match final_before {
+            Some(boundary) if self.has_folded_past() => boundary,
+            _ => window_start(self.first_event_time()?),
+        };
+        Some(from.max(floor))
     }
 
     /// Usage per SKU in the window starting at `start`, and the metadata of the
@@ -354,14 +354,13 @@ impl Resource {
     }
 
     /// Whether [`Resource::fold`] at `boundary` would change anything: an
-    /// event or a row before it.
+    /// event before it.
     pub fn holds_before(&self, boundary: Millis) -> bool {
-        let event = self.first_event_time().is_some_and(|time| time < boundary);
-        event || self.emitted.entries().first().is_some_and(|((window, _), _)| *window < boundary)
+        self.first_event_time().is_some_and(|time| time < boundary)
     }
 
     /// Folds every event before `boundary`, a window's start, into the base
-    /// state and forgets the rows of windows before it, which are final.
+    /// state: the windows before it are final.
     pub fn fold(&mut self, boundary: Millis) {
         debug_assert_eq!(boundary, window_start(boundary), "folds happen at window starts");
         let mut latest: Option<(EventOrder, Arc<Meta>)> = None;
@@ -378,8 +377,53 @@ impl Resource {
             self.base_meta = Some(meta);
         }
         self.base.retain(|(_, q)| !q.is_zero());
-        self.emitted.take_below(&(boundary, SkuId(0)));
     }
+}
+
+/// The change from the row `old` to the row `new` of `key`'s SKU `sku` in
+/// the window starting at `window`, each rated with its prices; `None`
+/// when the row reads the same. A row of zero usage is no row, whatever its
+/// metadata.
+fn change(
+    key: &ResourceKey,
+    window: Millis,
+    sku: SkuId,
+    (old, old_prices): (RowValue<'_>, &PriceList),
+    (new, prices): (RowValue<'_>, &PriceList),
+) -> Result<Option<RowChange>, Overflow> {
+    let same_row = old.0 == new.0 && (new.0.is_zero() || Arc::ptr_eq(old.1, new.1) || old.1 == new.1);
+    if same_row && std::ptr::eq(old_prices, prices) {
+        return Ok(None);
+    }
+    let cost = rated(window, sku, new.0, prices)?;
+    let old_cost = rated(window, sku, old.0, old_prices)?;
+    if same_row && cost == old_cost {
+        return Ok(None);
+    }
+    let overflow = || Overflow::new(format!("change of row {}/{}/{}", key.account, key.resource, prices.sku(sku).id));
+    let delta = Delta {
+        usage: new.0.checked_sub(old.0).ok_or_else(overflow)?,
+        cost: cost.checked_sub(old_cost).ok_or_else(overflow)?,
+    };
+    let row = BreakdownRow {
+        key: BreakdownKey { account: key.account.clone(), window_start: window, resource: key.resource.clone(), sku },
+        meta: Arc::clone(new.1),
+        usage: new.0,
+        cost,
+    };
+    Ok(Some(RowChange { row, delta }))
+}
+
+/// The cost of `usage` of `sku` in the window starting at `window`.
+fn rated(window: Millis, sku: SkuId, usage: Amount, prices: &PriceList) -> Result<Amount, Overflow> {
+    if usage.is_zero() {
+        return Ok(Amount::ZERO);
+    }
+    let definition = prices.sku(sku);
+    let price = definition
+        .price_at(window)
+        .expect("decode admits only SKUs priced at their event's window, and prices only start");
+    rate::cost(usage, price.unit_price, definition.kind)
 }
 
 /// A window's usage per SKU, sorted by SKU.

@@ -26,7 +26,7 @@ use super::snapshots::{Due, stateful};
 use crate::checkpoint::{Part, Record, Recorded, Recorder, Whole};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
-use crate::lifecycle::{Resource, Resources, RowChange, Stored};
+use crate::lifecycle::{Emitted, Resource, Resources, RowChange, Stored};
 use crate::offload::Offload;
 use crate::prices::PriceList;
 use crate::rows::{BreakdownKey, BreakdownRow, Delta, Progress, TotalKey};
@@ -79,34 +79,59 @@ pub(crate) fn usage<'scope>(
                 }
                 let (time, epoch) = ready.pop_front().expect("an epoch is ready");
                 let next = epoch.second.last().copied().unwrap_or(progress);
-                let mut dirty: foldhash::HashMap<ResourceKey, Millis> = foldhash::HashMap::default();
+                // Each resource the epoch's events change, with the earliest
+                // time they change and the resource as it was before them:
+                // its rows are the rows last emitted. Holding it on makes
+                // the first insert copy it.
+                let mut touched: foldhash::HashMap<ResourceKey, (Millis, Arc<Resource>)> = foldhash::HashMap::default();
                 for mut event in epoch.first {
                     let key = std::mem::take(&mut event.resource);
-                    let resource = Arc::make_mut(resources.entry(key.clone()).or_default());
-                    let from = resource.insert(event);
-                    let earliest = dirty.entry(key).or_insert(from);
+                    let held = resources.entry(key.clone()).or_default();
+                    let (earliest, _) = touched.entry(key).or_insert_with(|| (Millis::MAX, Arc::clone(held)));
+                    let from = Arc::make_mut(held).insert(event);
                     *earliest = (*earliest).min(from);
                 }
                 let mut out = EpochOut::default();
                 // Accrual moved: every running resource's open rows change.
-                // Walk them in place rather than listing their keys.
+                // Walk them in place rather than listing their keys; an
+                // untouched resource's rows were emitted from it as it is.
                 if next.accrued_to > progress.accrued_to {
                     let accrual_from = progress.accrued_to.unwrap_or(Millis::MIN);
-                    for (key, resource) in resources.iter_mut() {
-                        let from = match (dirty.remove(key), resource.is_running()) {
-                            (Some(from), true) => from.min(accrual_from),
-                            (Some(from), false) => from,
-                            (None, true) => accrual_from,
+                    for (key, resource) in &resources {
+                        let touched = touched.remove(key);
+                        let (from, before) = match (&touched, resource.is_running()) {
+                            (Some((from, before)), true) => ((*from).min(accrual_from), &**before),
+                            (Some((from, before)), false) => (*from, &**before),
+                            (None, true) => (accrual_from, &**resource),
                             (None, false) => continue,
                         };
-                        refresh(key, Arc::make_mut(resource), from, &progress, &next, &prices, &mut out);
+                        refresh(
+                            key,
+                            resource,
+                            emitted(before, &progress, &prices),
+                            from,
+                            &progress,
+                            &next,
+                            &prices,
+                            &mut out,
+                        );
                     }
                 }
-                for (key, from) in dirty {
-                    let resource = resources.get_mut(&key).expect("dirty resources exist");
-                    refresh(&key, Arc::make_mut(resource), from, &progress, &next, &prices, &mut out);
+                for (key, (from, before)) in touched {
+                    let resource = resources.get(&key).expect("touched resources exist");
+                    refresh(
+                        &key,
+                        resource,
+                        emitted(&before, &progress, &prices),
+                        from,
+                        &progress,
+                        &next,
+                        &prices,
+                        &mut out,
+                    );
                 }
-                rewrite_stale(std::mem::take(&mut stale), &resources, &mut out.items);
+                let stale = std::mem::take(&mut stale);
+                rewrite_stale(stale, &resources, (&progress, &next), &prices, &mut out.items);
                 output.session(&epoch.capability).give_iterator(out.finish().into_iter());
                 if let Some(boundary) = next.final_before
                     && next.final_before > progress.final_before
@@ -151,9 +176,22 @@ fn release_room(resources: &mut Resources) {
     }
 }
 
+/// What the rows of `resource` (as the epoch found it) were emitted from:
+/// the epoch before's `previous` progress.
+fn emitted<'a>(resource: &'a Resource, previous: &Progress, prices: &'a PriceList) -> Emitted<'a> {
+    Emitted { resource, accrued_to: previous.accrued_to, prices }
+}
+
 /// Queues the current value of each stale row that this epoch does not write
-/// anyway: what its resource last emitted for it, or zero.
-fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &Resources, out: &mut Vec<UsageOut>) {
+/// anyway: its resource's row as of `next` progress (the epoch worked, its
+/// final windows not yet folded), or zero.
+fn rewrite_stale(
+    stale: Vec<BreakdownKey>,
+    resources: &Resources,
+    (previous, next): (&Progress, &Progress),
+    prices: &PriceList,
+    out: &mut Vec<UsageOut>,
+) {
     if stale.is_empty() {
         return;
     }
@@ -164,20 +202,23 @@ fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &Resources, out: &mut Vec<
         .filter(|key| !written.contains(key))
         .map(|key| {
             let resource = ResourceKey { account: key.account.clone(), resource: key.resource.clone() };
-            UsageOut::Row(match resources.get(&resource) {
-                Some(resource) => resource.emitted_row(key),
-                None => BreakdownRow::zero(key),
-            })
+            let row = match resources.get(&resource) {
+                Some(resource) => resource.current_row(key, next.accrued_to, previous.final_before, prices),
+                None => Ok(BreakdownRow::zero(key)),
+            };
+            row.map_or_else(UsageOut::Overflow, UsageOut::Row)
         })
         .collect();
     out.extend(rewrites);
 }
 
 /// Recomputes one resource's rows from `from` on, after `previous` and up to
-/// `next` progress, and queues what changed.
+/// `next` progress, and queues those that differ from what was `emitted`.
+#[expect(clippy::too_many_arguments, reason = "one stage's state, passed apart to be borrowed apart")]
 fn refresh(
     key: &ResourceKey,
-    resource: &mut Resource,
+    resource: &Resource,
+    emitted: Emitted<'_>,
     from: Millis,
     previous: &Progress,
     next: &Progress,
@@ -194,7 +235,7 @@ fn refresh(
         .chain(resource.last_event_time().map(window_start))
         .max()
         .unwrap_or(from);
-    match resource.refresh(key, from, through, next.accrued_to, prices) {
+    match resource.refresh(key, emitted, (from, through), next.accrued_to, prices) {
         Ok(changes) => {
             for change in changes {
                 out.change(change);
@@ -241,19 +282,6 @@ impl EpochOut {
         let changes = sums.into_iter().filter(|(_, delta)| *delta != Delta::default());
         items.extend(changes.map(|(key, delta)| UsageOut::Delta(key, delta)));
         items
-    }
-}
-
-impl Resource {
-    /// The earliest time worth recomputing from: not before the fold boundary
-    /// (those windows are final), nor before the resource's first event when it
-    /// has no folded past. `None` when the resource is empty.
-    pub fn clamp_from(&self, from: Millis, final_before: Option<Millis>) -> Option<Millis> {
-        let floor = match final_before {
-            Some(boundary) if self.has_folded_past() => boundary,
-            _ => window_start(self.first_event_time()?),
-        };
-        Some(from.max(floor))
     }
 }
 

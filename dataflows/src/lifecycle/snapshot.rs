@@ -1,9 +1,10 @@
 //! A worker's resources as a checkpoint holds them: each distinct metadata
-//! once, in a table, and every event, row and folded past naming it by its
-//! place there.
+//! once, in a table, and every event and folded past naming it by its place
+//! there. Formats before 6 also held the rows last emitted, which a
+//! resource now recomputes (see [`super::Emitted`]); they are read and
+//! dropped.
 //!
-//! A resource's events and rows nearly all carry the metadata of the one
-//! before, and the resources of one account and project share it (see
+//! A resource's events nearly all carry the metadata of the one before, and the resources of one account and project share it (see
 //! [`crate::intern`]). Written out at each use, it was about half of a
 //! checkpoint's usage part; restored from the table, resources share it
 //! again as they did before the checkpoint.
@@ -18,7 +19,7 @@ use serde::de::{Deserialize, Deserializer, Error as _};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use super::sorted::SortedMap;
-use super::{Counted, Emitted, Entry, Resource, Resources};
+use super::{Counted, Entry, Resource, Resources};
 use crate::event::{EventKind, EventOrder, Meta, ResourceKey};
 use crate::fixed::{Amount, Quantity};
 use crate::prices::SkuId;
@@ -49,18 +50,17 @@ impl<'a> Places<'a> {
 }
 
 /// How one resource is written: its gauge quantities in force, the place of
-/// its folded past's metadata, its gauge events, its windows of counters and
-/// the rows last emitted.
-type Written<'r> = (&'r [(SkuId, Quantity)], Option<u32>, EventsWritten<'r>, CountedWritten<'r>, RowsWritten<'r>);
+/// its folded past's metadata, its gauge events and its windows of counters.
+type Written<'r> = (&'r [(SkuId, Quantity)], Option<u32>, EventsWritten<'r>, CountedWritten<'r>);
 /// How one resource is read back (the same layout, owned).
-type Read = (Vec<(SkuId, Quantity)>, Option<u32>, Vec<EventRead>, Vec<CountedRead>, Vec<RowRead>);
+type Read = (Vec<(SkuId, Quantity)>, Option<u32>, Vec<EventRead>, Vec<CountedRead>);
 type EventRead = (EventOrder, (EventKind, Vec<(SkuId, Quantity)>, u32));
 type CountedRead = (Millis, (Vec<(SkuId, i128)>, Millis, (EventOrder, u32), Option<(EventOrder, u32)>));
+/// A row last emitted, as formats 3 to 5 held it.
 type RowRead = ((Millis, SkuId), (Amount, Amount, u32));
 
 struct EventsWritten<'r>(&'r [(EventOrder, Entry)], &'r Places<'r>);
 struct CountedWritten<'r>(&'r [(Millis, Counted)], &'r Places<'r>);
-struct RowsWritten<'r>(&'r [((Millis, SkuId), Emitted)], &'r Places<'r>);
 
 impl Serialize for EventsWritten<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -79,13 +79,6 @@ impl Serialize for CountedWritten<'_> {
     }
 }
 
-impl Serialize for RowsWritten<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let places = self.1;
-        serializer.collect_seq(self.0.iter().map(|(key, e)| (key, (e.usage, e.cost, places.of(&e.meta)))))
-    }
-}
-
 impl Serialize for Stored<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut places = Places::default();
@@ -96,7 +89,6 @@ impl Serialize for Stored<'_> {
                 places.add(&counted.latest.1);
                 counted.at_start.iter().for_each(|held| places.add(&held.1));
             }
-            resource.emitted.entries().iter().for_each(|(_, row)| places.add(&row.meta));
         }
         let mut pair = serializer.serialize_tuple(2)?;
         pair.serialize_element(&places.table)?;
@@ -116,7 +108,6 @@ impl Serialize for ResourcesWritten<'_> {
                 r.base_meta.as_ref().map(|meta| places.of(meta)),
                 EventsWritten(r.events.entries(), places),
                 CountedWritten(r.counted.entries(), places),
-                RowsWritten(r.emitted.entries(), places),
             );
             (key, written)
         }))
@@ -129,23 +120,30 @@ pub struct Loaded(pub Vec<(ResourceKey, Arc<Resource>)>);
 impl<'de> Deserialize<'de> for Loaded {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (table, read) = <(Vec<Meta>, Vec<(ResourceKey, Read)>)>::deserialize(deserializer)?;
+        Loaded::of(table, read).map_err(D::Error::custom)
+    }
+}
+
+impl Loaded {
+    /// The resources `read` describes, their metadata at places in `table`.
+    fn of(table: Vec<Meta>, read: Vec<(ResourceKey, Read)>) -> Result<Loaded, String> {
         let table: Vec<Arc<Meta>> = table.into_iter().map(Arc::new).collect();
         let meta = |place: u32| {
             let found = usize::try_from(place).ok().and_then(|p| table.get(p));
-            found.cloned().ok_or_else(|| D::Error::custom(format!("metadata place {place} of {}", table.len())))
+            found.cloned().ok_or_else(|| format!("metadata place {place} of {}", table.len()))
         };
-        let sorted = |what: &str| D::Error::custom(format!("{what} not sorted by key"));
+        let sorted = |what: &str| format!("{what} not sorted by key");
         let mut resources = Vec::with_capacity(read.len());
-        for (key, (base, base_meta, events, counted, emitted)) in read {
+        for (key, (base, base_meta, events, counted)) in read {
             let events = events
                 .into_iter()
                 .map(|(order, (kind, quantities, place))| {
                     if !kind.is_gauge() {
-                        return Err(D::Error::custom("a counter event among the gauge events"));
+                        return Err("a counter event among the gauge events".to_string());
                     }
                     Ok((order, Entry { kind, quantities, meta: meta(place)? }))
                 })
-                .collect::<Result<Vec<_>, D::Error>>()?;
+                .collect::<Result<Vec<_>, String>>()?;
             let counted = counted
                 .into_iter()
                 .map(|(window, (sums, first, (order, place), at_start))| {
@@ -155,17 +153,12 @@ impl<'de> Deserialize<'de> for Loaded {
                     };
                     Ok((window, Counted { sums, first, latest: (order, meta(place)?), at_start }))
                 })
-                .collect::<Result<Vec<_>, D::Error>>()?;
-            let emitted = emitted
-                .into_iter()
-                .map(|(key, (usage, cost, place))| Ok((key, Emitted { usage, cost, meta: meta(place)? })))
-                .collect::<Result<Vec<_>, D::Error>>()?;
+                .collect::<Result<Vec<_>, String>>()?;
             let resource = Resource {
                 base,
                 base_meta: base_meta.map(meta).transpose()?,
                 events: SortedMap::from_sorted(events).ok_or_else(|| sorted("events"))?,
                 counted: SortedMap::from_sorted(counted).ok_or_else(|| sorted("windows of counters"))?,
-                emitted: SortedMap::from_sorted(emitted).ok_or_else(|| sorted("rows"))?,
             };
             resources.push((key, Arc::new(resource)));
         }
@@ -179,11 +172,9 @@ impl Resource {
         base: Vec<(SkuId, Quantity)>,
         base_meta: Option<Arc<Meta>>,
         events: Vec<(EventOrder, Entry)>,
-        emitted: Vec<((Millis, SkuId), Emitted)>,
     ) -> Option<Resource> {
         let events = SortedMap::from_sorted(events)?;
-        let mut resource =
-            Resource { base, base_meta, emitted: SortedMap::from_sorted(emitted)?, ..Resource::default() };
+        let mut resource = Resource { base, base_meta, ..Resource::default() };
         let (gauges, counters): (Vec<_>, Vec<_>) =
             events.into_entries().into_iter().partition(|(_, entry)| entry.kind.is_gauge());
         resource.events = SortedMap::from_sorted(gauges)?;
@@ -194,7 +185,11 @@ impl Resource {
     }
 }
 
-/// How formats 3 and 4 wrote a resource: every event in one list.
+/// How format 5 wrote a resource: as [`Read`], and the rows last emitted.
+type ReadFormat5 = (Vec<(SkuId, Quantity)>, Option<u32>, Vec<EventRead>, Vec<CountedRead>, Vec<RowRead>);
+
+/// How formats 3 and 4 wrote a resource: every event in one list, and the
+/// rows last emitted.
 type ReadFormat4 = (Vec<(SkuId, Quantity)>, Option<u32>, Vec<EventRead>, Vec<RowRead>);
 
 /// How format 2 wrote a resource: as [`Read`], with the metadata itself at
@@ -208,6 +203,16 @@ type ReadFormat2 = (
 type RowFormat2 = ((Millis, SkuId), (Amount, Amount, Meta));
 
 impl Loaded {
+    /// Reads a usage part as checkpoint format 5 wrote it, dropping the rows.
+    pub fn from_format_5(bytes: &[u8]) -> Result<Loaded, postcard::Error> {
+        let (table, read): (Vec<Meta>, Vec<(ResourceKey, ReadFormat5)>) = postcard::from_bytes(bytes)?;
+        let read = read
+            .into_iter()
+            .map(|(key, (base, base_meta, events, counted, _rows))| (key, (base, base_meta, events, counted)))
+            .collect();
+        Loaded::of(table, read).map_err(|_| postcard::Error::SerdeDeCustom)
+    }
+
     /// Reads a usage part as checkpoint format 2 wrote it (each use of
     /// metadata written out), sharing equal metadata as interning would.
     pub fn from_format_2(bytes: &[u8]) -> Result<Loaded, postcard::Error> {
@@ -215,17 +220,13 @@ impl Loaded {
         let mut shared: foldhash::HashMap<Meta, Arc<Meta>> = foldhash::HashMap::default();
         let mut meta = |meta: Meta| Arc::clone(shared.entry(meta).or_insert_with_key(|meta| Arc::new(meta.clone())));
         let mut resources = Vec::with_capacity(read.len());
-        for (key, (base, base_meta, events, emitted)) in read {
+        for (key, (base, base_meta, events, _rows)) in read {
             let events = events
                 .into_iter()
                 .map(|(order, (kind, quantities, m))| (order, Entry { kind, quantities, meta: meta(m) }))
                 .collect();
-            let emitted = emitted
-                .into_iter()
-                .map(|(key, (usage, cost, m))| (key, Emitted { usage, cost, meta: meta(m) }))
-                .collect();
-            let resource = Resource::of_events(base, base_meta.map(&mut meta), events, emitted)
-                .ok_or(postcard::Error::SerdeDeCustom)?;
+            let resource =
+                Resource::of_events(base, base_meta.map(&mut meta), events).ok_or(postcard::Error::SerdeDeCustom)?;
             resources.push((key, Arc::new(resource)));
         }
         Ok(Loaded(resources))
@@ -238,22 +239,17 @@ impl Loaded {
         let table: Vec<Arc<Meta>> = table.into_iter().map(Arc::new).collect();
         let meta = |place: u32| usize::try_from(place).ok().and_then(|p| table.get(p)).cloned();
         let mut resources = Vec::with_capacity(read.len());
-        for (key, (base, base_meta, events, emitted)) in read {
+        for (key, (base, base_meta, events, _rows)) in read {
             let events = events
                 .into_iter()
                 .map(|(order, (kind, quantities, place))| Some((order, Entry { kind, quantities, meta: meta(place)? })))
-                .collect::<Option<Vec<_>>>();
-            let emitted = emitted
-                .into_iter()
-                .map(|(key, (usage, cost, place))| Some((key, Emitted { usage, cost, meta: meta(place)? })))
                 .collect::<Option<Vec<_>>>();
             let base_meta = match base_meta {
                 Some(place) => Some(meta(place).ok_or(postcard::Error::SerdeDeCustom)?),
                 None => None,
             };
             let resource = events
-                .zip(emitted)
-                .and_then(|(events, emitted)| Resource::of_events(base, base_meta, events, emitted))
+                .and_then(|events| Resource::of_events(base, base_meta, events))
                 .ok_or(postcard::Error::SerdeDeCustom)?;
             resources.push((key, Arc::new(resource)));
         }
@@ -285,8 +281,7 @@ mod tests {
 
     #[test]
     fn a_place_outside_the_table_is_refused() {
-        let with_place =
-            |place| vec![(ResourceKey::default(), (Vec::new(), Some(place), Vec::new(), Vec::new(), Vec::new()))];
+        let with_place = |place| vec![(ResourceKey::default(), (Vec::new(), Some(place), Vec::new(), Vec::new()))];
         assert!(loaded(vec![Meta::default()], with_place(0)).is_ok());
         assert!(matches!(loaded(vec![Meta::default()], with_place(1)), Err(postcard::Error::SerdeDeCustom)));
     }
@@ -295,10 +290,7 @@ mod tests {
     fn events_out_of_order_are_refused() {
         let with_events = |first, second| {
             let event = |order| (order, (EventKind::Started, Vec::new(), 0));
-            vec![(
-                ResourceKey::default(),
-                (Vec::new(), None, vec![event(first), event(second)], Vec::new(), Vec::new()),
-            )]
+            vec![(ResourceKey::default(), (Vec::new(), None, vec![event(first), event(second)], Vec::new()))]
         };
         assert!(loaded(vec![Meta::default()], with_events(order(1, "a"), order(2, "b"))).is_ok());
         let reversed = loaded(vec![Meta::default()], with_events(order(2, "b"), order(1, "a")));
@@ -308,11 +300,26 @@ mod tests {
     }
 
     #[test]
+    fn a_usage_part_of_format_5_reads_without_its_rows() {
+        let table = vec![Meta::default(), Meta { project_id: "p".into(), ..Meta::default() }];
+        let event = (order(1, "a"), (EventKind::Started, vec![(SkuId(0), Quantity::parse("2").unwrap())], 1));
+        let counted = vec![(0, (vec![(SkuId(1), 5)], 0, (order(0, "b"), 0), Some((order(0, "b"), 0))))];
+        let row: RowRead = ((0, SkuId(0)), (Amount::from_scaled(7).unwrap(), Amount::from_scaled(1).unwrap(), 1));
+        let format_5: Vec<(ResourceKey, ReadFormat5)> =
+            vec![(ResourceKey::default(), (Vec::new(), Some(1), vec![event.clone()], counted.clone(), vec![row]))];
+        let Loaded(read) = Loaded::from_format_5(&postcard::to_stdvec(&(&table, format_5)).unwrap()).unwrap();
+        let Loaded(expected) =
+            loaded(table, vec![(ResourceKey::default(), (Vec::new(), Some(1), vec![event], counted))]).unwrap();
+        assert_eq!(read, expected);
+        assert_eq!(read[0].1.counted.entries().len(), 1);
+    }
+
+    #[test]
     fn counters_are_read_as_windows_only() {
         let with = |kind, windows: &[Millis]| {
             let event = (order(1, "a"), (kind, Vec::new(), 0));
             let counted = windows.iter().map(|&w| (w, (Vec::new(), w, (order(w, "b"), 0), None))).collect();
-            vec![(ResourceKey::default(), (Vec::new(), None, vec![event], counted, Vec::new()))]
+            vec![(ResourceKey::default(), (Vec::new(), None, vec![event], counted))]
         };
         assert!(loaded(vec![Meta::default()], with(EventKind::Started, &[0, 3_600_000])).is_ok());
         let counter = loaded(vec![Meta::default()], with(EventKind::Recorded, &[0, 3_600_000]));

@@ -25,6 +25,28 @@ fn event(prices: &PriceList, id: &str, time: &str, kind: EventKind, vcpu: Option
     }
 }
 
+/// What a resource's rows were last emitted from, as the usage stage keeps
+/// it: the resource then and the accrual point then.
+#[derive(Default)]
+struct LastEmitted(Resource, Option<Millis>);
+
+impl LastEmitted {
+    /// `resource`'s rows of the windows in `from..=through` that differ from
+    /// the rows last emitted; they are the rows last emitted from then on.
+    fn refresh(
+        &mut self,
+        resource: &Resource,
+        (from, through): (Millis, Millis),
+        accrued_to: Option<Millis>,
+        prices: &PriceList,
+    ) -> Vec<RowChange> {
+        let emitted = Emitted { resource: &self.0, accrued_to: self.1, prices };
+        let changes = resource.refresh(&key(), emitted, (from, through), accrued_to, prices).unwrap();
+        *self = LastEmitted(resource.clone(), accrued_to);
+        changes
+    }
+}
+
 fn usage_of(changes: &[RowChange]) -> Vec<(Millis, String)> {
     changes.iter().map(|c| (c.row.key.window_start, c.row.usage.to_string())).collect()
 }
@@ -35,14 +57,13 @@ fn a_resource_holding_nothing_before_the_boundary_is_left_as_it_is_by_a_fold() {
     let mut resource = Resource::default();
     resource.insert(event(&prices, "a", "2026-11-23T10:10:00Z", EventKind::Started, Some("1")));
     let (ten, eleven, noon) = (at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"), at("2026-11-23T12:00:00Z"));
-    resource.refresh(&key(), ten, ten, Some(at("2026-11-23T10:30:00Z")), &prices).unwrap();
-    assert!(!resource.holds_before(ten), "its event and row are at 10:00 or later");
+    assert!(!resource.holds_before(ten), "its event is at 10:00 or later");
     let mut folded = resource.clone();
     folded.fold(ten);
     assert_eq!(folded, resource, "so a fold there changes nothing");
-    assert!(resource.holds_before(eleven), "an event and a row before 11:00");
+    assert!(resource.holds_before(eleven), "an event before 11:00");
     resource.fold(eleven);
-    assert!(!resource.holds_before(noon), "folded: the past is in the base, no event or row is left");
+    assert!(!resource.holds_before(noon), "folded: the past is in the base, no event is left");
     let mut again = resource.clone();
     again.fold(noon);
     assert_eq!(again, resource);
@@ -53,16 +74,17 @@ fn refresh_emits_only_changed_rows_and_corrections_to_zero() {
     let prices = prices();
     let mut resource = Resource::default();
     resource.insert(event(&prices, "a", "2026-11-23T10:00:00Z", EventKind::Started, Some("1")));
-    let (from, through) = (at("2026-11-23T10:00:00Z"), at("2026-11-23T10:00:00Z"));
-    let first = resource.refresh(&key(), from, through, Some(at("2026-11-23T10:30:00Z")), &prices).unwrap();
-    assert_eq!(usage_of(&first), [(from, "1800.000000000000".to_owned())]);
-    let again = resource.refresh(&key(), from, through, Some(at("2026-11-23T10:30:00Z")), &prices).unwrap();
+    let ten = at("2026-11-23T10:00:00Z");
+    let (mut last, accrued) = (LastEmitted::default(), Some(at("2026-11-23T10:30:00Z")));
+    let first = last.refresh(&resource, (ten, ten), accrued, &prices);
+    assert_eq!(usage_of(&first), [(ten, "1800.000000000000".to_owned())]);
+    let again = last.refresh(&resource, (ten, ten), accrued, &prices);
     assert!(again.is_empty(), "an unchanged row is not emitted again");
     // A stop arriving out of order at the start takes the usage back to zero.
     resource.insert(event(&prices, "0", "2026-11-23T10:00:00Z", EventKind::Stopped, None));
     resource.insert(event(&prices, "b", "2026-11-23T10:00:00Z", EventKind::Stopped, None));
-    let corrected = resource.refresh(&key(), from, through, Some(at("2026-11-23T10:30:00Z")), &prices).unwrap();
-    assert_eq!(usage_of(&corrected), [(from, "0.000000000000".to_owned())]);
+    let corrected = last.refresh(&resource, (ten, ten), accrued, &prices);
+    assert_eq!(usage_of(&corrected), [(ten, "0.000000000000".to_owned())]);
     assert_eq!(corrected[0].delta.usage.to_string(), "-1800.000000000000");
     assert!(corrected[0].delta.cost.scaled() < 0);
 }
@@ -85,8 +107,8 @@ fn folding_keeps_what_later_windows_need_and_forgets_the_rest() {
     assert_eq!(folded.first_event_time(), Some(at("2026-11-23T11:40:00Z")));
     let window = at("2026-11-23T11:00:00Z");
     let accrued = Some(at("2026-11-23T12:00:00Z"));
-    let from_folded = folded.refresh(&key(), window, window, accrued, &prices).unwrap();
-    let from_whole = whole.refresh(&key(), window, window, accrued, &prices).unwrap();
+    let from_folded = LastEmitted::default().refresh(&folded, (window, window), accrued, &prices);
+    let from_whole = LastEmitted::default().refresh(&whole, (window, window), accrued, &prices);
     assert_eq!(from_folded, from_whole);
     // 3 vCPU × 40 min + 5 vCPU × 20 min.
     assert_eq!(usage_of(&from_folded), [(window, "13200.000000000000".to_owned())]);
@@ -122,16 +144,14 @@ fn events_with_equal_metadata_share_one_copy_inserted_and_restored() {
     };
     assert_eq!(shared(&resource), (true, false), "equal metadata is held once, different metadata apart");
 
-    // A second resource holding the first one's copy, as interning makes it;
-    // rows emitted and a past folded, so that every kind of holder is written.
+    // A second resource holding the first one's copy, as interning makes it,
+    // in its folded past.
     let mut other = Resource::default();
     let mut started = with_project("d", "2026-11-23T09:30:00Z", EventKind::Started, Some("1"));
     started.meta = Arc::clone(&resource.events.entries()[0].1.meta);
     other.insert(started);
     other.fold(at("2026-11-23T10:00:00Z"));
     let other_key = ResourceKey { account: "acc".into(), resource: "vm-2".into() };
-    other.refresh(&other_key, at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"), None, &prices).unwrap();
-    resource.refresh(&key(), at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"), None, &prices).unwrap();
     let resources: Resources =
         [(key(), Arc::new(resource)), (other_key.clone(), Arc::new(other))].into_iter().collect();
 
@@ -143,11 +163,10 @@ fn events_with_equal_metadata_share_one_copy_inserted_and_restored() {
     let first = &restored[&key()].events.entries()[0].1.meta;
     let other = &restored[&other_key];
     assert!(Arc::ptr_eq(first, other.base_meta.as_ref().unwrap()), "and once across resources");
-    assert!(other.emitted.entries().iter().all(|(_, row)| Arc::ptr_eq(first, &row.meta)));
 }
 
-/// Two resources with events, a folded past and rows emitted, sharing
-/// metadata: what the format-2 fixture was written from.
+/// Two resources with events and a folded past, sharing metadata: what the
+/// format-2 fixture was written from, with the rows then emitted.
 fn format_2_fixture_resources() -> Resources {
     let prices = prices();
     let shared = Arc::new(Meta { project_id: "p".into(), region: "eu".into(), labels: r#"{"team":"a"}"#.into() });
@@ -163,17 +182,14 @@ fn format_2_fixture_resources() -> Resources {
     let mut second = Resource::default();
     second.insert(with("d", "2026-11-23T10:05:00Z", EventKind::Started, Some("1"), &shared));
     let second_key = ResourceKey { account: "acc".into(), resource: "vm-2".into() };
-    let (from, through, accrued) =
-        (at("2026-11-23T09:00:00Z"), at("2026-11-23T10:00:00Z"), Some(at("2026-11-23T10:50:00Z")));
-    first.refresh(&key(), from, through, accrued, &prices).unwrap();
-    second.refresh(&second_key, from, through, accrued, &prices).unwrap();
     first.fold(at("2026-11-23T10:00:00Z"));
     [(key(), Arc::new(first)), (second_key, Arc::new(second))].into_iter().collect()
 }
 
 #[test]
 fn a_usage_part_of_format_2_reads_as_it_was_written_and_shares_metadata() {
-    // Written by the encoding of format 2 from these resources.
+    // Written by the encoding of format 2 from these resources, with their
+    // rows, which are dropped.
     let Loaded(loaded) = Loaded::from_format_2(include_bytes!("format_2_usage.bin")).unwrap();
     let loaded: Resources = loaded.into_iter().collect();
     assert_eq!(loaded, format_2_fixture_resources());
@@ -181,18 +197,14 @@ fn a_usage_part_of_format_2_reads_as_it_was_written_and_shares_metadata() {
     let first = &loaded[&key()];
     let meta = &second.events.entries()[0].1.meta;
     assert!(Arc::ptr_eq(meta, first.base_meta.as_ref().unwrap()), "equal metadata shared across resources");
-    let rows: Vec<_> =
-        first.emitted.entries().iter().chain(second.emitted.entries()).map(|(_, row)| &row.meta).collect();
-    assert!(rows.iter().any(|m| Arc::ptr_eq(meta, m)));
-    assert!(rows.iter().all(|m| ***m != **meta || Arc::ptr_eq(meta, m)), "rows hold one copy of each metadata");
-    // And it writes out as format 3 and reads back the same.
+    // And it writes out as this format and reads back the same.
     let Loaded(again) = postcard::from_bytes(&postcard::to_stdvec(&Stored(&loaded)).unwrap()).unwrap();
     assert_eq!(again.into_iter().collect::<Resources>(), loaded);
 }
 
-/// Gauges and counters (two at one time, one at a window's start), rows
-/// emitted and a past folded: what the format-4 fixture was written from,
-/// when a resource still held every counter event.
+/// Gauges and counters (two at one time, one at a window's start) and a
+/// past folded: what the format-4 fixture was written from, with the rows
+/// then emitted, when a resource still held every counter event.
 fn format_4_fixture_resources() -> Resources {
     let prices = prices();
     let (egress, _) = prices.lookup("network.egress_gib").unwrap();
@@ -213,10 +225,6 @@ fn format_4_fixture_resources() -> Resources {
     second.insert(counter("g", "2026-11-23T10:05:00Z", vec![(requests, "7")]));
     second.insert(counter("h", "2026-11-23T11:00:00Z", vec![(requests, "1")]));
     let second_key = ResourceKey { account: "acc".into(), resource: "bucket".into() };
-    let (from, through, accrued) =
-        (at("2026-11-23T09:00:00Z"), at("2026-11-23T11:00:00Z"), Some(at("2026-11-23T11:10:00Z")));
-    first.refresh(&key(), from, through, accrued, &prices).unwrap();
-    second.refresh(&second_key, from, through, accrued, &prices).unwrap();
     first.fold(at("2026-11-23T10:00:00Z"));
     [(key(), Arc::new(first)), (second_key, Arc::new(second))].into_iter().collect()
 }
@@ -224,7 +232,7 @@ fn format_4_fixture_resources() -> Resources {
 #[test]
 fn a_usage_part_of_format_4_reads_with_its_counters_summed_per_window() {
     // Written by the encoding of format 4, which held every counter event,
-    // from these resources; their rows were computed from those events.
+    // from these resources, with their rows, which are dropped.
     let Loaded(loaded) = Loaded::from_format_4(include_bytes!("format_4_usage.bin")).unwrap();
     let loaded: Resources = loaded.into_iter().collect();
     assert_eq!(loaded, format_4_fixture_resources());
@@ -252,12 +260,13 @@ fn a_counter_at_a_window_end_names_the_window_before() {
     resource.insert(counter("a", "2026-11-23T10:10:00Z"));
     resource.insert(counter("c", "2026-11-23T11:00:00Z"));
     resource.insert(counter("b", "2026-11-23T11:00:00Z"));
-    let rows = resource.refresh(&key(), ten, eleven, None, &prices).unwrap();
+    let mut last = LastEmitted::default();
+    let rows = last.refresh(&resource, (ten, eleven), None, &prices);
     let metas: Vec<(Millis, &str)> = rows.iter().map(|c| (c.row.key.window_start, &*c.row.meta.project_id)).collect();
     assert_eq!(metas, [(ten, "c"), (eleven, "c")]);
     assert_eq!(usage_of(&rows), [(ten, "1.000000000000".to_owned()), (eleven, "2.000000000000".to_owned())]);
     resource.insert(event(&prices, "d", "2026-11-23T11:00:00Z", EventKind::Started, Some("1")));
-    let rows = resource.refresh(&key(), ten, ten, None, &prices).unwrap();
+    let rows = last.refresh(&resource, (ten, ten), None, &prices);
     assert_eq!(rows[0].row.meta.project_id, "d", "the gauge's id sorts after the counters'");
     resource.fold(eleven);
     assert_eq!(resource.base_meta.as_ref().unwrap().project_id, "a", "the folded past's latest event");
