@@ -117,6 +117,11 @@ pub struct Manifest {
     pub offsets: BTreeMap<Partition, Offset>,
     /// Partition clocks and progress.
     pub shared: Shared,
+    /// The price list the state's rows were rated with (its TOML), which a
+    /// restore under another list needs to rate them again. Absent before
+    /// format 6.
+    #[serde(default)]
+    pub prices: Option<String>,
     /// What the shards hold.
     pub state: StateSize,
     /// When it was committed (RFC 3339).
@@ -205,6 +210,16 @@ pub enum CheckpointError {
         name: String,
         /// Why.
         message: String,
+    },
+    /// The configured price list cannot take the state over.
+    #[error("checkpoint store {url}, manifest of epoch {epoch}: {source}")]
+    Prices {
+        /// The store.
+        url: String,
+        /// The manifest's epoch.
+        epoch: u64,
+        /// Why.
+        source: tally_dataflows::prices::PriceListError,
     },
     /// The store holds another topic's state.
     #[error(
@@ -485,6 +500,7 @@ mod tests {
             segments: Vec::new(),
             offsets: BTreeMap::from([(0, 12), (3, 40)]),
             shared: Shared::default(),
+            prices: Some(crate::config::DEFAULT_PRICES.into()),
             state: StateSize::default(),
             committed_at: "2026-11-23T12:00:00Z".into(),
         }

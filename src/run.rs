@@ -150,7 +150,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         Some(version) => stale_rows(&warehouse, version, &shared.prices),
         None => Stale::default(),
     };
-    let restored = start.restore(&store, &stale, index, peers).map_err(|e| e.to_string())?;
+    let restored = start.restore(&store, &stale, (index, peers), &shared.prices).map_err(|e| e.to_string())?;
     tracing::info!(
         worker = index,
         incarnation = versions.incarnation(),
@@ -364,19 +364,24 @@ impl Start {
         }
     }
 
-    /// This worker's state to start from.
+    /// This worker's state to start from, under `prices`.
     fn restore(
         &self,
         store: &Store,
         stale: &Stale,
-        worker: usize,
-        workers: usize,
+        (worker, workers): (usize, usize),
+        prices: &PriceList,
     ) -> Result<Option<Restored>, CheckpointError> {
         let mut restored = match &self.manifest {
             None if stale.breakdowns.is_empty() && stale.totals.is_empty() => return Ok(None),
             None => Restored::new(0, Default::default()),
             Some(manifest) => {
                 let mut restored = Restored::new(manifest.epoch, manifest.shared.clone());
+                if let Some(text) = &manifest.prices {
+                    let refused =
+                        |source| CheckpointError::Prices { url: store.url().into(), epoch: manifest.epoch, source };
+                    restored.rated_with = prices.earlier(text).map_err(refused)?.map(Arc::new);
+                }
                 // The same worker count routes every key to the same worker:
                 // only its own shard holds its keys.
                 let shards: Vec<&String> = if manifest.workers == workers {

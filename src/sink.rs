@@ -474,6 +474,7 @@ fn manifest(
         segments,
         offsets,
         shared,
+        prices: Some(target.prices.text().to_owned()),
         state,
         committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use support::{PrivateBroker, Running, S3Server, Scratch, Switch, as_read, expected, wait};
+use support::{PrivateBroker, Running, S3Server, Scratch, Switch, as_read, expected, expected_repriced, wait};
 use tally::fault::Fault;
 use tally::sink::clickhouse::{Warehouse, insert_prefix};
 use tally::workload::{Generator, Produced, Workload};
@@ -369,6 +369,46 @@ fn a_drain_ends_with_everything_it_read_checkpointed_whatever_the_cadence() {
         assert_eq!(read, upto as i64, "the last checkpoint is after every message read");
     }
     scratch.tables().assert_same(&expected(3, &as_read(&produced)));
+}
+
+/// A restart under a price list that prices differently rates every row
+/// still open with it, and every total stays the sum of its rows; a list
+/// under which the checkpoint's SKUs would read otherwise is refused,
+/// naming the SKU, and changes nothing.
+#[test]
+fn a_restart_under_other_prices_rates_the_open_rows_with_them() {
+    let scratch = Scratch::new("repriced");
+    let produced = troubled(35, 6_000, 2);
+    let (first, second) = produced.split_at(produced.len() / 2);
+    scratch.produce(2, first.to_vec());
+    scratch.run_ok(&["migrate"]);
+    scratch.run_ok(&["run", "--drain", "--workers", "2"]);
+    let manifest = scratch.newest_manifest().expect("the drain committed a checkpoint");
+    let final_before = manifest["shared"]["progress"]["final_before"].as_i64().expect("some windows are final");
+    let lists = scratch.state.with_extension("prices");
+    std::fs::create_dir_all(&lists).unwrap();
+    let sku = |id: &str| {
+        format!(
+            "[[sku]]\nid = \"{id}\"\nkind = \"gauge\"\nunit = \"GiB\"\ncurrency = \"EUR\"\n\
+             prices = [{{ effective_from = \"2026-01-01T00:00:00Z\", unit_price = \"0.001\" }}]\n"
+        )
+    };
+    let renumbered = lists.join("renumbered.toml");
+    std::fs::write(&renumbered, format!("{}\n{}", tally::config::DEFAULT_PRICES, sku("aaa.first"))).unwrap();
+    let refused = scratch.tally(&["run", "--drain", "--pricing-file", renumbered.to_str().unwrap()]).output().unwrap();
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a renumbering list is refused: {message}");
+    assert!(message.contains("sku \"api.requests\" of the checkpoint's price list"), "{message}");
+    assert_eq!(scratch.newest_manifest(), Some(manifest), "and nothing is checkpointed");
+
+    let raised = tally::config::DEFAULT_PRICES.replace("unit_price = \"", "unit_price = \"1");
+    let appended = format!("{raised}\n{}", sku("zzz.last"));
+    let raised_file = lists.join("raised.toml");
+    std::fs::write(&raised_file, &appended).unwrap();
+    scratch.produce_more(second);
+    scratch.run_ok(&["run", "--drain", "--workers", "3", "--pricing-file", raised_file.to_str().unwrap()]);
+    let raised = tally_dataflows::prices::PriceList::parse(&appended).unwrap();
+    scratch.tables().assert_same(&expected_repriced(2, &as_read(&produced), &raised, final_before));
 }
 
 fn count(scratch: &Scratch, sql: &str) -> u64 {

@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,7 @@ use crate::event::{Partition, ResourceKey};
 use crate::identity::Fingerprint;
 use crate::judge::PartitionClock;
 use crate::lifecycle::{Loaded, Resources, Stored};
+use crate::prices::PriceList;
 use crate::rows::{BreakdownKey, Delta, Progress, TotalKey};
 use crate::time::Millis;
 
@@ -327,6 +329,10 @@ pub struct Restored {
     pub totals: BTreeMap<TotalKey, Delta>,
     /// Rows to write again.
     pub stale: Stale,
+    /// The prices the checkpoint's rows were rated with, where they differ
+    /// from the run's (see [`PriceList::earlier`]): the first epoch rates
+    /// every open row again.
+    pub rated_with: Option<Arc<PriceList>>,
 }
 
 impl Restored {

@@ -82,7 +82,8 @@ pub fn billing<'scope>(
     // A restored worker's state as of the checkpoint is its first snapshot:
     // an operator that never works an epoch still checkpoints what it holds.
     let restored_epoch = recovery.restored.as_ref().map(|r| r.epoch);
-    let Restored { shared, seen, resources, totals: sums, stale, .. } = recovery.restored.unwrap_or_default();
+    let Restored { shared, seen, resources, totals: sums, stale, rated_with, .. } =
+        recovery.restored.unwrap_or_default();
     let mut seen = Seen::restore(seen, source.scope().index(), source.scope().peers());
     if let Some(epoch) = restored_epoch {
         recorder.record(Part::Dedup, epoch, &mut seen);
@@ -113,7 +114,7 @@ pub fn billing<'scope>(
         accepted,
         progress.clone(),
         prices,
-        (resources, restored_progress, stale.breakdowns),
+        usage::Start { resources, progress: restored_progress, stale: stale.breakdowns, rated_with },
         recorder.clone(),
     );
     let (breakdowns, deltas, usage_errors) = split(usage, |out| match out {

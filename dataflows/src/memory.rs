@@ -52,6 +52,8 @@ pub struct Checkpoint {
     pub segments: BTreeMap<SegmentId, Vec<u8>>,
     /// Where each partition resumes.
     pub next_offsets: BTreeMap<Partition, Offset>,
+    /// The price list the state's rows were rated with (its text).
+    pub prices: String,
 }
 
 /// Where a simulated crash happens: after the rows of `written_through` (an
@@ -113,20 +115,21 @@ pub fn run(
 /// Runs the dataflow shaped as `first`, crashes it as `crash` says, restores
 /// the checkpoint into a run shaped as `second` (any worker count, any cuts of
 /// the remaining messages) and returns the tables as a reader would see them
-/// at the end: the restored run's rows replace the crashed run's.
+/// at the end: the restored run's rows replace the crashed run's. `prices`
+/// are the first run's and the restored run's price lists.
 pub fn run_with_crash(
     partitions: &[Partition],
     messages: Vec<Message>,
-    prices: Arc<PriceList>,
+    (prices, restored_prices): (Arc<PriceList>, Arc<PriceList>),
     settings: Settings,
     first: &RunShape,
     crash: Crash,
     second: &RunShape,
 ) -> Result<Ledger, Overflow> {
     let messages = Arc::new(messages);
-    let mut crashed = execute(partitions, &messages, Arc::clone(&prices), settings, first, None)?
-        .written_through(crash.written_through);
-    let checkpoint = crash.checkpoint.map(|epoch| checkpoint_at(&crashed, &messages, first, epoch));
+    let mut crashed =
+        execute(partitions, &messages, prices.clone(), settings, first, None)?.written_through(crash.written_through);
+    let checkpoint = crash.checkpoint.map(|epoch| checkpoint_at(&crashed, &messages, first, epoch, &prices));
     let after = checkpoint.as_ref().map(|c| c.epoch);
     // Counts are metrics of committed epochs: the restored run counts the rest.
     crashed.outcomes.retain(|(e, _)| Some(*e) <= after);
@@ -135,7 +138,7 @@ pub fn run_with_crash(
         totals: crashed.totals.iter().filter(|(e, _)| after < Some(*e)).map(|(_, r)| r.key.clone()).collect(),
     };
     let restore = Restore { checkpoint, stale };
-    let restored = execute(partitions, &messages, prices, settings, second, Some(Arc::new(restore)))?;
+    let restored = execute(partitions, &messages, restored_prices, settings, second, Some(Arc::new(restore)))?;
     Ok(materialize(vec![crashed, restored]))
 }
 
@@ -146,7 +149,13 @@ struct Restore {
 }
 
 /// The checkpoint the crashed run left after `epoch`.
-fn checkpoint_at(crashed: &Collected, messages: &[Message], shape: &RunShape, epoch: u64) -> Checkpoint {
+fn checkpoint_at(
+    crashed: &Collected,
+    messages: &[Message],
+    shape: &RunShape,
+    epoch: u64,
+    prices: &PriceList,
+) -> Checkpoint {
     let shard = |parts: &SharedParts| -> ShardParts {
         parts
             .iter()
@@ -165,7 +174,7 @@ fn checkpoint_at(crashed: &Collected, messages: &[Message], shape: &RunShape, ep
             next_offsets.insert(message.partition, message.offset + 1);
         }
     }
-    Checkpoint { epoch, shared, shards, segments, next_offsets }
+    Checkpoint { epoch, shared, shards, segments, next_offsets, prices: prices.text().to_owned() }
 }
 
 /// The epoch of each of `count` messages read from `first` on, cut as `shape` says.
@@ -201,7 +210,7 @@ fn execute(
         let recovery = Recovery {
             snapshots: Some(Rc::clone(&snapshots)),
             cadence: shape.cadence,
-            restored: restored(restore.as_deref(), index, peers),
+            restored: restored(restore.as_deref(), index, peers, &prices),
         };
         let first_epoch = recovery.first_epoch();
         let resume =
@@ -271,7 +280,7 @@ fn execute(
 }
 
 /// One worker's share of what a restored run starts from.
-fn restored(restore: Option<&Restore>, worker: usize, workers: usize) -> Option<Restored> {
+fn restored(restore: Option<&Restore>, worker: usize, workers: usize, prices: &PriceList) -> Option<Restored> {
     let restore = restore?;
     let mut restored = match &restore.checkpoint {
         Some(checkpoint) => {
@@ -281,6 +290,8 @@ fn restored(restore: Option<&Restore>, worker: usize, workers: usize) -> Option<
                     .add_shard(shard, &checkpoint.segments, worker, workers)
                     .expect("the runner's own checkpoints decode");
             }
+            let earlier = prices.earlier(&checkpoint.prices).expect("a price list the checkpoint's state reads under");
+            restored.rated_with = earlier.map(Arc::new);
             restored
         }
         None => Restored::new(0, Shared::default()),

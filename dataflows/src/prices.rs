@@ -68,6 +68,9 @@ pub struct PriceList {
     pub version: Option<String>,
     skus: Vec<Sku>,
     by_id: BTreeMap<String, SkuId>,
+    /// The TOML it was read from: a checkpoint records it (see
+    /// [`PriceList::earlier`]).
+    text: String,
 }
 
 /// Why a price list was refused.
@@ -90,6 +93,18 @@ pub enum PriceListError {
         /// The SKU concerned (empty when the problem is not about one SKU).
         sku: String,
         /// Expected versus found.
+        problem: String,
+    },
+    /// A checkpoint's state does not read the same under this list.
+    #[error(
+        "price list, sku {sku:?} of the checkpoint's price list: {problem}. A checkpoint names SKUs by their \
+         place in id order and holds usage admitted at their prices: a restore needs each of its SKUs at the \
+         same place, of the same kind, priced from the same time or earlier (new SKUs sort after them)"
+    )]
+    Renumbered {
+        /// The checkpoint's SKU.
+        sku: String,
+        /// What differs.
         problem: String,
     },
 }
@@ -145,7 +160,37 @@ impl PriceList {
             return Err(invalid("", format!("{} SKUs, at most {}", skus.len(), u16::MAX)));
         }
         let by_id = skus.iter().enumerate().map(|(i, sku)| (sku.id.clone(), SkuId(i as u16))).collect();
-        Ok(PriceList { version: file.version, skus, by_id })
+        Ok(PriceList { version: file.version, skus, by_id, text: text.to_owned() })
+    }
+
+    /// The TOML the list was read from.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The list a checkpoint recorded (`text`, see [`PriceList::text`]), for
+    /// a restore under this one: `None` when both rate every SKU alike, so
+    /// that the rows the checkpoint's state yields are the rows written.
+    /// Refused when the checkpoint's state would read differently here.
+    pub fn earlier(&self, text: &str) -> Result<Option<PriceList>, PriceListError> {
+        let earlier = PriceList::parse(text)?;
+        for (place, sku) in earlier.skus.iter().enumerate() {
+            let renumbered = |problem: String| PriceListError::Renumbered { sku: sku.id.clone(), problem };
+            let Some(now) = self.skus.get(place) else {
+                return Err(renumbered(format!("this list has {} SKUs, it was number {}", self.skus.len(), place + 1)));
+            };
+            if now.id != sku.id {
+                return Err(renumbered(format!("number {} is {:?} in this list", place + 1, now.id)));
+            }
+            if now.kind != sku.kind {
+                return Err(renumbered(format!("a {:?} in this list, a {:?} in the checkpoint's", now.kind, sku.kind)));
+            }
+            if now.prices[0].effective_from > sku.prices[0].effective_from {
+                return Err(renumbered("priced from a later time in this list".into()));
+            }
+        }
+        let rates_otherwise = earlier.skus.iter().zip(&self.skus).any(|(then, now)| then.prices != now.prices);
+        Ok(rates_otherwise.then_some(earlier))
     }
 
     /// Looks an SKU up by the name events use.
@@ -239,6 +284,40 @@ mod tests {
         assert!(vcpu.price_at(parse_rfc3339("2025-12-31T23:59:59Z").unwrap()).is_none());
         assert_eq!(list.lookup("network.egress_gib").unwrap().1.kind, SkuKind::Counter);
         assert!(list.lookup("gpu").is_none());
+    }
+
+    #[test]
+    fn a_checkpoints_list_is_kept_aside_only_when_it_rates_otherwise() {
+        let list = PriceList::parse(LIST).unwrap();
+        assert_eq!(list.earlier(LIST).unwrap(), None);
+        let relabelled = LIST.replace("version = \"2026-11\"", "version = \"2026-12\"\n# the same prices");
+        assert_eq!(list.earlier(&relabelled).unwrap(), None, "a label or a comment changes no price");
+        let repriced = LIST.replace("0.0125", "0.02");
+        assert_eq!(list.earlier(&repriced).unwrap(), Some(PriceList::parse(&repriced).unwrap()));
+        let added = format!(
+            "{LIST}\n[[sku]]\nid = \"storage.snapshot_gib\"\nkind = \"gauge\"\nunit = \"GiB\"\ncurrency = \"EUR\"\n\
+             prices = [{{ effective_from = \"2026-01-01T00:00:00Z\", unit_price = \"0.001\" }}]"
+        );
+        let grown = PriceList::parse(&added).unwrap();
+        assert_eq!(grown.earlier(LIST).unwrap(), None, "a new SKU sorting after the others");
+        let shrunk = list.earlier(&added).unwrap_err().to_string();
+        assert!(shrunk.contains("\"storage.snapshot_gib\"") && shrunk.contains("has 2 SKUs"), "{shrunk}");
+    }
+
+    #[test]
+    fn a_checkpoints_list_whose_skus_read_otherwise_is_refused() {
+        let list = PriceList::parse(LIST).unwrap();
+        let renamed = list.earlier(&LIST.replace("network.egress_gib", "network.egress")).unwrap_err().to_string();
+        assert!(renamed.contains("number 2 is \"network.egress_gib\""), "{renamed}");
+        let retyped = list.earlier(&LIST.replace("\"counter\"", "\"gauge\"")).unwrap_err().to_string();
+        assert!(retyped.contains("a Counter in this list, a Gauge"), "{retyped}");
+        let egress_from_february = LIST.replace(
+            "\"2026-01-01T00:00:00Z\", unit_price = \"0.01\"",
+            "\"2026-02-01T00:00:00Z\", unit_price = \"0.01\"",
+        );
+        let later = PriceList::parse(&egress_from_february).unwrap();
+        let priced_later = later.earlier(LIST).unwrap_err().to_string();
+        assert!(priced_later.contains("priced from a later time"), "{priced_later}");
     }
 
     fn refusal(text: &str) -> String {

@@ -24,7 +24,7 @@ use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::memory::Crash;
 use tally_dataflows::memory::RunShape;
 use tally_dataflows::settings::Settings;
-use tally_dataflows::time::{HOUR, MINUTE, Millis, SECOND};
+use tally_dataflows::time::{DAY, HOUR, MINUTE, Millis, SECOND};
 
 const QUANTITIES: [&str; 8] = ["0", "1", "2.5", "0.000000001", "16", "123456.789", "999999999999.999999999", "4"];
 const GAUGES: [&str; 4] = ["compute.vcpu", "compute.ram_gib", "storage.disk_gib", "compute.gpu_a100"];
@@ -246,6 +246,27 @@ proptest! {
         let second =
             RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng) };
         support::agree_after_crash(&topic, settings, &first, Crash { checkpoint, written_through }, &second);
+    }
+
+    /// A run restored under raised prices rates every row open at its
+    /// checkpoint with them: with every window still open then, it ends
+    /// with the tables the oracle computes under the raised prices alone.
+    /// With windows final by then, those keep their costs, and every total
+    /// is still the sum of its rows.
+    #[test]
+    fn a_run_restored_under_other_prices_rates_its_open_rows_with_them(seed in any::<[u8; 32]>()) {
+        let (topic, settings) = scenario(&seed);
+        let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
+        let n = topic.messages.len();
+        let first = RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n), cadence: Cadence::every(1) };
+        let last_epoch = first.epoch_starts.iter().filter(|&&i| i > 0 && i < n).count() as u64 + 1;
+        let checkpoint = rng.random_range(0..=last_epoch);
+        let crash = Crash { checkpoint: Some(checkpoint), written_through: rng.random_range(checkpoint..=last_epoch) };
+        let second = RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng) };
+        let ledger = support::run_repriced(&topic, settings, &first, crash, &second, support::raised_prices());
+        support::assert_totals_sum_rows(&ledger);
+        let never_final = Settings::new(60 * DAY, settings.max_future, settings.accrual_granularity);
+        support::agree_after_repricing(&topic, never_final, &first, crash, &second);
     }
 }
 

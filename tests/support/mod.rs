@@ -17,9 +17,12 @@ use tally::config::{ClickHouse, Kafka};
 use tally::sink::clickhouse::Warehouse;
 use tally::workload::Produced;
 use tally_dataflows::event::Message;
+use tally_dataflows::fixed::Amount;
 use tally_dataflows::oracle;
 use tally_dataflows::prices::PriceList;
+use tally_dataflows::rows::{Ledger, TotalKey, TotalRow};
 use tally_dataflows::settings::Settings;
+use tally_dataflows::time::Millis;
 
 pub const BROKERS: &str = "127.0.0.1:9092";
 pub const CLICKHOUSE_URL: &str = "http://127.0.0.1:8123";
@@ -217,10 +220,38 @@ pub fn prices() -> Arc<PriceList> {
 
 /// What the oracle says the tables hold after reading `messages`.
 pub fn expected(partitions: u32, messages: &[Message]) -> Tables {
-    let prices = prices();
+    as_tables(oracle_ledger(partitions, messages, &prices()), messages)
+}
+
+/// What the tables hold after reading `messages` when the run was restarted
+/// under the `raised` price list with the windows before `final_before`
+/// final: those keep the rows of the first prices, the others are rated with
+/// `raised`, and every total is the sum of its rows.
+pub fn expected_repriced(partitions: u32, messages: &[Message], raised: &PriceList, final_before: Millis) -> Tables {
+    let mut ledger = oracle_ledger(partitions, messages, &prices());
+    let repriced = oracle_ledger(partitions, messages, raised);
+    ledger.breakdowns.retain(|key, _| key.window_start < final_before);
+    ledger.breakdowns.extend(repriced.breakdowns.into_iter().filter(|(key, _)| key.window_start >= final_before));
+    ledger.totals.clear();
+    for row in ledger.breakdowns.values() {
+        let key = TotalKey::of(&row.key);
+        let total =
+            ledger.totals.entry(key.clone()).or_insert(TotalRow { key, usage: Amount::ZERO, cost: Amount::ZERO });
+        total.usage = total.usage.checked_add(row.usage).expect("in range");
+        total.cost = total.cost.checked_add(row.cost).expect("in range");
+    }
+    as_tables(ledger, messages)
+}
+
+fn oracle_ledger(partitions: u32, messages: &[Message], prices: &PriceList) -> Ledger {
     let all: Vec<u32> = (0..partitions).collect();
-    let ledger = oracle::run(&all, messages.to_vec(), &prices, &Settings::default()).expect("no overflow");
-    let mut tables = tally::reconcile::tables::Tables::of(&ledger, &prices);
+    oracle::run(&all, messages.to_vec(), prices, &Settings::default()).expect("no overflow")
+}
+
+/// The tables `ledger` makes, the rejections that depend on the order
+/// partitions interleave in named.
+fn as_tables(ledger: Ledger, messages: &[Message]) -> Tables {
+    let mut tables = tally::reconcile::tables::Tables::of(&ledger, &prices());
     let identity = |m: &Message| {
         let event: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
         Some((event.get("source")?.as_str()?.to_owned(), event.get("id")?.as_str()?.to_owned()))

@@ -43,15 +43,28 @@ pub enum UsageOut {
     Overflow(Overflow),
 }
 
-/// Turns accepted events into row changes and total deltas. Starts from the
-/// resources and progress `restored`, writes its stale rows again in the first
-/// epoch it works, and records its state with `recorder`. The second stream
-/// holds back each checkpoint epoch until its snapshot is recorded.
+/// What the usage stage starts from: restored, or nothing.
+pub(crate) struct Start {
+    /// Resources with open windows.
+    pub resources: Resources,
+    /// Progress as of the state.
+    pub progress: Progress,
+    /// Rows to write again in the first epoch worked.
+    pub stale: Vec<BreakdownKey>,
+    /// The prices the rows of the state were rated with, when not the run's.
+    pub rated_with: Option<Arc<PriceList>>,
+}
+
+/// Turns accepted events into row changes and total deltas. Starts from
+/// `start`, writes its stale rows again in the first epoch it works (and
+/// rates every open row again then, if the rows were rated with other
+/// prices), and records its state with `recorder`. The second stream holds
+/// back each checkpoint epoch until its snapshot is recorded.
 pub(crate) fn usage<'scope>(
     events: StreamVec<'scope, u64, Event>,
     progress: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
-    restored: (Resources, Progress, Vec<BreakdownKey>),
+    start: Start,
     recorder: Recorder,
 ) -> (StreamVec<'scope, u64, UsageOut>, StreamVec<'scope, u64, ()>) {
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
@@ -62,7 +75,7 @@ pub(crate) fn usage<'scope>(
         // Epochs complete and not yet worked: they wait when the snapshot in
         // flight is needed before the next one can be taken.
         let mut ready = VecDeque::new();
-        let (mut resources, mut progress, mut stale) = restored;
+        let Start { mut resources, mut progress, mut stale, mut rated_with } = start;
         move |(events, events_frontier), (new_progress, progress_frontier), output| {
             let port = output.output_index();
             events.for_each(|cap, data| pending.first(&cap, port, data));
@@ -92,23 +105,30 @@ pub(crate) fn usage<'scope>(
                     *earliest = (*earliest).min(from);
                 }
                 let mut out = EpochOut::default();
-                // Accrual moved: every running resource's open rows change.
-                // Walk them in place rather than listing their keys; an
-                // untouched resource's rows were emitted from it as it is.
-                if next.accrued_to > progress.accrued_to {
+                let emitted_prices = rated_with.take().unwrap_or_else(|| Arc::clone(&prices));
+                let rerate = !Arc::ptr_eq(&emitted_prices, &prices);
+                let accrual_moved = next.accrued_to > progress.accrued_to;
+                // Accrual moved: every running resource's open rows change;
+                // prices changed: every open row may. Walk the resources in
+                // place rather than listing their keys; an untouched
+                // resource's rows were emitted from it as it is.
+                if accrual_moved || rerate {
                     let accrual_from = progress.accrued_to.unwrap_or(Millis::MIN);
                     for (key, resource) in &resources {
                         let touched = touched.remove(key);
-                        let (from, before) = match (&touched, resource.is_running()) {
-                            (Some((from, before)), true) => ((*from).min(accrual_from), &**before),
-                            (Some((from, before)), false) => (*from, &**before),
-                            (None, true) => (accrual_from, &**resource),
-                            (None, false) => continue,
+                        let (events_from, before) = match &touched {
+                            Some((from, before)) => (Some(*from), &**before),
+                            None => (None, &**resource),
+                        };
+                        let accrued_from = (accrual_moved && resource.is_running()).then_some(accrual_from);
+                        let open_from = rerate.then_some(Millis::MIN);
+                        let Some(from) = [events_from, accrued_from, open_from].into_iter().flatten().min() else {
+                            continue;
                         };
                         refresh(
                             key,
                             resource,
-                            emitted(before, &progress, &prices),
+                            emitted(before, &progress, &emitted_prices),
                             from,
                             &progress,
                             &next,
@@ -122,7 +142,7 @@ pub(crate) fn usage<'scope>(
                     refresh(
                         &key,
                         resource,
-                        emitted(&before, &progress, &prices),
+                        emitted(&before, &progress, &emitted_prices),
                         from,
                         &progress,
                         &next,

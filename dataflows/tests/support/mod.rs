@@ -8,10 +8,11 @@ use std::sync::Arc;
 use serde_json::json;
 use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::event::{Message, Partition, Reason};
+use tally_dataflows::fixed::Amount;
 use tally_dataflows::memory::{self, Crash, RunShape};
 use tally_dataflows::oracle;
 use tally_dataflows::prices::PriceList;
-use tally_dataflows::rows::Ledger;
+use tally_dataflows::rows::{Ledger, TotalKey};
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::{Millis, parse_rfc3339};
 
@@ -161,12 +162,70 @@ pub fn agree(topic: &Topic, settings: Settings, shapes: &[RunShape]) -> Ledger {
 pub fn agree_after_crash(topic: &Topic, settings: Settings, first: &RunShape, crash: Crash, second: &RunShape) {
     let prices = prices();
     let expected = oracle::run(&topic.partitions, topic.messages.clone(), &prices, &settings).expect("no overflow");
-    let actual =
-        memory::run_with_crash(&topic.partitions, topic.messages.clone(), prices, settings, first, crash, second)
-            .expect("no overflow");
+    let actual = memory::run_with_crash(
+        &topic.partitions,
+        topic.messages.clone(),
+        (prices.clone(), prices),
+        settings,
+        first,
+        crash,
+        second,
+    )
+    .expect("no overflow");
     let described = second.clone();
     let context = format!("{first:?} crashed at {crash:?}, restored as");
     assert_same_in(&expected, &actual, &described, &context);
+}
+
+/// The shipped price list with every unit price raised: `0.0125` reads
+/// `10.0125`.
+pub fn raised_prices() -> Arc<PriceList> {
+    let text = include_str!("../../../schemas/prices.toml").replace("unit_price = \"", "unit_price = \"1");
+    Arc::new(PriceList::parse(&text).expect("still a valid list"))
+}
+
+/// Runs as [`agree_after_crash`] does, the restored run under `prices`
+/// instead, and returns the tables.
+pub fn run_repriced(
+    topic: &Topic,
+    settings: Settings,
+    first: &RunShape,
+    crash: Crash,
+    second: &RunShape,
+    prices: Arc<PriceList>,
+) -> Ledger {
+    let lists = (self::prices(), prices);
+    memory::run_with_crash(&topic.partitions, topic.messages.clone(), lists, settings, first, crash, second)
+        .expect("no overflow")
+}
+
+/// Asserts that a run restored under other prices than it was checkpointed
+/// with ends with the tables the oracle computes under those prices: when
+/// no window was final at the checkpoint, every row is rated as if the
+/// new prices had always been in force.
+pub fn agree_after_repricing(topic: &Topic, settings: Settings, first: &RunShape, crash: Crash, second: &RunShape) {
+    let prices = raised_prices();
+    let expected = oracle::run(&topic.partitions, topic.messages.clone(), &prices, &settings).expect("no overflow");
+    let actual = run_repriced(topic, settings, first, crash, second, prices);
+    let context = format!("{first:?} crashed at {crash:?}, restored under raised prices as");
+    assert_same_in(&expected, &actual, second, &context);
+}
+
+/// Asserts that every total is the sum of its day's breakdown rows.
+pub fn assert_totals_sum_rows(ledger: &Ledger) {
+    let mut sums: BTreeMap<TotalKey, (Amount, Amount)> = BTreeMap::new();
+    for row in ledger.breakdowns.values() {
+        let sum = sums.entry(TotalKey::of(&row.key)).or_insert((Amount::ZERO, Amount::ZERO));
+        *sum = (sum.0.checked_add(row.usage).unwrap(), sum.1.checked_add(row.cost).unwrap());
+    }
+    let totals: BTreeMap<TotalKey, (Amount, Amount)> = ledger
+        .totals
+        .values()
+        .filter(|total| !total.usage.is_zero() || !total.cost.is_zero())
+        .map(|total| (total.key.clone(), (total.usage, total.cost)))
+        .collect();
+    sums.retain(|_, (usage, cost)| !usage.is_zero() || !cost.is_zero());
+    assert_eq!(totals, sums);
 }
 
 /// Like [`agree`] under [`shapes`] with the default settings.
