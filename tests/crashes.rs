@@ -405,9 +405,13 @@ fn a_restart_under_other_prices_rates_the_open_rows_with_them() {
     let appended = format!("{raised}\n{}", sku("zzz.last"));
     let raised_file = lists.join("raised.toml");
     std::fs::write(&raised_file, &appended).unwrap();
+    // First with nothing new to read, then with the rest: the first restart
+    // rates the open rows, and the second finds them rated.
+    let raised = tally_dataflows::prices::PriceList::parse(&appended).unwrap();
+    scratch.run_ok(&["run", "--drain", "--workers", "2", "--pricing-file", raised_file.to_str().unwrap()]);
+    scratch.tables().assert_same(&expected_repriced(2, &as_read(first), &raised, final_before));
     scratch.produce_more(second);
     scratch.run_ok(&["run", "--drain", "--workers", "3", "--pricing-file", raised_file.to_str().unwrap()]);
-    let raised = tally_dataflows::prices::PriceList::parse(&appended).unwrap();
     scratch.tables().assert_same(&expected_repriced(2, &as_read(&produced), &raised, final_before));
 }
 
