@@ -4,8 +4,10 @@
 //! Per epoch, in this order: insert the epoch's events; move accrual to the
 //! epoch's watermark; recompute the rows those two can have changed (from the
 //! earliest new event, and from the old accrual point, to the newest event or
-//! the new accrual point, for running resources); fold away the windows that became final. Windows
-//! turning final are thus written a last time before their state goes.
+//! the new accrual point, for running resources) and write those that differ
+//! from the rows emitted, which are recomputed too, from each resource as the
+//! epoch found it; fold away the windows that became final. Windows turning
+//! final are thus written a last time before their state goes.
 //!
 //! The deltas an epoch's row changes make to day totals are summed per total
 //! before they leave: an account's resources change many rows of the same
