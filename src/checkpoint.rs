@@ -550,18 +550,25 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A shard of `format` holding no identities and `usage`, as read back.
+    fn read_back(store: &Store, format: u32, usage: &[u8]) -> ShardParts {
+        let dedup = postcard::to_stdvec(&DedupPart::default()).unwrap();
+        let parts = [(Part::Dedup, &dedup[..]), (Part::Usage, usage)]
+            .map(|(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) })
+            .into();
+        let file = ShardFile { format, epoch: 5, worker: 0, workers: 1, parts };
+        let name = format!("format-{format}.bin");
+        store.put(&name, postcard::to_stdvec(&file).unwrap(), None);
+        let parts = read_shard(store, &name).unwrap();
+        assert_eq!(parts[0].1, dedup, "a dedup part of format {format} is read as it is");
+        parts
+    }
+
     #[test]
     fn a_shard_of_format_4_reads_with_its_usage_part_converted() {
         let (store, dir) = scratch();
         let usage = include_bytes!("../dataflows/src/lifecycle/format_4_usage.bin");
-        let dedup = postcard::to_stdvec(&DedupPart::default()).unwrap();
-        let parts = [(Part::Dedup, &dedup[..]), (Part::Usage, &usage[..])]
-            .map(|(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) })
-            .into();
-        let file = ShardFile { format: 4, epoch: 5, worker: 0, workers: 1, parts };
-        store.put("format-4.bin", postcard::to_stdvec(&file).unwrap(), None);
-        let parts = read_shard(&store, "format-4.bin").unwrap();
-        assert_eq!(parts[0].1, dedup, "a dedup part of format 4 is read as it is");
+        let parts = read_back(&store, 4, usage);
         let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
         let Loaded(original) = Loaded::from_format_4(usage).unwrap();
         assert_eq!(original.len(), 2);
@@ -583,13 +590,7 @@ mod tests {
         let key = ResourceKey { account: "acc".into(), resource: "vm".into() };
         let resource = (Vec::<(SkuId, Quantity)>::new(), None::<u32>, vec![started], Vec::<Counted>::new(), vec![row]);
         let usage = postcard::to_stdvec(&(vec![Meta::default()], vec![(key, resource)])).unwrap();
-        let dedup = postcard::to_stdvec(&DedupPart::default()).unwrap();
-        let parts = [(Part::Dedup, &dedup[..]), (Part::Usage, &usage[..])]
-            .map(|(part, bytes)| EncodedPart { part, bytes: Cow::Borrowed(bytes) })
-            .into();
-        let file = ShardFile { format: 5, epoch: 5, worker: 0, workers: 1, parts };
-        store.put("format-5.bin", postcard::to_stdvec(&file).unwrap(), None);
-        let parts = read_shard(&store, "format-5.bin").unwrap();
+        let parts = read_back(&store, 5, &usage);
         let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
         let Loaded(original) = Loaded::from_format_5(&usage).unwrap();
         assert_eq!(original.len(), 1);

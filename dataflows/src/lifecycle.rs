@@ -238,24 +238,7 @@ impl Resource {
         while start <= through {
             let (old, old_meta) = emitted.resource.window(start, emitted.accrued_to)?;
             let (new, meta) = self.window(start, accrued_to)?;
-            // Both sorted by SKU: a SKU on one side only is zero on the other.
-            let (mut old, mut new) = (old.into_iter().peekable(), new.into_iter().peekable());
-            loop {
-                let (sku, old_usage, new_usage) = match (old.peek(), new.peek()) {
-                    (None, None) => break,
-                    (Some(&(o, _)), Some(&(n, _))) if o == n => {
-                        let ((_, old_usage), (_, new_usage)) =
-                            (old.next().expect("peeked"), new.next().expect("peeked"));
-                        (o, old_usage, new_usage)
-                    }
-                    (Some(&(o, _)), next) if next.is_none_or(|&(n, _)| o < n) => {
-                        (o, old.next().expect("peeked").1, Amount::ZERO)
-                    }
-                    _ => {
-                        let (n, new_usage) = new.next().expect("peeked");
-                        (n, Amount::ZERO, new_usage)
-                    }
-                };
+            for (sku, old_usage, new_usage) in side_by_side(old, new) {
                 let old = ((old_usage, &old_meta), emitted.prices);
                 if let Some(change) = change(key, start, sku, old, ((new_usage, &meta), prices))? {
                     changes.push(change);
@@ -378,6 +361,18 @@ impl Resource {
         }
         self.base.retain(|(_, q)| !q.is_zero());
     }
+}
+
+/// The SKUs of two windows' usage, each sorted by SKU, in order, with the
+/// usage on each side: zero on a side that lacks the SKU.
+fn side_by_side(old: WindowUsage, new: WindowUsage) -> impl Iterator<Item = (SkuId, Amount, Amount)> {
+    let (mut old, mut new) = (old.into_iter().peekable(), new.into_iter().peekable());
+    std::iter::from_fn(move || match (old.peek().map(|&(sku, _)| sku), new.peek().map(|&(sku, _)| sku)) {
+        (None, None) => None,
+        (Some(o), Some(n)) if o == n => Some((o, old.next()?.1, new.next()?.1)),
+        (Some(o), n) if n.is_none_or(|n| o < n) => Some((o, old.next()?.1, Amount::ZERO)),
+        _ => new.next().map(|(n, usage)| (n, Amount::ZERO, usage)),
+    })
 }
 
 /// The change from the row `old` to the row `new` of `key`'s SKU `sku` in

@@ -271,3 +271,14 @@ fn a_counter_at_a_window_end_names_the_window_before() {
     resource.fold(eleven);
     assert_eq!(resource.base_meta.as_ref().unwrap().project_id, "a", "the folded past's latest event");
 }
+
+#[test]
+fn two_windows_are_read_side_by_side_by_sku() {
+    let usage = |sku, scaled| (SkuId(sku), Amount::from_scaled(scaled).unwrap());
+    let old = vec![usage(1, 10), usage(3, 30)];
+    let new = vec![usage(0, 5), usage(3, 31), usage(4, 40)];
+    let read: Vec<(u16, i128, i128)> =
+        side_by_side(old, new).map(|(sku, old, new)| (sku.0, old.scaled(), new.scaled())).collect();
+    assert_eq!(read, [(0, 0, 5), (1, 10, 0), (3, 30, 31), (4, 0, 40)]);
+    assert_eq!(side_by_side(Vec::new(), Vec::new()).count(), 0);
+}
