@@ -110,6 +110,7 @@ pub(crate) fn usage<'scope>(
                 let emitted_prices = rated_with.take().unwrap_or_else(|| Arc::clone(&prices));
                 let rerate = !Arc::ptr_eq(&emitted_prices, &prices);
                 let accrual_moved = next.accrued_to > progress.accrued_to;
+                let step = Step { previous: &progress, next: &next, emitted_prices: &emitted_prices, prices: &prices };
                 // Accrual moved: every running resource's open rows change;
                 // prices changed: every open row may. Walk the resources in
                 // place rather than listing their keys; an untouched
@@ -127,33 +128,14 @@ pub(crate) fn usage<'scope>(
                         let Some(from) = [events_from, accrued_from, open_from].into_iter().flatten().min() else {
                             continue;
                         };
-                        refresh(
-                            key,
-                            resource,
-                            emitted(before, &progress, &emitted_prices),
-                            from,
-                            &progress,
-                            &next,
-                            &prices,
-                            &mut out,
-                        );
+                        refresh(key, resource, before, from, &step, &mut out);
                     }
                 }
                 for (key, (from, before)) in touched {
                     let resource = resources.get(&key).expect("touched resources exist");
-                    refresh(
-                        &key,
-                        resource,
-                        emitted(&before, &progress, &emitted_prices),
-                        from,
-                        &progress,
-                        &next,
-                        &prices,
-                        &mut out,
-                    );
+                    refresh(&key, resource, &before, from, &step, &mut out);
                 }
-                let stale = std::mem::take(&mut stale);
-                rewrite_stale(stale, &resources, (&progress, &next), &prices, &mut out.items);
+                rewrite_stale(std::mem::take(&mut stale), &resources, &step, &mut out.items);
                 output.session(&epoch.capability).give_iterator(out.finish().into_iter());
                 if let Some(boundary) = next.final_before
                     && next.final_before > progress.final_before
@@ -198,22 +180,27 @@ fn release_room(resources: &mut Resources) {
     }
 }
 
-/// What the rows of `resource` (as the epoch found it) were emitted from:
-/// the epoch before's `previous` progress.
-fn emitted<'a>(resource: &'a Resource, previous: &Progress, prices: &'a PriceList) -> Emitted<'a> {
-    Emitted { resource, accrued_to: previous.accrued_to, prices }
+/// One epoch's move: from `previous` progress, with rows rated with
+/// `emitted_prices`, to `next`, rating with `prices`.
+struct Step<'a> {
+    previous: &'a Progress,
+    next: &'a Progress,
+    emitted_prices: &'a PriceList,
+    prices: &'a PriceList,
+}
+
+impl<'a> Step<'a> {
+    /// What the rows of `resource`, as the epoch found it, were emitted from.
+    fn emitted(&self, resource: &'a Resource) -> Emitted<'a> {
+        Emitted { resource, accrued_to: self.previous.accrued_to, prices: self.emitted_prices }
+    }
 }
 
 /// Queues the current value of each stale row that this epoch does not write
 /// anyway: its resource's row as of `next` progress (the epoch worked, its
 /// final windows not yet folded), or zero.
-fn rewrite_stale(
-    stale: Vec<BreakdownKey>,
-    resources: &Resources,
-    (previous, next): (&Progress, &Progress),
-    prices: &PriceList,
-    out: &mut Vec<UsageOut>,
-) {
+fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &Resources, step: &Step<'_>, out: &mut Vec<UsageOut>) {
+    let Step { previous, next, prices, .. } = step;
     if stale.is_empty() {
         return;
     }
@@ -235,18 +222,17 @@ fn rewrite_stale(
 }
 
 /// Recomputes one resource's rows from `from` on, after `previous` and up to
-/// `next` progress, and queues those that differ from what was `emitted`.
-#[expect(clippy::too_many_arguments, reason = "one stage's state, passed apart to be borrowed apart")]
-fn refresh(
+/// `next` progress, and queues those that differ from the rows emitted
+/// from `before`, the resource as the epoch found it.
+fn refresh<'a>(
     key: &ResourceKey,
     resource: &Resource,
-    emitted: Emitted<'_>,
+    before: &'a Resource,
     from: Millis,
-    previous: &Progress,
-    next: &Progress,
-    prices: &PriceList,
+    step: &Step<'a>,
     out: &mut EpochOut,
 ) {
+    let Step { previous, next, prices, .. } = step;
     let Some(from) = resource.clamp_from(from, previous.final_before) else {
         return;
     };
@@ -257,7 +243,7 @@ fn refresh(
         .chain(resource.last_event_time().map(window_start))
         .max()
         .unwrap_or(from);
-    match resource.refresh(key, emitted, (from, through), next.accrued_to, prices) {
+    match resource.refresh(key, step.emitted(before), (from, through), next.accrued_to, prices) {
         Ok(changes) => {
             for change in changes {
                 out.change(change);
