@@ -8,6 +8,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group};
 use tally::workload::{Generator, Workload};
 use tally_dataflows::checkpoint::Cadence;
+use tally_dataflows::dataflow::ROWS_PER_STEP;
 use tally_dataflows::decode::decode;
 use tally_dataflows::intern::Interner;
 use tally_dataflows::memory::{self, RunShape};
@@ -49,6 +50,7 @@ fn dataflow(c: &mut Criterion) {
             workers,
             epoch_starts: (0..messages.len()).step_by(20_000).collect(),
             cadence: Cadence::every(5),
+            rows_per_step: ROWS_PER_STEP,
         };
         group.bench_function(format!("{workers}_workers"), |b| {
             b.iter(|| memory::run(&partitions, messages.clone(), Arc::clone(&prices), Settings::default(), &shape))

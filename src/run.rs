@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tally_dataflows::checkpoint::{Cadence, Recovery, Restored, SnapshotsHandle, Stale};
-use tally_dataflows::dataflow::billing;
+use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 use timely::dataflow::operators::vec::Broadcast;
@@ -187,7 +187,8 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     let overflow: Arc<Mutex<Option<String>>> = Arc::default();
     let seen_overflow = Arc::clone(&overflow);
     worker.dataflow::<u64, _, _>(|scope| {
-        let streams = billing(scope.input_from(&mut input), Arc::clone(&shared.prices), shared.settings, recovery);
+        let streams =
+            billing(scope.input_from(&mut input), Arc::clone(&shared.prices), shared.settings, recovery, ROWS_PER_STEP);
         streams.errors.clone().inspect(move |error| {
             seen_overflow.lock().expect("no panic holding the lock").get_or_insert_with(|| error.to_string());
         });

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tally::workload::{Generator, Workload};
 use tally_dataflows::checkpoint::Cadence;
+use tally_dataflows::dataflow::ROWS_PER_STEP;
 use tally_dataflows::event::Reason;
 use tally_dataflows::memory::{self, RunShape};
 use tally_dataflows::oracle;
@@ -29,9 +30,19 @@ fn a_generated_day_bills_the_same_in_the_dataflow_and_the_oracle() {
     assert!(expected.breakdowns.len() > 1_000);
 
     for shape in [
-        RunShape { workers: 1, epoch_starts: Vec::new(), cadence: Cadence::default() },
-        RunShape { workers: 2, epoch_starts: (0..messages.len()).step_by(997).collect(), cadence: Cadence::every(3) },
-        RunShape { workers: 4, epoch_starts: (0..messages.len()).step_by(4_999).collect(), cadence: Cadence::every(2) },
+        RunShape { workers: 1, epoch_starts: Vec::new(), cadence: Cadence::default(), rows_per_step: ROWS_PER_STEP },
+        RunShape {
+            workers: 2,
+            epoch_starts: (0..messages.len()).step_by(997).collect(),
+            cadence: Cadence::every(3),
+            rows_per_step: 100,
+        },
+        RunShape {
+            workers: 4,
+            epoch_starts: (0..messages.len()).step_by(4_999).collect(),
+            cadence: Cadence::every(2),
+            rows_per_step: ROWS_PER_STEP,
+        },
     ] {
         let actual = memory::run(&partitions, messages.clone(), Arc::clone(&prices), settings, &shape).unwrap();
         assert_eq!(actual.breakdowns, expected.breakdowns, "{} workers", shape.workers);

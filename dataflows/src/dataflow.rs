@@ -69,14 +69,24 @@ pub struct Streams<'scope> {
     pub recorded: StreamVec<'scope, u64, ()>,
 }
 
+/// Rows the usage stage makes before it lets them go downstream: an epoch
+/// in which accrual moves changes every running resource's rows, and its
+/// rows leave in steps of about this many (see [`billing`]). A few
+/// megabytes of rows; and a step is short next to an insert of them.
+pub const ROWS_PER_STEP: usize = 1 << 16;
+
 /// Builds the billing dataflow over each worker's source items, starting from
 /// the state `recovery` restores (if any) and recording snapshots into it.
-/// The source must start at [`Recovery::first_epoch`].
+/// The source must start at [`Recovery::first_epoch`]. The usage stage
+/// sends an epoch's rows about `rows_per_step` at a time, each step in an
+/// activation of its own ([`ROWS_PER_STEP`] unless a test wants the steps
+/// small).
 pub fn billing<'scope>(
     source: StreamVec<'scope, u64, SourceItem>,
     prices: Arc<PriceList>,
     settings: Settings,
     recovery: Recovery,
+    rows_per_step: usize,
 ) -> Streams<'scope> {
     let recorder = Recorder::new(recovery.snapshots.as_ref(), recovery.cadence);
     // A restored worker's state as of the checkpoint is its first snapshot:
@@ -115,7 +125,7 @@ pub fn billing<'scope>(
         progress.clone(),
         prices,
         usage::Start { resources, progress: restored_progress, stale: stale.breakdowns, rated_with },
-        recorder.clone(),
+        (recorder.clone(), rows_per_step),
     );
     let (breakdowns, deltas, usage_errors) = split(usage, |out| match out {
         UsageOut::Row(row) => Branch::First(row),

@@ -36,6 +36,8 @@ pub struct RunShape {
     pub epoch_starts: Vec<usize>,
     /// Which epochs are checkpointed.
     pub cadence: Cadence,
+    /// Rows the usage stage sends per step (see [`crate::dataflow::billing`]).
+    pub rows_per_step: usize,
 }
 
 /// A checkpoint as the in-memory runner keeps it: what a checkpoint store
@@ -217,7 +219,8 @@ fn execute(
             restore.as_ref().and_then(|r| r.checkpoint.as_ref()).map(|c| c.next_offsets.clone()).unwrap_or_default();
         let mut input = InputHandleVec::<u64, SourceItem>::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let streams = billing(scope.input_from(&mut input), Arc::clone(&prices), settings, recovery);
+            let streams =
+                billing(scope.input_from(&mut input), Arc::clone(&prices), settings, recovery, shape.rows_per_step);
             collect(streams.breakdowns, &sink, |c, t, rows| c.breakdowns.extend(rows.iter().map(|r| (t, r.clone()))));
             collect(streams.totals, &sink, |c, t, rows| c.totals.extend(rows.iter().map(|r| (t, r.clone()))));
             collect(streams.rejections, &sink, |c, t, rows| c.rejections.extend(rows.iter().map(|r| (t, r.clone()))));

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use support::{Ev, at, prices};
 use tally_dataflows::checkpoint::{Cadence, Recovery};
-use tally_dataflows::dataflow::billing;
+use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
 use tally_dataflows::event::Message;
 use tally_dataflows::judge::{PartitionState, SourceItem};
 use tally_dataflows::rows::{BreakdownRow, Progress};
@@ -30,7 +30,7 @@ fn a_quiet_live_run_accrues_to_the_watermark_at_the_next_checkpoint_epoch() {
         let probe = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let recovery = Recovery { cadence: Cadence::every(5), ..Recovery::default() };
-            let streams = billing(scope.input_from(&mut input), prices(), Settings::default(), recovery);
+            let streams = billing(scope.input_from(&mut input), prices(), Settings::default(), recovery, ROWS_PER_STEP);
             streams.progress.probe_with(&probe).sink(Pipeline, "Progress", move |(input, _)| {
                 input.for_each(|cap, data| {
                     let epoch = *cap.least().expect("an epoch");
@@ -61,4 +61,46 @@ fn a_quiet_live_run_accrues_to_the_watermark_at_the_next_checkpoint_epoch() {
         assert_eq!(vm.len(), 1, "{vm:?}");
         assert_eq!((vm[0].0, vm[0].1.usage.to_string()), (5, "1200.000000000000".to_string()));
     });
+}
+
+/// When accrual moves, every running resource's row changes in one epoch:
+/// those rows leave the usage stage a step at a time, and no step of the
+/// worker carries more than a step's rows downstream.
+#[test]
+fn an_accrual_move_sends_its_rows_a_step_at_a_time() {
+    const RESOURCES: usize = 50;
+    const ROWS_PER_STEP: usize = 8;
+    let arrivals: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let seen = Arc::clone(&arrivals);
+    timely::execute_directly(move |worker| {
+        let mut input = InputHandleVec::<u64, SourceItem>::new();
+        let probe = ProbeHandle::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let recovery = Recovery { cadence: Cadence::every(5), ..Recovery::default() };
+            let streams = billing(scope.input_from(&mut input), prices(), Settings::default(), recovery, ROWS_PER_STEP);
+            streams.progress.probe_with(&probe);
+            streams.breakdowns.probe_with(&probe).sink(Pipeline, "Rows", move |(input, _)| {
+                let mut arrived = 0;
+                input.for_each(|_, data| arrived += std::mem::take(data).len());
+                seen.lock().unwrap().push(arrived);
+            });
+        });
+        input.send(SourceItem::Status { partition: 0, state: PartitionState::Active });
+        for vm in 0..RESOURCES {
+            let start = Ev::new("resource.started", &format!("s{vm}"), "2026-11-23T10:00:00Z", &format!("vm-{vm}"));
+            input.send(message(vm as i64, &start.q("compute.vcpu", "1")));
+        }
+        input.advance_to(1);
+        let egress = Ev::new("usage.recorded", "e", "2026-11-23T10:20:30Z", "lb").q("network.egress_gib", "1");
+        input.send(message(RESOURCES as i64, &egress));
+        input.advance_to(7);
+        while probe.less_than(&6) {
+            worker.step();
+        }
+    });
+    let arrivals = arrivals.lock().unwrap();
+    let rows: usize = arrivals.iter().sum();
+    assert_eq!(rows, RESOURCES + 1, "a row per running vm and the egress: {arrivals:?}");
+    let most = arrivals.iter().max().copied().unwrap_or_default();
+    assert!(most <= ROWS_PER_STEP, "at most a step's rows arrive at once: {arrivals:?}");
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use support::{Ev, at, prices};
 use tally_dataflows::checkpoint::Recovery;
-use tally_dataflows::dataflow::billing;
+use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
 use tally_dataflows::event::{Message, Reason};
 use tally_dataflows::judge::{PartitionState, SourceItem};
 use tally_dataflows::rows::{Progress, Rejection};
@@ -30,7 +30,13 @@ fn an_idle_partition_waking_up_cannot_touch_final_windows() {
     timely::execute_directly(move |worker| {
         let mut input = InputHandleVec::<u64, SourceItem>::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let streams = billing(scope.input_from(&mut input), prices(), Settings::default(), Recovery::default());
+            let streams = billing(
+                scope.input_from(&mut input),
+                prices(),
+                Settings::default(),
+                Recovery::default(),
+                ROWS_PER_STEP,
+            );
             streams.rejections.sink(Pipeline, "Rejections", move |(input, _)| {
                 input.for_each(|_, data| seen_rejections.lock().unwrap().extend(data.drain(..)));
             });

@@ -21,6 +21,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use support::{Ev, Topic, agree, at};
 use tally_dataflows::checkpoint::Cadence;
+use tally_dataflows::dataflow::ROWS_PER_STEP;
 use tally_dataflows::memory::Crash;
 use tally_dataflows::memory::RunShape;
 use tally_dataflows::settings::Settings;
@@ -207,6 +208,12 @@ fn cadence(rng: &mut TestRng) -> Cadence {
     Cadence::every(*pick(rng, &[1, 2, 3]))
 }
 
+/// Rows per step of the usage stage: an epoch's rows in many steps, in a
+/// few, or in one.
+fn step(rng: &mut TestRng) -> usize {
+    *pick(rng, &[1, 3, 16, ROWS_PER_STEP])
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -217,8 +224,8 @@ proptest! {
         let n = topic.messages.len();
         let shapes: Vec<RunShape> = [1, 2, 4]
             .into_iter()
-            .map(|workers| RunShape { workers, epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng) })
-            .chain([RunShape { workers: 2, epoch_starts: Vec::new(), cadence: Cadence::default() }])
+            .map(|workers| RunShape { workers, epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng), rows_per_step: step(&mut rng) })
+            .chain([RunShape { workers: 2, epoch_starts: Vec::new(), cadence: Cadence::default(), rows_per_step: ROWS_PER_STEP }])
             .collect();
         agree(&topic, settings, &shapes);
     }
@@ -237,14 +244,14 @@ proptest! {
         let n = topic.messages.len();
         let every = *pick(&mut rng, &[1, 2, 3]);
         let first =
-            RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n), cadence: Cadence::every(every) };
+            RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n), cadence: Cadence::every(every), rows_per_step: step(&mut rng) };
         let last_epoch = first.epoch_starts.iter().filter(|&&i| i > 0 && i < n).count() as u64 + 1;
         // A checkpoint the first run's cadence takes: a multiple of `every`, or its last epoch.
         let checkpointed: Vec<u64> = (0..=last_epoch).filter(|e| e % every == 0 || *e == last_epoch).collect();
         let checkpoint = rng.random_bool(0.85).then(|| *pick(&mut rng, &checkpointed));
         let written_through = rng.random_range(checkpoint.unwrap_or(0)..=last_epoch);
         let second =
-            RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng) };
+            RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng), rows_per_step: step(&mut rng) };
         support::agree_after_crash(&topic, settings, &first, Crash { checkpoint, written_through }, &second);
     }
 
@@ -258,11 +265,11 @@ proptest! {
         let (topic, settings) = scenario(&seed);
         let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
         let n = topic.messages.len();
-        let first = RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n), cadence: Cadence::every(1) };
+        let first = RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n), cadence: Cadence::every(1), rows_per_step: step(&mut rng) };
         let last_epoch = first.epoch_starts.iter().filter(|&&i| i > 0 && i < n).count() as u64 + 1;
         let checkpoint = rng.random_range(0..=last_epoch);
         let crash = Crash { checkpoint: Some(checkpoint), written_through: rng.random_range(checkpoint..=last_epoch) };
-        let second = RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng) };
+        let second = RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng), rows_per_step: step(&mut rng) };
         let ledger = support::run_repriced(&topic, settings, &first, crash, &second, support::raised_prices());
         support::assert_totals_sum_rows(&ledger);
         let never_final = Settings::new(60 * DAY, settings.max_future, settings.accrual_granularity);

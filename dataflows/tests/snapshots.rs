@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use support::{Ev, prices};
 use tally_dataflows::checkpoint::{Cadence, Encoded, Part, Recovery, SnapshotsHandle};
-use tally_dataflows::dataflow::billing;
+use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
 use tally_dataflows::event::Message;
 use tally_dataflows::judge::{PartitionState, SourceItem};
 use tally_dataflows::settings::Settings;
@@ -31,7 +31,7 @@ fn a_checkpoint_epoch_is_done_only_once_its_snapshots_are_recorded_for_good() {
         let rows = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), cadence, restored: None };
-            let streams = billing(scope.input_from(&mut input), prices(), Settings::default(), recovery);
+            let streams = billing(scope.input_from(&mut input), prices(), Settings::default(), recovery, ROWS_PER_STEP);
             streams.recorded.probe_with(&recorded);
             streams.breakdowns.probe_with(&rows);
         });

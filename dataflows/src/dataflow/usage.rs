@@ -20,9 +20,10 @@ use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
 use timely::scheduling::SyncActivator;
 
-use super::pending::Pending;
+use super::pending::{Epoch, Pending};
 use super::route;
 use super::snapshots::{Due, stateful};
 use crate::checkpoint::{Part, Record, Recorded, Recorder, Whole};
@@ -60,24 +61,29 @@ pub(crate) struct Start {
 /// Turns accepted events into row changes and total deltas. Starts from
 /// `start`, writes its stale rows again in the first epoch it works (and
 /// rates every open row again then, if the rows were rated with other
-/// prices), and records its state with `recorder`. The second stream holds
-/// back each checkpoint epoch until its snapshot is recorded.
+/// prices), and records its state with `recorder`. An epoch's rows leave
+/// about `rows_per_step` at a time, one step per activation (see
+/// [`Working`]). The second stream holds back each checkpoint epoch until
+/// its snapshot is recorded.
 pub(crate) fn usage<'scope>(
     events: StreamVec<'scope, u64, Event>,
     progress: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
     start: Start,
-    recorder: Recorder,
+    (recorder, rows_per_step): (Recorder, usize),
 ) -> (StreamVec<'scope, u64, UsageOut>, StreamVec<'scope, u64, ()>) {
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
     let worker = events.scope().worker();
     stateful(events, progress, by_resource, "Usage", (recorder, Part::Usage), move |mut snapshots, info| {
         let encoder = snapshot_encoder(worker.index(), worker.sync_activator_for(info.address.to_vec()));
+        let activator = worker.activator_for(info.address);
         let mut pending = Pending::<Event, Progress>::default();
         // Epochs complete and not yet worked: they wait when the snapshot in
         // flight is needed before the next one can be taken.
         let mut ready = VecDeque::new();
-        let Start { mut resources, mut progress, mut stale, mut rated_with } = start;
+        let mut working: Option<Working> = None;
+        let Start { mut resources, mut progress, stale, mut rated_with } = start;
+        let mut stale = Some(stale);
         move |(events, events_frontier), (new_progress, progress_frontier), output| {
             let port = output.output_index();
             events.for_each(|cap, data| pending.first(&cap, port, data));
@@ -86,69 +92,36 @@ pub(crate) fn usage<'scope>(
                 snapshots.record(recorded);
             }
             ready.extend(pending.complete(&[events_frontier, progress_frontier]));
-            while let Some(&(time, _)) = ready.front() {
-                match snapshots.due_before(time) {
-                    Due::Now(checkpoint) => encoder.hand_over((checkpoint, resources.clone())),
-                    Due::Wait => return,
-                    Due::Nothing => {}
-                }
-                let (time, epoch) = ready.pop_front().expect("an epoch is ready");
-                let next = epoch.second.last().copied().unwrap_or(progress);
-                // Each resource the epoch's events change, with the earliest
-                // time they change and the resource as it was before them:
-                // its rows are the rows last emitted. Holding it on makes
-                // the first insert copy it.
-                let mut touched: foldhash::HashMap<ResourceKey, (Millis, Arc<Resource>)> = foldhash::HashMap::default();
-                for mut event in epoch.first {
-                    let key = std::mem::take(&mut event.resource);
-                    let held = resources.entry(key.clone()).or_default();
-                    let (earliest, _) = touched.entry(key).or_insert_with(|| (Millis::MAX, Arc::clone(held)));
-                    let from = Arc::make_mut(held).insert(event);
-                    *earliest = (*earliest).min(from);
-                }
-                let mut out = EpochOut::default();
-                let emitted_prices = rated_with.take().unwrap_or_else(|| Arc::clone(&prices));
-                let rerate = !Arc::ptr_eq(&emitted_prices, &prices);
-                let accrual_moved = next.accrued_to > progress.accrued_to;
-                let step = Step { previous: &progress, next: &next, emitted_prices: &emitted_prices, prices: &prices };
-                // Accrual moved: every running resource's open rows change;
-                // prices changed: every open row may. Walk the resources in
-                // place rather than listing their keys; an untouched
-                // resource's rows were emitted from it as it is.
-                if accrual_moved || rerate {
-                    let accrual_from = progress.accrued_to.unwrap_or(Millis::MIN);
-                    for (key, resource) in &resources {
-                        let touched = touched.remove(key);
-                        let (events_from, before) = match &touched {
-                            Some((from, before)) => (Some(*from), &**before),
-                            None => (None, &**resource),
-                        };
-                        let accrued_from = (accrual_moved && resource.is_running()).then_some(accrual_from);
-                        let open_from = rerate.then_some(Millis::MIN);
-                        let Some(from) = [events_from, accrued_from, open_from].into_iter().flatten().min() else {
-                            continue;
-                        };
-                        refresh(key, resource, before, from, &step, &mut out);
-                    }
-                }
-                for (key, (from, before)) in touched {
-                    let resource = resources.get(&key).expect("touched resources exist");
-                    refresh(&key, resource, &before, from, &step, &mut out);
-                }
-                rewrite_stale(std::mem::take(&mut stale), &resources, &step, &mut out.items);
-                output.session(&epoch.capability).give_iterator(out.finish().into_iter());
-                if let Some(boundary) = next.final_before
-                    && next.final_before > progress.final_before
-                {
-                    resources.retain(|_, resource| {
-                        if resource.holds_before(boundary) {
-                            Arc::make_mut(resource).fold(boundary);
+            loop {
+                let work = match working.as_mut() {
+                    Some(work) => work,
+                    None => {
+                        let Some(&(time, _)) = ready.front() else { break };
+                        match snapshots.due_before(time) {
+                            Due::Now(checkpoint) => encoder.hand_over((checkpoint, resources.clone())),
+                            Due::Wait => return,
+                            Due::Nothing => {}
                         }
-                        !resource.is_dormant()
-                    });
-                    release_room(&mut resources);
+                        let (time, epoch) = ready.pop_front().expect("an epoch is ready");
+                        let emitted_prices = rated_with.take().unwrap_or_else(|| Arc::clone(&prices));
+                        let stale = stale.take().unwrap_or_default();
+                        let emitted = (progress, emitted_prices);
+                        working.insert(Working::begin(time, epoch, &mut resources, emitted, &prices, stale))
+                    }
+                };
+                let walked = work.walk(&resources, &prices, rows_per_step);
+                let step = work.step_out();
+                output.session(&work.capability).give_iterator(step.into_iter());
+                if !walked {
+                    // This step's rows go downstream before the next step
+                    // makes more.
+                    activator.activate();
+                    return;
                 }
-                progress = next;
+                let work = working.take().expect("an epoch is being worked");
+                let time = work.time;
+                let (capability, last) = work.finish(&mut resources, &prices, &mut progress);
+                output.session(&capability).give_iterator(last.into_iter());
                 snapshots.worked(time);
             }
             if let Due::Now(checkpoint) = snapshots.due_after(&[events_frontier, progress_frontier]) {
@@ -180,6 +153,158 @@ fn release_room(resources: &mut Resources) {
     }
 }
 
+/// An epoch being worked: its events are in, and its rows leave a step at a
+/// time. When accrual moves (or the price list changed), every running
+/// resource's open rows change at once: a million rows and more, which,
+/// all made before any left, were most of a worker's peak memory. A step
+/// refreshes resources until about `rows_per_step` rows are queued, and
+/// the stage yields after each, so that those rows are on their way to
+/// ClickHouse before the next step makes more. The resources do not change
+/// while the walk goes on (the events are in before it, windows fold after
+/// it), so the map's order holds and the walk resumes where it stopped.
+struct Working {
+    time: u64,
+    capability: Capability<u64>,
+    previous: Progress,
+    next: Progress,
+    /// The prices the rows emitted were rated with.
+    emitted_prices: Arc<PriceList>,
+    /// When every resource is walked, how many have been.
+    walked: Option<usize>,
+    /// Each resource the epoch's events changed and the walk has not
+    /// refreshed, with the earliest time they change and the resource as it
+    /// was before them: its rows are the rows last emitted. Holding it on
+    /// makes the first insert copy it.
+    touched: foldhash::HashMap<ResourceKey, (Millis, Arc<Resource>)>,
+    /// The same, once the walk over every resource is done or when there
+    /// is none: refreshed last.
+    rest: Vec<(ResourceKey, (Millis, Arc<Resource>))>,
+    /// Rows read stale at restore that the epoch has not written yet.
+    stale: BTreeSet<BreakdownKey>,
+    out: EpochOut,
+}
+
+impl Working {
+    /// Inserts `epoch`'s events, from `previous` progress with rows rated with
+    /// `emitted_prices`, and plans the walk.
+    fn begin(
+        time: u64,
+        epoch: Epoch<Event, Progress>,
+        resources: &mut Resources,
+        (previous, emitted_prices): (Progress, Arc<PriceList>),
+        prices: &Arc<PriceList>,
+        stale: Vec<BreakdownKey>,
+    ) -> Working {
+        let next = epoch.second.last().copied().unwrap_or(previous);
+        let mut touched: foldhash::HashMap<ResourceKey, (Millis, Arc<Resource>)> = foldhash::HashMap::default();
+        for mut event in epoch.first {
+            let key = std::mem::take(&mut event.resource);
+            let held = resources.entry(key.clone()).or_default();
+            let (earliest, _) = touched.entry(key).or_insert_with(|| (Millis::MAX, Arc::clone(held)));
+            let from = Arc::make_mut(held).insert(event);
+            *earliest = (*earliest).min(from);
+        }
+        // Accrual moved: every running resource's open rows change; prices
+        // changed: every open row may. Otherwise only the resources the
+        // events changed have rows to refresh.
+        let walk_all = next.accrued_to > previous.accrued_to || !Arc::ptr_eq(&emitted_prices, prices);
+        let (walked, rest) = if walk_all { (Some(0), Vec::new()) } else { (None, touched.drain().collect()) };
+        let stale = stale.into_iter().collect();
+        let capability = epoch.capability;
+        Working {
+            time,
+            capability,
+            previous,
+            next,
+            emitted_prices,
+            walked,
+            touched,
+            rest,
+            stale,
+            out: EpochOut::default(),
+        }
+    }
+
+    /// Refreshes resources until `rows_per_step` rows are queued or every
+    /// resource the epoch changes has been; true in the second case.
+    fn walk(&mut self, resources: &Resources, prices: &Arc<PriceList>, rows_per_step: usize) -> bool {
+        let Working { previous, next, emitted_prices, walked, touched, rest, out, .. } = self;
+        let step = Step { previous, next, emitted_prices, prices };
+        if let Some(walked_so_far) = walked {
+            let accrual_moved = next.accrued_to > previous.accrued_to;
+            let rerate = !Arc::ptr_eq(emitted_prices, prices);
+            let accrual_from = previous.accrued_to.unwrap_or(Millis::MIN);
+            // Walk the resources in place rather than listing their keys;
+            // an untouched resource's rows were emitted from it as it is.
+            for (key, resource) in resources.iter().skip(*walked_so_far) {
+                if out.items.len() >= rows_per_step {
+                    return false;
+                }
+                *walked_so_far += 1;
+                let touched = touched.remove(key);
+                let (events_from, before) = match &touched {
+                    Some((from, before)) => (Some(*from), &**before),
+                    None => (None, &**resource),
+                };
+                let accrued_from = (accrual_moved && resource.is_running()).then_some(accrual_from);
+                let open_from = rerate.then_some(Millis::MIN);
+                if let Some(from) = [events_from, accrued_from, open_from].into_iter().flatten().min() {
+                    refresh(key, resource, before, from, &step, out);
+                }
+            }
+            *walked = None;
+            rest.extend(touched.drain());
+        }
+        while out.items.len() < rows_per_step {
+            let Some((key, (from, before))) = rest.pop() else {
+                return true;
+            };
+            let resource = resources.get(&key).expect("touched resources exist");
+            refresh(&key, resource, &before, from, &step, out);
+        }
+        rest.is_empty()
+    }
+
+    /// The rows and overflows queued since the last step.
+    fn step_out(&mut self) -> Vec<UsageOut> {
+        let items = std::mem::take(&mut self.out.items);
+        if !self.stale.is_empty() {
+            for item in &items {
+                if let UsageOut::Row(row) = item {
+                    self.stale.remove(&row.key);
+                }
+            }
+        }
+        items
+    }
+
+    /// Ends the epoch once walked: queues the stale rows it did not write and
+    /// the sums of its deltas, folds away the windows that turned final and
+    /// moves `progress` on. Returns what is left to send, and where.
+    fn finish(
+        self,
+        resources: &mut Resources,
+        prices: &PriceList,
+        progress: &mut Progress,
+    ) -> (Capability<u64>, Vec<UsageOut>) {
+        let Working { capability, previous, next, stale, mut out, .. } = self;
+        rewrite_stale(stale, resources, (&previous, &next, prices), &mut out.items);
+        if let Some(boundary) = next.final_before
+            && next.final_before > previous.final_before
+        {
+            resources.retain(|_, resource| {
+                if resource.holds_before(boundary) {
+                    Arc::make_mut(resource).fold(boundary);
+                }
+                !resource.is_dormant()
+            });
+            release_room(resources);
+        }
+        *progress = next;
+        (capability, out.finish())
+    }
+}
+
 /// One epoch's move: from `previous` progress, with rows rated with
 /// `emitted_prices`, to `next`, rating with `prices`.
 struct Step<'a> {
@@ -196,29 +321,23 @@ impl<'a> Step<'a> {
     }
 }
 
-/// Queues the current value of each stale row that this epoch does not write
-/// anyway: its resource's row as of `next` progress (the epoch worked, its
-/// final windows not yet folded), or zero.
-fn rewrite_stale(stale: Vec<BreakdownKey>, resources: &Resources, step: &Step<'_>, out: &mut Vec<UsageOut>) {
-    let Step { previous, next, prices, .. } = step;
-    if stale.is_empty() {
-        return;
-    }
-    let written: BTreeSet<&BreakdownKey> =
-        out.iter().filter_map(|o| if let UsageOut::Row(row) = o { Some(&row.key) } else { None }).collect();
-    let rewrites: Vec<UsageOut> = stale
-        .into_iter()
-        .filter(|key| !written.contains(key))
-        .map(|key| {
-            let resource = ResourceKey { account: key.account.clone(), resource: key.resource.clone() };
-            let row = match resources.get(&resource) {
-                Some(resource) => resource.current_row(key, next.accrued_to, previous.final_before, prices),
-                None => Ok(BreakdownRow::zero(key)),
-            };
-            row.map_or_else(UsageOut::Overflow, UsageOut::Row)
-        })
-        .collect();
-    out.extend(rewrites);
+/// Queues the current value of each stale row: its resource's row as of
+/// `next` progress (the epoch worked, its final windows not yet folded), or
+/// zero.
+fn rewrite_stale(
+    stale: BTreeSet<BreakdownKey>,
+    resources: &Resources,
+    (previous, next, prices): (&Progress, &Progress, &PriceList),
+    out: &mut Vec<UsageOut>,
+) {
+    out.extend(stale.into_iter().map(|key| {
+        let resource = ResourceKey { account: key.account.clone(), resource: key.resource.clone() };
+        let row = match resources.get(&resource) {
+            Some(resource) => resource.current_row(key, next.accrued_to, previous.final_before, prices),
+            None => Ok(BreakdownRow::zero(key)),
+        };
+        row.map_or_else(UsageOut::Overflow, UsageOut::Row)
+    }));
 }
 
 /// Recomputes one resource's rows from `from` on, after `previous` and up to
@@ -253,8 +372,8 @@ fn refresh<'a>(
     }
 }
 
-/// What one epoch emits: rows and overflows as they come, deltas summed per
-/// day total until the epoch ends.
+/// What one epoch emits: rows and overflows a step at a time, deltas summed
+/// per day total until the epoch ends.
 #[derive(Default)]
 struct EpochOut {
     items: Vec<UsageOut>,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tally_dataflows::checkpoint::Cadence;
+use tally_dataflows::dataflow::ROWS_PER_STEP;
 use tally_dataflows::event::{Message, Partition, Reason};
 use tally_dataflows::fixed::Amount;
 use tally_dataflows::memory::{self, Crash, RunShape};
@@ -126,18 +127,24 @@ impl Topic {
     }
 }
 
-/// Shapes every check runs the dataflow under: 1, 2 and 4 workers; one epoch,
-/// an epoch per message (checkpointing every other one), and a few cuts in
-/// between.
+/// Shapes every check runs the dataflow under: 1, 2 and 4 workers; one epoch
+/// (its rows sent one at a time), an epoch per message (checkpointing every
+/// other one), and a few cuts in between (rows sent two at a time).
 pub fn shapes(messages: usize) -> Vec<RunShape> {
     let mut shapes = Vec::new();
     for workers in [1, 2, 4] {
-        shapes.push(RunShape { workers, epoch_starts: Vec::new(), cadence: Cadence::default() });
-        shapes.push(RunShape { workers, epoch_starts: (0..messages).collect(), cadence: Cadence::every(2) });
+        shapes.push(RunShape { workers, epoch_starts: Vec::new(), cadence: Cadence::default(), rows_per_step: 1 });
+        shapes.push(RunShape {
+            workers,
+            epoch_starts: (0..messages).collect(),
+            cadence: Cadence::every(2),
+            rows_per_step: ROWS_PER_STEP,
+        });
         shapes.push(RunShape {
             workers,
             epoch_starts: (0..messages).step_by(3).collect(),
             cadence: Cadence::default(),
+            rows_per_step: 2,
         });
     }
     shapes
