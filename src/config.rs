@@ -127,6 +127,9 @@ pub struct ClickHouse {
     pub user: String,
     /// Password (never logged).
     pub password: String,
+    /// Rows one insert takes, about: an epoch's rows beyond it go out in
+    /// several inserts as they are made (see [`crate::sink`]).
+    pub rows_per_insert: usize,
 }
 
 /// `[pricing]`
@@ -181,6 +184,7 @@ impl std::fmt::Debug for ClickHouse {
             .field("database", &self.database)
             .field("user", &self.user)
             .field("password", &redacted(&self.password))
+            .field("rows_per_insert", &self.rows_per_insert)
             .finish()
     }
 }
@@ -207,6 +211,7 @@ impl Default for ClickHouse {
             database: "tally".into(),
             user: "default".into(),
             password: String::new(),
+            rows_per_insert: 1 << 17,
         }
     }
 }
@@ -306,6 +311,9 @@ pub struct Overrides {
     /// ClickHouse password.
     #[arg(long, env = "TALLY_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<String>,
+    /// Rows per ClickHouse insert, about.
+    #[arg(long, env = "TALLY_CLICKHOUSE_ROWS_PER_INSERT")]
+    pub clickhouse_rows_per_insert: Option<usize>,
     /// Price list file.
     #[arg(long, env = "TALLY_PRICING_FILE")]
     pub pricing_file: Option<PathBuf>,
@@ -381,6 +389,15 @@ impl Overrides {
         }
         if config.checkpoint.keep == 0 {
             return Err(ConfigError::Invalid { key: "checkpoint.keep", message: "must be at least 1".into() });
+        }
+        if let Some(rows) = self.clickhouse_rows_per_insert {
+            config.clickhouse.rows_per_insert = rows;
+        }
+        if config.clickhouse.rows_per_insert == 0 {
+            return Err(ConfigError::Invalid {
+                key: "clickhouse.rows_per_insert",
+                message: "must be at least 1".into(),
+            });
         }
         if let Some(file) = &self.pricing_file {
             config.pricing.file = Some(file.clone());
@@ -494,6 +511,8 @@ mod tests {
             ..Config::default()
         };
         assert!(config.cadence().unwrap_err().to_string().contains("checkpoint.epoch_interval"));
+        let no_rows = Overrides { clickhouse_rows_per_insert: Some(0), ..Overrides::default() };
+        assert!(no_rows.load().unwrap_err().to_string().contains("clickhouse.rows_per_insert"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The sink: the dataflow's output for each epoch, written to ClickHouse once
-//! the frontier has passed the epoch, then checkpointed.
+//! The sink: the dataflow's output for each epoch, written to ClickHouse as
+//! it comes, then checkpointed once the frontier has passed the epoch.
 //!
 //! Per epoch, each worker writes its own breakdown rows, totals and rejections
-//! (one insert per table), then its state shard, each on a thread of its own
+//! (one insert per table, or several for more than `clickhouse.rows_per_insert`
+//! rows), then its state shard, each on a thread of its own
 //! (see [`tally_dataflows::offload`]), then acknowledges the epoch
 //! to worker 0. When every worker has acknowledged epoch `e`, worker 0 commits
 //! the manifest for `e` and then writes `pipeline_progress` for `e`: a reader
@@ -136,6 +137,21 @@ enum Output {
     Rejection(Rejection),
 }
 
+/// Rows of one epoch for the writer; `last` when the epoch is complete and
+/// these are its last.
+///
+/// An epoch's rows are handed over as they come, `clickhouse.rows_per_insert`
+/// at a time, and the rest once the epoch is complete: an epoch in which
+/// accrual moves has a row for every running resource, and, held until the
+/// epoch was complete, those rows were most of a worker's peak memory.
+/// Handing over blocks while the writer is a chunk behind, which holds the
+/// usage stage's next step back.
+struct Chunk {
+    epoch: u64,
+    rows: Vec<Output>,
+    last: bool,
+}
+
 /// Writes and checkpoints the dataflow's output; returns a stream that reaches
 /// epoch `e` once everything up to `e` is in ClickHouse and committed, and
 /// `pipeline_progress` written.
@@ -159,23 +175,37 @@ pub fn write<'scope>(
         move |_, info| {
             let activator = timely_worker.sync_activator_for(info.address.to_vec());
             let warehouse = Warehouse::new(&rows_target.clickhouse);
-            let writer =
-                Offload::start(format!("tally-rows-{worker}"), activator, move |(epoch, batch): (u64, Vec<Output>)| {
-                    write_rows(&warehouse, &rows_target, epoch, &batch);
-                    epoch
-                });
-            let mut pending = Pending::<Output, ()>::default();
-            // Epochs handed to the writer, oldest first, each held until its
-            // rows are in ClickHouse.
+            let rows_per_insert = rows_target.clickhouse.rows_per_insert;
+            let writer = Offload::start(format!("tally-rows-{worker}"), activator, move |chunk: Chunk| {
+                write_rows(&warehouse, &rows_target, chunk.epoch, &chunk.rows, chunk.last);
+                chunk.last.then_some(chunk.epoch)
+            });
+            // Epochs not complete yet: rows not yet handed to the writer,
+            // and the capability held for the epoch meanwhile.
+            let mut filling: BTreeMap<u64, (Capability<u64>, Vec<Output>)> = BTreeMap::new();
+            // Epochs whose last rows are handed to the writer, oldest first,
+            // each held until its rows are in ClickHouse.
             let mut writing = VecDeque::new();
             move |(input, frontier), output| {
                 let port = output.output_index();
-                input.for_each(|cap, data| pending.first(&cap, port, data));
-                for (epoch, batch) in pending.complete(&[frontier]) {
-                    writer.hand_over((epoch, batch.first));
-                    writing.push_back(batch.capability);
+                input.for_each(|capability, data| {
+                    let Some(&epoch) = capability.least() else { return };
+                    let (_, rows) =
+                        filling.entry(epoch).or_insert_with(|| (capability.delayed(&epoch, port), Vec::new()));
+                    rows.append(data);
+                    if rows.len() >= rows_per_insert {
+                        let rows = std::mem::take(rows);
+                        writer.hand_over(Chunk { epoch, rows, last: false });
+                    }
+                });
+                while let Some(entry) = filling.first_entry()
+                    && !frontier.less_equal(entry.key())
+                {
+                    let (epoch, (capability, rows)) = entry.remove_entry();
+                    writer.hand_over(Chunk { epoch, rows, last: true });
+                    writing.push_back(capability);
                 }
-                for epoch in writer.done() {
+                for epoch in writer.done().into_iter().flatten() {
                     let capability = writing.pop_front().expect("the writer writes only epochs handed to it");
                     assert_eq!(*capability.time(), epoch, "the writer writes epochs in the order handed to it");
                     output.session(&capability).give(());
@@ -488,11 +518,12 @@ fn remember_acks(acks: Vec<ShardAck>, latest: &mut [Option<ShardAck>]) {
     }
 }
 
-/// Writes `epoch`'s rows of one worker, one insert per table. Each table's
-/// rows are encoded straight from the epoch's output as the insert sends
-/// them: gathered first, an epoch's breakdown rows took a vector of ten
-/// megabytes, on pages the kernel zeroed afresh each time.
-fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Output]) {
+/// Writes rows of one worker's `epoch`, one insert per table; `last` when
+/// they are the epoch's last. Each table's rows are encoded straight from
+/// the epoch's output as the insert sends them: gathered first, an epoch's
+/// breakdown rows took a vector of ten megabytes, on pages the kernel
+/// zeroed afresh each time.
+fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Output], last: bool) {
     let version = target.versions.of(epoch);
     let prices = &target.prices;
     let (mut breakdowns, mut totals, mut rejections) = (0, 0, 0);
@@ -522,8 +553,10 @@ fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Outpu
         _ => None,
     });
     timed_insert::<RejectedEvent>(warehouse, target, "rejected_events", rejections, rejection_rows);
-    tracing::debug!(epoch, breakdowns, totals, rejections, "epoch written");
-    fault::point(Fault::AfterSinkWrite);
+    tracing::debug!(epoch, breakdowns, totals, rejections, last, "rows written");
+    if last {
+        fault::point(Fault::AfterSinkWrite);
+    }
 }
 
 /// Inserts the `count` rows `rows` yields into `table`, timed.

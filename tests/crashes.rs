@@ -1,7 +1,7 @@
 //! Exactly once across crashes, on the real broker and ClickHouse: `tally run`
 //! killed with SIGKILL at random moments and aborted at every fault point of
-//! the commit protocol, restarted each time under a varying worker count,
-//! then drained; the broker restarted and ClickHouse away mid-run; an S3
+//! the commit protocol, restarted each time under a varying worker count and
+//! insert size, then drained; the broker restarted and ClickHouse away mid-run; an S3
 //! checkpoint store that stalls. ClickHouse `FINAL` equals the oracle exactly.
 //!
 //! The random moments come from a seed printed by each test; set
@@ -66,6 +66,8 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
 
     // Checkpoints every epoch, every third or every fourth.
     let epoch_intervals = ["100ms", "40ms", "25ms"];
+    // An epoch's rows in many inserts, in a few, or in one per table.
+    let rows_per_insert = ["30", "500", "131072"];
     for kill in 0..random_kills {
         let workers = rng.random_range(1..=3u32).to_string();
         let log = scratch.log(&format!("kill-{kill}"));
@@ -74,6 +76,7 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
                 .tally(&["run", "--workers", &workers])
                 .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
                 .env("TALLY_CHECKPOINT_EPOCH_INTERVAL", epoch_intervals[kill % epoch_intervals.len()])
+                .env("TALLY_CLICKHOUSE_ROWS_PER_INSERT", rows_per_insert[rng.random_range(0..rows_per_insert.len())])
                 .stderr(log.stdio())
                 .spawn()
                 .unwrap(),
@@ -95,6 +98,7 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
             .env("TALLY_FAULT", name)
             .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
             .env("TALLY_CHECKPOINT_EPOCH_INTERVAL", epoch_intervals[index % epoch_intervals.len()])
+            .env("TALLY_CLICKHOUSE_ROWS_PER_INSERT", rows_per_insert[index % rows_per_insert.len()])
             .stderr(log.stdio())
             .spawn()
             .unwrap();

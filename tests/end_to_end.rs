@@ -1,6 +1,6 @@
 //! `tally run --drain` on the real broker and ClickHouse: a generated workload
 //! with every kind of trouble, read back with FINAL, equals the oracle to the
-//! last digit, with one worker and with two.
+//! last digit, with one worker and with two, and in small inserts.
 
 mod support;
 
@@ -12,25 +12,44 @@ fn workload(seed: u64) -> Workload {
     Workload { seed, events: 20_000, fleet: 400, accounts: 30, partitions: 4, ..Workload::default() }
 }
 
-fn drain_equals_the_oracle(name: &str, workers: &str) {
+/// Drains a generated workload with `tally run --drain` and `flags`, checks
+/// ClickHouse against the oracle, and returns the run's log: JSON lines, the
+/// sink's at debug level.
+fn drain_equals_the_oracle(name: &str, flags: &[&str]) -> String {
     let scratch = Scratch::new(name);
     let workload = workload(7);
     let messages = scratch.produce(workload.partitions, Generator::new(workload.clone()).collect());
     scratch.run_ok(&["migrate"]);
-    scratch.run_ok(&["run", "--drain", "--workers", workers]);
+    let run = scratch
+        .tally(&[&["run", "--drain"], flags].concat())
+        .env("TALLY_LOG", "warn,tally::sink=debug")
+        .env("TALLY_LOG_FORMAT", "json")
+        .output()
+        .expect("tally starts");
+    let log = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "tally run {flags:?} failed ({}):\n{log}", run.status);
     let expected = expected(workload.partitions, &messages);
     assert!(expected.rejections.len() > 20 && expected.breakdowns.len() > 1_000);
     scratch.tables().assert_same(&expected);
+    log
 }
 
 #[test]
 fn one_worker_drain_equals_the_oracle() {
-    drain_equals_the_oracle("one_worker", "1");
+    let log = drain_equals_the_oracle("one_worker", &["--workers", "1"]);
+    assert!(!log.contains(r#""last":false"#), "an epoch's rows in one insert per table:\n{log}");
 }
 
 #[test]
 fn two_worker_drain_equals_the_oracle() {
-    drain_equals_the_oracle("two_workers", "2");
+    drain_equals_the_oracle("two_workers", &["--workers", "2"]);
+}
+
+/// An epoch's rows in inserts of a hundred, written as they are made.
+#[test]
+fn a_drain_in_small_inserts_equals_the_oracle() {
+    let log = drain_equals_the_oracle("small_inserts", &["--workers", "2", "--clickhouse-rows-per-insert", "100"]);
+    assert!(log.contains(r#""last":false"#), "an epoch's rows in several inserts:\n{log}");
 }
 
 #[test]
