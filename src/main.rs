@@ -139,6 +139,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config, cluster, drain } => {
             let mode = if drain { Mode::Drain } else { Mode::Live };
             tally::fault::arm_from_environment().map_err(anyhow::Error::msg)?;
+            allocator::trim_glibc_heap();
             tally::run::run(config.load()?, &cluster, mode)
         }
         Command::Migrate { config } => {
