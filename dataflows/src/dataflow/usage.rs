@@ -82,8 +82,7 @@ pub(crate) fn usage<'scope>(
         // flight is needed before the next one can be taken.
         let mut ready = VecDeque::new();
         let mut working: Option<Working> = None;
-        let Start { mut resources, mut progress, stale, mut rated_with } = start;
-        let mut stale = Some(stale);
+        let Start { mut resources, mut progress, mut stale, mut rated_with } = start;
         move |(events, events_frontier), (new_progress, progress_frontier), output| {
             let port = output.output_index();
             events.for_each(|cap, data| pending.first(&cap, port, data));
@@ -102,11 +101,10 @@ pub(crate) fn usage<'scope>(
                             Due::Wait => return,
                             Due::Nothing => {}
                         }
-                        let (time, epoch) = ready.pop_front().expect("an epoch is ready");
-                        let emitted_prices = rated_with.take().unwrap_or_else(|| Arc::clone(&prices));
-                        let stale = stale.take().unwrap_or_default();
-                        let emitted = (progress, emitted_prices);
-                        working.insert(Working::begin(time, epoch, &mut resources, emitted, &prices, stale))
+                        let (_, epoch) = ready.pop_front().expect("an epoch is ready");
+                        let emitted = (progress, rated_with.take().unwrap_or_else(|| Arc::clone(&prices)));
+                        let stale = std::mem::take(&mut stale);
+                        working.insert(Working::begin(epoch, &mut resources, emitted, &prices, stale))
                     }
                 };
                 let walked = work.walk(&resources, &prices, rows_per_step);
@@ -119,10 +117,9 @@ pub(crate) fn usage<'scope>(
                     return;
                 }
                 let work = working.take().expect("an epoch is being worked");
-                let time = work.time;
                 let (capability, last) = work.finish(&mut resources, &prices, &mut progress);
                 output.session(&capability).give_iterator(last.into_iter());
-                snapshots.worked(time);
+                snapshots.worked(*capability.time());
             }
             if let Due::Now(checkpoint) = snapshots.due_after(&[events_frontier, progress_frontier]) {
                 encoder.hand_over((checkpoint, resources.clone()));
@@ -163,7 +160,6 @@ fn release_room(resources: &mut Resources) {
 /// while the walk goes on (the events are in before it, windows fold after
 /// it), so the map's order holds and the walk resumes where it stopped.
 struct Working {
-    time: u64,
     capability: Capability<u64>,
     previous: Progress,
     next: Progress,
@@ -188,7 +184,6 @@ impl Working {
     /// Inserts `epoch`'s events, from `previous` progress with rows rated with
     /// `emitted_prices`, and plans the walk.
     fn begin(
-        time: u64,
         epoch: Epoch<Event, Progress>,
         resources: &mut Resources,
         (previous, emitted_prices): (Progress, Arc<PriceList>),
@@ -211,18 +206,7 @@ impl Working {
         let (walked, rest) = if walk_all { (Some(0), Vec::new()) } else { (None, touched.drain().collect()) };
         let stale = stale.into_iter().collect();
         let capability = epoch.capability;
-        Working {
-            time,
-            capability,
-            previous,
-            next,
-            emitted_prices,
-            walked,
-            touched,
-            rest,
-            stale,
-            out: EpochOut::default(),
-        }
+        Working { capability, previous, next, emitted_prices, walked, touched, rest, stale, out: EpochOut::default() }
     }
 
     /// Refreshes resources until `rows_per_step` rows are queued or every
