@@ -17,7 +17,7 @@ use tally_dataflows::event::{Event, ResourceKey};
 use tally_dataflows::fixed::Amount;
 use tally_dataflows::identity::Fingerprint;
 use tally_dataflows::intern::Interner;
-use tally_dataflows::lifecycle::{Emitted, Resource};
+use tally_dataflows::lifecycle::{Emitted, Resource, Windows};
 use tally_dataflows::oracle;
 use tally_dataflows::prices::{PriceList, SkuKind};
 use tally_dataflows::rows::BreakdownRow;
@@ -91,7 +91,7 @@ fn lifecycle(c: &mut Criterion) {
                     for event in history {
                         from = from.min(resource.insert(event));
                     }
-                    let nothing_yet = Emitted { resource: &Resource::default(), accrued_to: None, prices: &prices };
+                    let nothing_yet = Emitted { windows: Windows::default(), prices: &prices };
                     let changes =
                         resource.refresh(&key, nothing_yet, (from, end), Some(end), &prices).expect("no overflow");
                     rows += changes.len();

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tally::workload::{Generator, Workload};
 use tally_dataflows::decode::decode;
 use tally_dataflows::intern::Interner;
-use tally_dataflows::lifecycle::{Emitted, Resource, Resources, Stored};
+use tally_dataflows::lifecycle::{Emitted, Resources, Stored, Windows};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::window_start;
@@ -73,9 +73,8 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
     // the windows a watermark there makes final folded away.
     let until = latest_from + 1;
     let mut rows = 0;
-    let nothing_yet = Resource::default();
     for (key, from) in dirty {
-        let emitted = Emitted { resource: &nothing_yet, accrued_to: None, prices };
+        let emitted = Emitted { windows: Windows::default(), prices };
         let changes = resources[&key].refresh(&key, emitted, (from, until), Some(until), prices);
         rows += changes.map_or(0, |changes| changes.len());
     }

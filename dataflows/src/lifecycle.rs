@@ -9,9 +9,9 @@
 //! and the accrual point, never on the order the events arrived in.
 //!
 //! The rows last emitted are not kept: they are recomputed too, from the
-//! resource as it was when they were emitted ([`Emitted`]). Kept, they were
-//! more than half of a running resource's memory and of its checkpoint, and
-//! every accrual move rewrote them, so that a resource shared with a
+//! resource before the events since ([`Windows`], [`Emitted`]). Kept, they
+//! were more than half of a running resource's memory and of its checkpoint,
+//! and every accrual move rewrote them, so that a resource shared with a
 //! snapshot being encoded was copied only to update its rows.
 //!
 //! A counter adds to its own window and nothing else, so its amounts need
@@ -89,16 +89,21 @@ impl Counted {
     }
 }
 
-/// What a resource's rows were last emitted from: the resource as it was
-/// then, the accrual point and the price list then. Its rows are the rows
-/// emitted, since every epoch emits each row its changes can have changed.
-#[derive(Clone, Copy, Debug)]
+/// What a run of a resource's windows read at one time: from the window
+/// of its first time on, each window's usage per SKU and metadata. Read
+/// before an epoch's events go in, they are the rows last emitted, since
+/// every epoch emits each row its changes can have changed.
+#[derive(Clone, Debug, Default)]
+pub struct Windows(Vec<(WindowUsage, Arc<Meta>)>);
+
+/// The rows last emitted: the windows they were read from and the prices
+/// they were rated with (a restore may run with another list).
+#[derive(Clone, Debug)]
 pub struct Emitted<'a> {
-    /// The resource, before the events since.
-    pub resource: &'a Resource,
-    /// The accrual point then.
-    pub accrued_to: Option<Millis>,
-    /// The prices then (a restore may run with another list).
+    /// The windows as emitted, from the first one refreshed on; none
+    /// when nothing was.
+    pub windows: Windows,
+    /// The prices then.
     pub prices: &'a PriceList,
 }
 
@@ -145,20 +150,32 @@ impl Resource {
     /// a gauge event the segment it closes, back to the previous gauge event
     /// (`Millis::MIN` when that segment starts in the folded past).
     pub fn insert(&mut self, event: Event) -> Millis {
-        let time = event.order.time;
+        let earliest = self.earliest_change(&event);
         let meta = self.shared_meta(event.meta);
         if !event.kind.is_gauge() {
             self.count(event.order, &event.quantities, meta);
-            return time - 1;
+            return earliest;
         }
-        let earliest = match self.events.below(&event.order).last() {
-            Some((order, _)) => (time - 1).min(order.time),
-            None if self.base.is_empty() => time - 1,
-            None => Millis::MIN,
-        };
         let entry = Entry { kind: event.kind, quantities: event.quantities, meta };
         self.events.insert(event.order, entry);
         earliest
+    }
+
+    /// The earliest time whose rows inserting `event` can change, as
+    /// [`Resource::insert`] returns it, without inserting it. For several
+    /// events, the least of theirs on the resource without any of them is
+    /// at or before what inserting them one by one returns: each one's
+    /// gauge event before it can only be later with the others in.
+    pub fn earliest_change(&self, event: &Event) -> Millis {
+        let time = event.order.time;
+        if !event.kind.is_gauge() {
+            return time - 1;
+        }
+        match self.events.below(&event.order).last() {
+            Some((order, _)) => (time - 1).min(order.time),
+            None if self.base.is_empty() => time - 1,
+            None => Millis::MIN,
+        }
     }
 
     /// Adds a counter event to its window.
@@ -235,8 +252,9 @@ impl Resource {
     ) -> Result<Vec<RowChange>, Overflow> {
         let mut changes = Vec::new();
         let mut start = window_start(from);
+        let mut old_windows = emitted.windows.0.into_iter();
         while start <= through {
-            let (old, old_meta) = emitted.resource.window(start, emitted.accrued_to)?;
+            let (old, old_meta) = old_windows.next().unwrap_or_default();
             let (new, meta) = self.window(start, accrued_to)?;
             for (sku, old_usage, new_usage) in side_by_side(old, new) {
                 let old = ((old_usage, &old_meta), emitted.prices);
@@ -247,6 +265,18 @@ impl Resource {
             start += HOUR;
         }
         Ok(changes)
+    }
+
+    /// The windows starting in `from..=through`, accrued to `accrued_to`, as
+    /// they read now.
+    pub fn windows(&self, (from, through): (Millis, Millis), accrued_to: Option<Millis>) -> Result<Windows, Overflow> {
+        let mut windows = Vec::new();
+        let mut start = window_start(from);
+        while start <= through {
+            windows.push(self.window(start, accrued_to)?);
+            start += HOUR;
+        }
+        Ok(Windows(windows))
     }
 
     /// The row for `key` (one of this resource's) as now, accrued to
@@ -276,9 +306,19 @@ impl Resource {
     /// (those windows are final), nor before the resource's first event when it
     /// has no folded past. `None` when the resource is empty.
     pub fn clamp_from(&self, from: Millis, final_before: Option<Millis>) -> Option<Millis> {
+        self.clamp_from_first(from, final_before, self.first_event_time())
+    }
+
+    /// [`Resource::clamp_from`], the resource's first event at `first`.
+    pub fn clamp_from_first(
+        &self,
+        from: Millis,
+        final_before: Option<Millis>,
+        first: Option<Millis>,
+    ) -> Option<Millis> {
         let floor = match final_before {
             Some(boundary) if self.has_folded_past() => boundary,
-            _ => window_start(self.first_event_time()?),
+            _ => window_start(first?),
         };
         Some(from.max(floor))
     }

@@ -107,7 +107,7 @@ pub(crate) fn usage<'scope>(
                         working.insert(Working::begin(epoch, &mut resources, emitted, &prices, stale))
                     }
                 };
-                let walked = work.walk(&resources, &prices, rows_per_step);
+                let walked = work.walk(&mut resources, &prices, rows_per_step);
                 let step = work.step_out();
                 output.session(&work.capability).give_iterator(step.into_iter());
                 if !walked {
@@ -150,15 +150,22 @@ fn release_room(resources: &mut Resources) {
     }
 }
 
-/// An epoch being worked: its events are in, and its rows leave a step at a
-/// time. When accrual moves (or the price list changed), every running
-/// resource's open rows change at once: a million rows and more, which,
-/// all made before any left, were most of a worker's peak memory. A step
-/// refreshes resources until about `rows_per_step` rows are queued, and
-/// the stage yields after each, so that those rows are on their way to
-/// ClickHouse before the next step makes more. The resources do not change
-/// while the walk goes on (the events are in before it, windows fold after
-/// it), so the map's order holds and the walk resumes where it stopped.
+/// An epoch being worked: its rows leave a step at a time. When accrual
+/// moves (or the price list changed), every running resource's open rows
+/// change at once: a million rows and more, which, all made before any
+/// left, were most of a worker's peak memory. A step refreshes resources
+/// until about `rows_per_step` rows are queued, and the stage yields after
+/// each, so that those rows are on their way to ClickHouse before the next
+/// step makes more.
+///
+/// A resource's events go in when the walk reaches it, after its windows
+/// were read as the rows last emitted. Inserted all at once beforehand,
+/// each resource they changed had to be kept as it was until the walk
+/// reached it: a copy of every resource an epoch touched, made and freed
+/// again in every epoch. The map's keys are all in before the walk
+/// (a new resource's entry is made, empty, when the epoch begins) and
+/// windows fold after it, so the map's order holds while the walk goes on
+/// and it resumes where it stopped.
 struct Working {
     capability: Capability<u64>,
     previous: Progress,
@@ -167,22 +174,19 @@ struct Working {
     emitted_prices: Arc<PriceList>,
     /// When every resource is walked, how many have been.
     walked: Option<usize>,
-    /// Each resource the epoch's events changed and the walk has not
-    /// refreshed, with the earliest time they change and the resource as it
-    /// was before them: its rows are the rows last emitted. Holding it on
-    /// makes the first insert copy it.
-    touched: foldhash::HashMap<ResourceKey, (Millis, Arc<Resource>)>,
+    /// The epoch's events of each resource the walk has not reached.
+    touched: foldhash::HashMap<ResourceKey, Vec<Event>>,
     /// The same, once the walk over every resource is done or when there
     /// is none: refreshed last.
-    rest: Vec<(ResourceKey, (Millis, Arc<Resource>))>,
+    rest: Vec<(ResourceKey, Vec<Event>)>,
     /// Rows read stale at restore that the epoch has not written yet.
     stale: BTreeSet<BreakdownKey>,
     out: EpochOut,
 }
 
 impl Working {
-    /// Inserts `epoch`'s events, from `previous` progress with rows rated with
-    /// `emitted_prices`, and plans the walk.
+    /// Files `epoch`'s events by resource, from `previous` progress with rows
+    /// rated with `emitted_prices`, and plans the walk.
     fn begin(
         epoch: Epoch<Event, Progress>,
         resources: &mut Resources,
@@ -191,13 +195,11 @@ impl Working {
         stale: Vec<BreakdownKey>,
     ) -> Working {
         let next = epoch.second.last().copied().unwrap_or(previous);
-        let mut touched: foldhash::HashMap<ResourceKey, (Millis, Arc<Resource>)> = foldhash::HashMap::default();
+        let mut touched: foldhash::HashMap<ResourceKey, Vec<Event>> = foldhash::HashMap::default();
         for mut event in epoch.first {
             let key = std::mem::take(&mut event.resource);
-            let held = resources.entry(key.clone()).or_default();
-            let (earliest, _) = touched.entry(key).or_insert_with(|| (Millis::MAX, Arc::clone(held)));
-            let from = Arc::make_mut(held).insert(event);
-            *earliest = (*earliest).min(from);
+            resources.entry(key.clone()).or_default();
+            touched.entry(key).or_default().push(event);
         }
         // Accrual moved: every running resource's open rows change; prices
         // changed: every open row may. Otherwise only the resources the
@@ -211,40 +213,28 @@ impl Working {
 
     /// Refreshes resources until `rows_per_step` rows are queued or every
     /// resource the epoch changes has been; true in the second case.
-    fn walk(&mut self, resources: &Resources, prices: &Arc<PriceList>, rows_per_step: usize) -> bool {
+    fn walk(&mut self, resources: &mut Resources, prices: &Arc<PriceList>, rows_per_step: usize) -> bool {
         let Working { previous, next, emitted_prices, walked, touched, rest, out, .. } = self;
         let step = Step { previous, next, emitted_prices, prices };
         if let Some(walked_so_far) = walked {
-            let accrual_moved = next.accrued_to > previous.accrued_to;
-            let rerate = !Arc::ptr_eq(emitted_prices, prices);
-            let accrual_from = previous.accrued_to.unwrap_or(Millis::MIN);
-            // Walk the resources in place rather than listing their keys;
-            // an untouched resource's rows were emitted from it as it is.
-            for (key, resource) in resources.iter().skip(*walked_so_far) {
+            // Walk the resources in place rather than listing their keys.
+            for (key, resource) in resources.iter_mut().skip(*walked_so_far) {
                 if out.items.len() >= rows_per_step {
                     return false;
                 }
                 *walked_so_far += 1;
-                let touched = touched.remove(key);
-                let (events_from, before) = match &touched {
-                    Some((from, before)) => (Some(*from), &**before),
-                    None => (None, &**resource),
-                };
-                let accrued_from = (accrual_moved && resource.is_running()).then_some(accrual_from);
-                let open_from = rerate.then_some(Millis::MIN);
-                if let Some(from) = [events_from, accrued_from, open_from].into_iter().flatten().min() {
-                    refresh(key, resource, before, from, &step, out);
-                }
+                let events = touched.remove(key).unwrap_or_default();
+                refresh(key, resource, events, &step, out);
             }
             *walked = None;
             rest.extend(touched.drain());
         }
         while out.items.len() < rows_per_step {
-            let Some((key, (from, before))) = rest.pop() else {
+            let Some((key, events)) = rest.pop() else {
                 return true;
             };
-            let resource = resources.get(&key).expect("touched resources exist");
-            refresh(&key, resource, &before, from, &step, out);
+            let resource = resources.get_mut(&key).expect("an epoch's resources are in the map from its start");
+            refresh(&key, resource, events, &step, out);
         }
         rest.is_empty()
     }
@@ -294,15 +284,8 @@ impl Working {
 struct Step<'a> {
     previous: &'a Progress,
     next: &'a Progress,
-    emitted_prices: &'a PriceList,
-    prices: &'a PriceList,
-}
-
-impl<'a> Step<'a> {
-    /// What the rows of `resource`, as the epoch found it, were emitted from.
-    fn emitted(&self, resource: &'a Resource) -> Emitted<'a> {
-        Emitted { resource, accrued_to: self.previous.accrued_to, prices: self.emitted_prices }
-    }
+    emitted_prices: &'a Arc<PriceList>,
+    prices: &'a Arc<PriceList>,
 }
 
 /// Queues the current value of each stale row: its resource's row as of
@@ -324,29 +307,29 @@ fn rewrite_stale(
     }));
 }
 
-/// Recomputes one resource's rows from `from` on, after `previous` and up to
-/// `next` progress, and queues those that differ from the rows emitted
-/// from `before`, the resource as the epoch found it.
-fn refresh<'a>(
-    key: &ResourceKey,
-    resource: &Resource,
-    before: &'a Resource,
-    from: Millis,
-    step: &Step<'a>,
-    out: &mut EpochOut,
-) {
-    let Step { previous, next, prices, .. } = step;
-    let Some(from) = resource.clamp_from(from, previous.final_before) else {
+/// Inserts the epoch's `events` into one resource and recomputes the rows
+/// they, the accrual move and a change of prices can have changed: from the
+/// earliest of those on, after `previous` and up to `next` progress. Queues
+/// those that differ from the rows emitted, read from the resource before
+/// its events go in.
+fn refresh(key: &ResourceKey, resource: &mut Arc<Resource>, events: Vec<Event>, step: &Step<'_>, out: &mut EpochOut) {
+    let Step { previous, next, emitted_prices, prices } = step;
+    let range = rows_to_refresh(resource, &events, step);
+    let emitted = range.map(|range| resource.windows(range, previous.accrued_to));
+    if !events.is_empty() {
+        let resource = Arc::make_mut(resource);
+        for event in events {
+            resource.insert(event);
+        }
+    }
+    let (Some(range), Some(emitted)) = (range, emitted) else {
         return;
     };
-    let through = next
-        .accrued_to
-        .map(|a| window_start(a - 1))
-        .into_iter()
-        .chain(resource.last_event_time().map(window_start))
-        .max()
-        .unwrap_or(from);
-    match resource.refresh(key, step.emitted(before), (from, through), next.accrued_to, prices) {
+    let changes = emitted.and_then(|windows| {
+        let emitted = Emitted { windows, prices: emitted_prices };
+        resource.refresh(key, emitted, range, next.accrued_to, prices)
+    });
+    match changes {
         Ok(changes) => {
             for change in changes {
                 out.change(change);
@@ -354,6 +337,28 @@ fn refresh<'a>(
         }
         Err(overflow) => out.items.push(UsageOut::Overflow(overflow)),
     }
+}
+
+/// The windows whose rows `events`, the accrual move and a change of prices
+/// can change, first and last, on `resource` before `events` go in; `None`
+/// when none can.
+fn rows_to_refresh(resource: &Resource, events: &[Event], step: &Step<'_>) -> Option<(Millis, Millis)> {
+    let Step { previous, next, emitted_prices, prices } = step;
+    let events_from = events.iter().map(|event| resource.earliest_change(event)).min();
+    // Running before the events: a resource they start runs from one of
+    // them on, which their own earliest change already covers.
+    let running = resource.is_running();
+    let accrued_from =
+        (next.accrued_to > previous.accrued_to && running).then(|| previous.accrued_to.unwrap_or(Millis::MIN));
+    let open_from = (!Arc::ptr_eq(emitted_prices, prices)).then_some(Millis::MIN);
+    let from = [events_from, accrued_from, open_from].into_iter().flatten().min()?;
+    let times = events.iter().map(|event| event.order.time);
+    let first = resource.first_event_time().into_iter().chain(times.clone()).min();
+    let last = resource.last_event_time().into_iter().chain(times).max();
+    let from = resource.clamp_from_first(from, previous.final_before, first)?;
+    let accrued_through = next.accrued_to.map(|accrued_to| window_start(accrued_to - 1));
+    let through = accrued_through.into_iter().chain(last.map(window_start)).max().unwrap_or(from);
+    Some((from, through))
 }
 
 /// What one epoch emits: rows and overflows a step at a time, deltas summed

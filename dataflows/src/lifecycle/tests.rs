@@ -40,7 +40,7 @@ impl LastEmitted {
         accrued_to: Option<Millis>,
         prices: &PriceList,
     ) -> Vec<RowChange> {
-        let emitted = Emitted { resource: &self.0, accrued_to: self.1, prices };
+        let emitted = Emitted { windows: self.0.windows((from, through), self.1).unwrap(), prices };
         let changes = resource.refresh(&key(), emitted, (from, through), accrued_to, prices).unwrap();
         *self = LastEmitted(resource.clone(), accrued_to);
         changes
@@ -281,4 +281,37 @@ fn two_windows_are_read_side_by_side_by_sku() {
         side_by_side(old, new).map(|(sku, old, new)| (sku.0, old.scaled(), new.scaled())).collect();
     assert_eq!(read, [(0, 0, 5), (1, 10, 0), (3, 30, 31), (4, 0, 40)]);
     assert_eq!(side_by_side(Vec::new(), Vec::new()).count(), 0);
+}
+
+proptest::proptest! {
+    /// What the usage stage relies on when it plans a resource's refresh
+    /// before the epoch's events go in: the least earliest change of the
+    /// events, each on the resource without any of them, is at or before
+    /// the least that inserting them one by one returns.
+    #[test]
+    fn the_earliest_change_before_any_event_goes_in_covers_inserting_them_in_turn(
+        held in proptest::collection::vec((0i64..240, 0u8..4), 0..6),
+        arriving in proptest::collection::vec((0i64..240, 0u8..4), 1..6),
+    ) {
+        let prices = prices();
+        let kinds = [EventKind::Started, EventKind::Resized, EventKind::Stopped, EventKind::Recorded];
+        let event_at = |n: usize, (minutes, kind): (i64, u8)| {
+            let kind = kinds[usize::from(kind)];
+            let mut event = event(&prices, &format!("{n}"), "2026-11-23T08:00:00Z", kind, None);
+            event.order.time += minutes * 60_000;
+            if kind != EventKind::Stopped {
+                let sku = if kind == EventKind::Recorded { "network.egress_gib" } else { "compute.vcpu" };
+                event.quantities = vec![(prices.lookup(sku).unwrap().0, Quantity::parse("2").unwrap())];
+            }
+            event
+        };
+        let mut resource = Resource::default();
+        for (n, held) in held.into_iter().enumerate() {
+            resource.insert(event_at(n, held));
+        }
+        let arriving: Vec<Event> = arriving.into_iter().enumerate().map(|(n, e)| event_at(100 + n, e)).collect();
+        let planned = arriving.iter().map(|event| resource.earliest_change(event)).min().unwrap();
+        let inserted = arriving.into_iter().map(|event| resource.insert(event)).min().unwrap();
+        proptest::prop_assert!(planned <= inserted, "planned {planned}, inserting returned {inserted}");
+    }
 }
