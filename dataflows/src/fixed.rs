@@ -61,35 +61,38 @@ impl Quantity {
     /// Checks run in a fixed order (syntax, sign, precision, range) so that a
     /// string breaking several rules always gets the same reason.
     pub fn parse(text: &str) -> Result<Quantity, QuantityError> {
-        let (negative, unsigned) = match text.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, text),
+        // Over bytes, in machine integers: most events carry two or three
+        // quantities, and splitting with the string helpers and summing
+        // digit by digit in an `i128` took about 290 instructions each.
+        let bytes = text.as_bytes();
+        let (negative, unsigned) = match bytes {
+            [b'-', rest @ ..] => (true, rest),
+            _ => (false, bytes),
         };
-        let (whole, fraction) = match unsigned.split_once('.') {
-            Some((whole, fraction)) => (whole, Some(fraction)),
+        let (whole, fraction) = match unsigned.iter().position(|&b| b == b'.') {
+            Some(dot) => (&unsigned[..dot], Some(&unsigned[dot + 1..])),
             None => (unsigned, None),
         };
-        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let all_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
         if !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
             return Err(QuantityError::Syntax);
         }
-        let fraction = fraction.unwrap_or("");
-        let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+        let fraction = fraction.unwrap_or_default();
+        let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
         if negative && (nonzero(whole) || nonzero(fraction)) {
             return Err(QuantityError::Negative);
         }
         if fraction.len() > QUANTITY_SCALE as usize {
             return Err(QuantityError::Precision);
         }
-        let significant = whole.trim_start_matches('0');
+        let significant = &whole[whole.iter().position(|&b| b != b'0').unwrap_or(whole.len())..];
         if significant.len() > 12 {
             return Err(QuantityError::OutOfRange);
         }
-        let mut nanos: i128 = 0;
-        for digit in significant.bytes().chain(fraction.bytes()) {
-            nanos = nanos * 10 + i128::from(digit - b'0');
-        }
-        nanos *= 10i128.pow(QUANTITY_SCALE - fraction.len() as u32);
+        // At most 12 and 9 digits: each fits a `u64`, the whole in nanos an `i128`.
+        let value = |digits: &[u8]| digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        let fraction_nanos = value(fraction) * 10u64.pow(QUANTITY_SCALE - fraction.len() as u32);
+        let nanos = i128::from(value(significant)) * 10i128.pow(QUANTITY_SCALE) + i128::from(fraction_nanos);
         Quantity::from_nanos(nanos).ok_or(QuantityError::OutOfRange)
     }
 }
@@ -181,11 +184,13 @@ mod tests {
         assert_eq!(Quantity::parse("007.5").unwrap().nanos(), 7_500_000_000);
         assert_eq!(Quantity::parse("-0").unwrap(), Quantity::ZERO);
         assert_eq!(Quantity::parse("999999999999.999999999").unwrap().nanos(), 999_999_999_999_999_999_999);
+        assert_eq!(Quantity::parse("0000000000000000000000012.250").unwrap().nanos(), 12_250_000_000);
+        assert_eq!(Quantity::parse("-0.000").unwrap(), Quantity::ZERO);
     }
 
     #[test]
     fn refuses_with_the_first_broken_rule() {
-        for bad in ["", "-", ".5", "5.", "1e3", "+1", " 1", "1,5", "0x10", "١"] {
+        for bad in ["", "-", ".5", "5.", "1e3", "+1", " 1", "1,5", "0x10", "١", "1.2.3", "--1", "-.0"] {
             assert_eq!(Quantity::parse(bad), Err(QuantityError::Syntax), "{bad:?}");
         }
         assert_eq!(Quantity::parse("-1"), Err(QuantityError::Negative));
