@@ -386,10 +386,11 @@ pub fn write<'scope>(
                     let acknowledged = !batch.first.is_empty();
                     let commit = acknowledged && (cadence.is_checkpoint(epoch) || last == Some(epoch));
                     if !commit {
-                        remember_acks(batch.first, &mut latest);
+                        remember_acks(batch.first.into_iter().collect(), &mut latest);
                     } else if let Some(writer) = &writer {
                         let started = Instant::now();
-                        let manifest = manifest(&target, epoch, batch.first, &mut latest, &restored_offsets);
+                        let acks = batch.first.into_iter().collect();
+                        let manifest = manifest(&target, epoch, acks, &mut latest, &restored_offsets);
                         checkpoint::commit_manifest(&store, &manifest);
                         fault::point(Fault::AfterManifest);
                         write_progress(writer, &target, epoch, progress);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 
-use super::pending::Pending;
+use super::pending::{Batches, Pending};
 use super::snapshots::stateful;
 use crate::checkpoint::{DedupPart, Part, Pieces, Record, Recorded, Recorder, RestoredSeen, SegmentId, pieces};
 use crate::event::{Event, Reason};
@@ -278,12 +278,17 @@ pub(crate) fn dedup<'scope>(
 /// An epoch's candidates on time first, each part in `(partition, offset)`
 /// order. Their keys are sorted rather than the candidates themselves,
 /// which are large: sorting moved each a dozen times or more.
-fn in_dedup_order(candidates: Vec<Candidate>) -> impl Iterator<Item = Candidate> {
-    let mut order: Vec<_> =
-        candidates.iter().enumerate().map(|(index, c)| (c.late.is_some(), c.partition, c.offset, index)).collect();
+fn in_dedup_order(candidates: Batches<Candidate>) -> impl Iterator<Item = Candidate> {
+    let mut order: Vec<_> = (candidates.batches().iter().enumerate())
+        .flat_map(|(batch, candidates)| {
+            let at = move |(index, c): (usize, &Candidate)| (c.late.is_some(), c.partition, c.offset, batch, index);
+            candidates.iter().enumerate().map(at)
+        })
+        .collect();
     order.sort_unstable();
-    let mut candidates: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
-    order.into_iter().map(move |(.., index)| candidates[index].take().expect("each index once"))
+    let mut candidates: Vec<Vec<Option<Candidate>>> =
+        candidates.into_batches().into_iter().map(|batch| batch.into_iter().map(Some).collect()).collect();
+    order.into_iter().map(move |(.., batch, index)| candidates[batch][index].take().expect("each candidate once"))
 }
 
 #[cfg(test)]
@@ -348,7 +353,9 @@ mod tests {
         };
         let arrived =
             [(1, 7, false), (0, 9, true), (0, 3, false), (1, 2, false), (0, 1, true), (0, 5, false), (1, 4, true)];
-        let ordered: Vec<_> = in_dedup_order(arrived.iter().map(|&(p, o, l)| candidate(p, o, l)).collect())
+        let mut earlier: Vec<_> = arrived.iter().map(|&(p, o, l)| candidate(p, o, l)).collect();
+        let later = earlier.split_off(3);
+        let ordered: Vec<_> = in_dedup_order(Batches::from(vec![earlier, later]))
             .map(|c| (c.partition, c.offset, c.late.is_some()))
             .collect();
         let expected =

@@ -63,14 +63,18 @@ pub fn judge<'scope>(
             let mut pending = Pending::<Arrived, Progress>::default();
             let Shared { mut clocks, mut progress } = restored;
             let mut interner = Interner::default();
-            let mut arrived = Vec::new();
             move |(source, source_frontier), (previous, previous_frontier), output| {
                 let port = output.output_index();
                 source.for_each(|cap, data| {
-                    arrived.extend(data.drain(..).map(|item| match item {
-                        SourceItem::Message(message) => Arrived::Message(Decoded::of(message, &prices, &mut interner)),
-                        SourceItem::Status { partition, state } => Arrived::Status { partition, state },
-                    }));
+                    let mut arrived = data
+                        .drain(..)
+                        .map(|item| match item {
+                            SourceItem::Message(message) => {
+                                Arrived::Message(Decoded::of(message, &prices, &mut interner))
+                            }
+                            SourceItem::Status { partition, state } => Arrived::Status { partition, state },
+                        })
+                        .collect();
                     pending.first(&cap, port, &mut arrived);
                 });
                 previous.for_each(|cap, data| pending.second(&cap, port, data));

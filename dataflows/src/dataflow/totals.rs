@@ -36,13 +36,14 @@ pub(crate) fn totals<'scope>(
             let port = output.output_index();
             deltas.for_each(|cap, data| pending.first(&cap, port, data));
             progress.for_each(|cap, data| pending.second(&cap, port, data));
-            for (time, mut epoch) in pending.complete(&[deltas_frontier, progress_frontier]) {
+            for (time, epoch) in pending.complete(&[deltas_frontier, progress_frontier]) {
                 snapshots.before(time, &mut Whole(&sums, sums.len()));
                 let mut session = output.session(&epoch.capability);
                 let mut written = BTreeSet::new();
                 let rewriting = !stale.is_empty();
-                epoch.first.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                let mut changes = epoch.first.into_iter().peekable();
+                let mut changes: Vec<_> = epoch.first.into_iter().collect();
+                changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                let mut changes = changes.into_iter().peekable();
                 while let Some((key, delta)) = changes.next() {
                     let mut sum = sums.get(&key).copied().unwrap_or_default();
                     let before = sum;
