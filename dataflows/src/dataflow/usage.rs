@@ -124,7 +124,7 @@ pub(crate) fn usage<'scope>(
                 let work = working.take().expect("an epoch is being worked");
                 let (capability, mut last) = work.finish(&mut resources, &prices, &mut progress);
                 output.session(&capability).give_iterator(last.drain(..));
-                if last.capacity() <= 2 * rows_per_step {
+                if last.capacity() <= rows_per_step.saturating_mul(2) {
                     queue = last;
                 }
                 snapshots.worked(*capability.time());
