@@ -219,6 +219,8 @@ fn validate(raw: RawEvent<'_>, prices: &PriceList, interner: &mut Interner) -> R
             quantities(pairs, kind, time, prices)?
         }
     };
+    // A resource keeps its gauge quantities; counters are summed at once.
+    let quantities = if kind.is_gauge() { interner.quantities(&quantities) } else { Arc::from(quantities) };
     let project_id = data.project_id.map_or(Cow::Borrowed(""), |Text(text)| text);
     let region = data.region.map_or(Cow::Borrowed(""), |Text(text)| text);
     let meta = interner.meta(&project_id, &region, |json| match data.labels {

@@ -111,6 +111,11 @@ impl EventOrder {
     }
 }
 
+/// SKU quantities, sorted by SKU and unique. Shared: a fleet's resources
+/// come in a few shapes, and a resource holds the gauge quantities of each
+/// event of its open windows and those in force before them.
+pub type Quantities = Arc<[(SkuId, Quantity)]>;
+
 /// A well-formed, validated lifecycle event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -121,7 +126,7 @@ pub struct Event {
     /// The resource it concerns.
     pub resource: ResourceKey,
     /// SKU quantities, sorted by SKU and unique; empty for `resource.stopped`.
-    pub quantities: Vec<(SkuId, Quantity)>,
+    pub quantities: Quantities,
     /// Project, region and labels, shared with copies of this event.
     pub meta: Arc<Meta>,
 }

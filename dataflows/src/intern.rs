@@ -1,5 +1,5 @@
 //! Values that many events repeat, held once per worker: sources, account
-//! ids and metadata (project, region, labels).
+//! ids, metadata (project, region, labels) and gauge quantities.
 //!
 //! An account has many resources and a resource many events, nearly all with
 //! the metadata of the one before. Decoding each into fresh strings cost
@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-use crate::event::Meta;
+use crate::event::{Meta, Quantities};
+use crate::fixed::Quantity;
+use crate::prices::SkuId;
 
 /// Distinct values a table holds before it lets go of some.
 const CAPACITY: usize = 1 << 16;
@@ -29,6 +31,7 @@ pub struct Interner {
     sources: Table<str>,
     accounts: Table<str>,
     metas: Table<Meta>,
+    shapes: Table<[(SkuId, Quantity)]>,
     /// Room for labels as JSON, reused from event to event.
     labels: Vec<u8>,
 }
@@ -43,6 +46,13 @@ impl Interner {
     /// The shared copy of `account`.
     pub fn account(&mut self, account: &str) -> Arc<str> {
         self.accounts.get(account, |held| held == account, || Arc::from(account))
+    }
+
+    /// The shared copy of gauge `quantities`: held for every event of a
+    /// resource's open windows, they were a hundred bytes each, and a
+    /// fleet has few shapes.
+    pub fn quantities(&mut self, quantities: &[(SkuId, Quantity)]) -> Quantities {
+        self.shapes.get(quantities, |held| held == quantities, || Arc::from(quantities))
     }
 
     /// The shared copy of the metadata made of these fields, the labels as
@@ -119,6 +129,10 @@ mod tests {
         let meta = interner.meta("prj", "eu", labels);
         assert!(Arc::ptr_eq(&meta, &interner.meta("prj", "eu", labels)));
         assert_eq!(*meta, Meta { project_id: "prj".into(), region: "eu".into(), labels: r#"{"team":"a"}"#.into() });
+        let one = [(SkuId(0), Quantity::from_nanos(1).unwrap())];
+        let quantities = interner.quantities(&one);
+        assert!(Arc::ptr_eq(&quantities, &interner.quantities(&one)));
+        assert!(!Arc::ptr_eq(&quantities, &interner.quantities(&[(SkuId(1), Quantity::from_nanos(1).unwrap())])));
         // Fields are told apart, not run together.
         let moved = interner.meta("pr", "jeu", labels);
         assert_eq!(moved.project_id, "pr");

@@ -28,7 +28,7 @@ use sorted::SortedMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventKind, EventOrder, Meta, ResourceKey};
+use crate::event::{Event, EventKind, EventOrder, Meta, Quantities, ResourceKey};
 use crate::fixed::{Amount, Overflow, Quantity};
 use crate::prices::{PriceList, SkuId};
 use crate::rate;
@@ -39,7 +39,7 @@ use crate::time::{HOUR, Millis, window_start};
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     kind: EventKind,
-    quantities: Vec<(SkuId, Quantity)>,
+    quantities: Quantities,
     meta: Arc<Meta>,
 }
 
@@ -136,7 +136,7 @@ pub type Resources = foldhash::HashMap<ResourceKey, Arc<Resource>>;
 /// [`Stored`] writes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resource {
-    base: Vec<(SkuId, Quantity)>,
+    base: Quantities,
     base_meta: Option<Arc<Meta>>,
     /// Gauge events.
     events: SortedMap<EventOrder, Entry>,
@@ -399,7 +399,9 @@ impl Resource {
         if let Some((_, meta)) = latest {
             self.base_meta = Some(meta);
         }
-        self.base.retain(|(_, q)| !q.is_zero());
+        if self.base.iter().any(|(_, q)| q.is_zero()) {
+            self.base = self.base.iter().filter(|(_, q)| !q.is_zero()).copied().collect();
+        }
     }
 }
 

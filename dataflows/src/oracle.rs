@@ -131,14 +131,14 @@ fn usage_by_window(events: &[Event], accrued_to: Option<Millis>) -> BTreeMap<(Mi
         while from < end {
             let window = window_start(from);
             let to = end.min(window + HOUR);
-            for &(sku, quantity) in &event.quantities {
+            for &(sku, quantity) in event.quantities.iter() {
                 *usage.entry((window, sku)).or_default() += quantity.nanos() * i128::from(to - from);
             }
             from = to;
         }
     }
     for event in events.iter().filter(|e| !e.kind.is_gauge()) {
-        for &(sku, quantity) in &event.quantities {
+        for &(sku, quantity) in event.quantities.iter() {
             *usage.entry((window_start(event.time()), sku)).or_default() += quantity.nanos() * 1000;
         }
     }

@@ -340,7 +340,7 @@ mod tests {
                 order: EventOrder::first_at(0),
                 kind: EventKind::Stopped,
                 resource: ResourceKey::default(),
-                quantities: Vec::new(),
+                quantities: Default::default(),
                 meta: Default::default(),
             },
             identity: identity(offset as u64),

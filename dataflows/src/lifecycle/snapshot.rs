@@ -20,7 +20,7 @@ use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use super::sorted::SortedMap;
 use super::{Counted, Entry, Resource, Resources};
-use crate::event::{EventKind, EventOrder, Meta, ResourceKey};
+use crate::event::{EventKind, EventOrder, Meta, Quantities, ResourceKey};
 use crate::fixed::{Amount, Quantity};
 use crate::prices::SkuId;
 use crate::time::Millis;
@@ -104,7 +104,7 @@ impl Serialize for ResourcesWritten<'_> {
         let places = self.1;
         serializer.collect_seq(self.0.iter().map(|(key, r)| {
             let written: Written<'_> = (
-                r.base.as_slice(),
+                &r.base[..],
                 r.base_meta.as_ref().map(|meta| places.of(meta)),
                 EventsWritten(r.events.entries(), places),
                 CountedWritten(r.counted.entries(), places),
@@ -114,8 +114,20 @@ impl Serialize for ResourcesWritten<'_> {
     }
 }
 
-/// Resources read back from what [`Stored`] wrote, sharing their metadata.
+/// Resources read back from what [`Stored`] wrote, sharing their metadata
+/// and gauge quantities.
 pub struct Loaded(pub Vec<(ResourceKey, Arc<Resource>)>);
+
+/// Gauge quantities read back, each distinct one held once, as decoding
+/// shares them.
+#[derive(Default)]
+struct Shapes(foldhash::HashMap<Vec<(SkuId, Quantity)>, Quantities>);
+
+impl Shapes {
+    fn share(&mut self, quantities: Vec<(SkuId, Quantity)>) -> Quantities {
+        Arc::clone(self.0.entry(quantities).or_insert_with_key(|quantities| Arc::from(quantities.as_slice())))
+    }
+}
 
 impl<'de> Deserialize<'de> for Loaded {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -133,6 +145,7 @@ impl Loaded {
             found.cloned().ok_or_else(|| format!("metadata place {place} of {}", table.len()))
         };
         let sorted = |what: &str| format!("{what} not sorted by key");
+        let mut shapes = Shapes::default();
         let mut resources = Vec::with_capacity(read.len());
         for (key, (base, base_meta, events, counted)) in read {
             let events = events
@@ -141,7 +154,7 @@ impl Loaded {
                     if !kind.is_gauge() {
                         return Err("a counter event among the gauge events".to_string());
                     }
-                    Ok((order, Entry { kind, quantities, meta: meta(place)? }))
+                    Ok((order, Entry { kind, quantities: shapes.share(quantities), meta: meta(place)? }))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             let counted = counted
@@ -155,7 +168,7 @@ impl Loaded {
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             let resource = Resource {
-                base,
+                base: shapes.share(base),
                 base_meta: base_meta.map(meta).transpose()?,
                 events: SortedMap::from_sorted(events).ok_or_else(|| sorted("events"))?,
                 counted: SortedMap::from_sorted(counted).ok_or_else(|| sorted("windows of counters"))?,
@@ -168,11 +181,7 @@ impl Loaded {
 
 impl Resource {
     /// A resource as formats 2 to 4 held it, every event one by one.
-    fn of_events(
-        base: Vec<(SkuId, Quantity)>,
-        base_meta: Option<Arc<Meta>>,
-        events: Vec<(EventOrder, Entry)>,
-    ) -> Option<Resource> {
+    fn of_events(base: Quantities, base_meta: Option<Arc<Meta>>, events: Vec<(EventOrder, Entry)>) -> Option<Resource> {
         let events = SortedMap::from_sorted(events)?;
         let mut resource = Resource { base, base_meta, ..Resource::default() };
         let (gauges, counters): (Vec<_>, Vec<_>) =
@@ -219,12 +228,16 @@ impl Loaded {
         let read: Vec<(ResourceKey, ReadFormat2)> = postcard::from_bytes(bytes)?;
         let mut shared: foldhash::HashMap<Meta, Arc<Meta>> = foldhash::HashMap::default();
         let mut meta = |meta: Meta| Arc::clone(shared.entry(meta).or_insert_with_key(|meta| Arc::new(meta.clone())));
+        let mut shapes = Shapes::default();
         let mut resources = Vec::with_capacity(read.len());
         for (key, (base, base_meta, events, _rows)) in read {
             let events = events
                 .into_iter()
-                .map(|(order, (kind, quantities, m))| (order, Entry { kind, quantities, meta: meta(m) }))
+                .map(|(order, (kind, quantities, m))| {
+                    (order, Entry { kind, quantities: shapes.share(quantities), meta: meta(m) })
+                })
                 .collect();
+            let base = shapes.share(base);
             let resource =
                 Resource::of_events(base, base_meta.map(&mut meta), events).ok_or(postcard::Error::SerdeDeCustom)?;
             resources.push((key, Arc::new(resource)));
@@ -238,12 +251,16 @@ impl Loaded {
         let (table, read): (Vec<Meta>, Vec<(ResourceKey, ReadFormat4)>) = postcard::from_bytes(bytes)?;
         let table: Vec<Arc<Meta>> = table.into_iter().map(Arc::new).collect();
         let meta = |place: u32| usize::try_from(place).ok().and_then(|p| table.get(p)).cloned();
+        let mut shapes = Shapes::default();
         let mut resources = Vec::with_capacity(read.len());
         for (key, (base, base_meta, events, _rows)) in read {
             let events = events
                 .into_iter()
-                .map(|(order, (kind, quantities, place))| Some((order, Entry { kind, quantities, meta: meta(place)? })))
+                .map(|(order, (kind, quantities, place))| {
+                    Some((order, Entry { kind, quantities: shapes.share(quantities), meta: meta(place)? }))
+                })
                 .collect::<Option<Vec<_>>>();
+            let base = shapes.share(base);
             let base_meta = match base_meta {
                 Some(place) => Some(meta(place).ok_or(postcard::Error::SerdeDeCustom)?),
                 None => None,

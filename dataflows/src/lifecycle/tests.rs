@@ -20,7 +20,7 @@ fn event(prices: &PriceList, id: &str, time: &str, kind: EventKind, vcpu: Option
         order: EventOrder { time: at(time), id: id.into(), source: "s".into() },
         kind,
         resource: key(),
-        quantities: vcpu.map(|q| vec![(sku, Quantity::parse(q).unwrap())]).unwrap_or_default(),
+        quantities: vcpu.map(|q| vec![(sku, Quantity::parse(q).unwrap())]).unwrap_or_default().into(),
         meta: Arc::new(Meta { project_id: id.into(), ..Meta::default() }),
     }
 }
@@ -163,6 +163,8 @@ fn events_with_equal_metadata_share_one_copy_inserted_and_restored() {
     let first = &restored[&key()].events.entries()[0].1.meta;
     let other = &restored[&other_key];
     assert!(Arc::ptr_eq(first, other.base_meta.as_ref().unwrap()), "and once across resources");
+    let first = &restored[&key()].events.entries()[0].1.quantities;
+    assert!(Arc::ptr_eq(first, &other.base), "equal gauge quantities are held once across resources");
 }
 
 /// Two resources with events and a folded past, sharing metadata: what the
@@ -252,7 +254,7 @@ fn a_counter_at_a_window_end_names_the_window_before() {
     let (egress, _) = prices.lookup("network.egress_gib").unwrap();
     let counter = |id: &str, time: &str| {
         let mut event = event(&prices, id, time, EventKind::Recorded, None);
-        event.quantities = vec![(egress, Quantity::parse("1").unwrap())];
+        event.quantities = [(egress, Quantity::parse("1").unwrap())].into();
         event
     };
     let (ten, eleven) = (at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z"));
@@ -301,7 +303,7 @@ proptest::proptest! {
             event.order.time += minutes * 60_000;
             if kind != EventKind::Stopped {
                 let sku = if kind == EventKind::Recorded { "network.egress_gib" } else { "compute.vcpu" };
-                event.quantities = vec![(prices.lookup(sku).unwrap().0, Quantity::parse("2").unwrap())];
+                event.quantities = [(prices.lookup(sku).unwrap().0, Quantity::parse("2").unwrap())].into();
             }
             event
         };
