@@ -22,6 +22,7 @@ use super::sorted::SortedMap;
 use super::{Counted, Entry, Resource, Resources};
 use crate::event::{EventKind, EventOrder, Meta, Quantities, ResourceKey};
 use crate::fixed::{Amount, Quantity};
+use crate::intern::Interner;
 use crate::prices::SkuId;
 use crate::time::Millis;
 
@@ -118,17 +119,6 @@ impl Serialize for ResourcesWritten<'_> {
 /// and gauge quantities.
 pub struct Loaded(pub Vec<(ResourceKey, Arc<Resource>)>);
 
-/// Gauge quantities read back, each distinct one held once, as decoding
-/// shares them.
-#[derive(Default)]
-struct Shapes(foldhash::HashMap<Vec<(SkuId, Quantity)>, Quantities>);
-
-impl Shapes {
-    fn share(&mut self, quantities: Vec<(SkuId, Quantity)>) -> Quantities {
-        Arc::clone(self.0.entry(quantities).or_insert_with_key(|quantities| Arc::from(quantities.as_slice())))
-    }
-}
-
 impl<'de> Deserialize<'de> for Loaded {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (table, read) = <(Vec<Meta>, Vec<(ResourceKey, Read)>)>::deserialize(deserializer)?;
@@ -145,7 +135,8 @@ impl Loaded {
             found.cloned().ok_or_else(|| format!("metadata place {place} of {}", table.len()))
         };
         let sorted = |what: &str| format!("{what} not sorted by key");
-        let mut shapes = Shapes::default();
+        // Gauge quantities read back are shared, as decoding shares them.
+        let mut shapes = Interner::default();
         let mut resources = Vec::with_capacity(read.len());
         for (key, (base, base_meta, events, counted)) in read {
             let events = events
@@ -154,7 +145,7 @@ impl Loaded {
                     if !kind.is_gauge() {
                         return Err("a counter event among the gauge events".to_string());
                     }
-                    Ok((order, Entry { kind, quantities: shapes.share(quantities), meta: meta(place)? }))
+                    Ok((order, Entry { kind, quantities: shapes.quantities(&quantities), meta: meta(place)? }))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             let counted = counted
@@ -168,7 +159,7 @@ impl Loaded {
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             let resource = Resource {
-                base: shapes.share(base),
+                base: shapes.quantities(&base),
                 base_meta: base_meta.map(meta).transpose()?,
                 events: SortedMap::from_sorted(events).ok_or_else(|| sorted("events"))?,
                 counted: SortedMap::from_sorted(counted).ok_or_else(|| sorted("windows of counters"))?,
@@ -228,16 +219,16 @@ impl Loaded {
         let read: Vec<(ResourceKey, ReadFormat2)> = postcard::from_bytes(bytes)?;
         let mut shared: foldhash::HashMap<Meta, Arc<Meta>> = foldhash::HashMap::default();
         let mut meta = |meta: Meta| Arc::clone(shared.entry(meta).or_insert_with_key(|meta| Arc::new(meta.clone())));
-        let mut shapes = Shapes::default();
+        let mut shapes = Interner::default();
         let mut resources = Vec::with_capacity(read.len());
         for (key, (base, base_meta, events, _rows)) in read {
             let events = events
                 .into_iter()
                 .map(|(order, (kind, quantities, m))| {
-                    (order, Entry { kind, quantities: shapes.share(quantities), meta: meta(m) })
+                    (order, Entry { kind, quantities: shapes.quantities(&quantities), meta: meta(m) })
                 })
                 .collect();
-            let base = shapes.share(base);
+            let base = shapes.quantities(&base);
             let resource =
                 Resource::of_events(base, base_meta.map(&mut meta), events).ok_or(postcard::Error::SerdeDeCustom)?;
             resources.push((key, Arc::new(resource)));
@@ -251,16 +242,16 @@ impl Loaded {
         let (table, read): (Vec<Meta>, Vec<(ResourceKey, ReadFormat4)>) = postcard::from_bytes(bytes)?;
         let table: Vec<Arc<Meta>> = table.into_iter().map(Arc::new).collect();
         let meta = |place: u32| usize::try_from(place).ok().and_then(|p| table.get(p)).cloned();
-        let mut shapes = Shapes::default();
+        let mut shapes = Interner::default();
         let mut resources = Vec::with_capacity(read.len());
         for (key, (base, base_meta, events, _rows)) in read {
             let events = events
                 .into_iter()
                 .map(|(order, (kind, quantities, place))| {
-                    Some((order, Entry { kind, quantities: shapes.share(quantities), meta: meta(place)? }))
+                    Some((order, Entry { kind, quantities: shapes.quantities(&quantities), meta: meta(place)? }))
                 })
                 .collect::<Option<Vec<_>>>();
-            let base = shapes.share(base);
+            let base = shapes.quantities(&base);
             let base_meta = match base_meta {
                 Some(place) => Some(meta(place).ok_or(postcard::Error::SerdeDeCustom)?),
                 None => None,
