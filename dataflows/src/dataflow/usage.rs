@@ -323,15 +323,15 @@ fn rewrite_stale(
 /// its events go in.
 fn refresh(key: &ResourceKey, resource: &mut Arc<Resource>, events: Vec<Event>, step: &Step<'_>, out: &mut EpochOut) {
     let Step { previous, next, emitted_prices, prices } = step;
-    let range = rows_to_refresh(resource, &events, step);
-    let emitted = range.map(|range| resource.windows(range, previous.accrued_to));
+    let emitted =
+        rows_to_refresh(resource, &events, step).map(|range| (range, resource.windows(range, previous.accrued_to)));
     if !events.is_empty() {
         let resource = Arc::make_mut(resource);
         for event in events {
             resource.insert(event);
         }
     }
-    let (Some(range), Some(emitted)) = (range, emitted) else {
+    let Some((range, emitted)) = emitted else {
         return;
     };
     let changes = emitted.and_then(|windows| {
