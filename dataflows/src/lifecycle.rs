@@ -127,9 +127,10 @@ pub struct RowChange {
 /// process, as the standard one, and several times faster on short strings.
 ///
 /// Each resource sits behind an `Arc` so that a snapshot is a copy of the
-/// map, not of the resources: a checkpoint encodes that copy on a thread of
-/// its own while the usage stage goes on, and a resource the stage changes
-/// meanwhile is copied then, once (`Arc::make_mut`), the others never.
+/// map's entries ([`Copied`]), not of the resources: a checkpoint encodes
+/// that copy on a thread of its own while the usage stage goes on, and a
+/// resource the stage changes before the snapshot has written it is copied
+/// then, once (`Arc::make_mut`), the others never.
 pub type Resources = foldhash::HashMap<ResourceKey, Arc<Resource>>;
 
 /// One resource's state: see the module docs. Checkpoints hold it as a
@@ -499,4 +500,4 @@ mod sorted;
 #[cfg(test)]
 mod tests;
 
-pub use snapshot::{Loaded, Stored};
+pub use snapshot::{Copied, Loaded, Stored, encode_letting_go};

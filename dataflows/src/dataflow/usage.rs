@@ -26,10 +26,10 @@ use timely::scheduling::SyncActivator;
 use super::pending::{Epoch, Pending};
 use super::route;
 use super::snapshots::{Due, stateful};
-use crate::checkpoint::{Part, Record, Recorded, Recorder, Whole};
+use crate::checkpoint::{Part, Recorded, Recorder};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
-use crate::lifecycle::{Emitted, Resource, Resources, RowChange, Stored};
+use crate::lifecycle::{Copied, Emitted, Resource, Resources, RowChange, encode_letting_go};
 use crate::offload::Offload;
 use crate::prices::PriceList;
 use crate::rows::{BreakdownKey, BreakdownRow, Delta, Progress, TotalKey};
@@ -101,7 +101,7 @@ pub(crate) fn usage<'scope>(
                     None => {
                         let Some(&(time, _)) = ready.front() else { break };
                         match snapshots.due_before(time) {
-                            Due::Now(checkpoint) => encoder.hand_over((checkpoint, resources.clone())),
+                            Due::Now(checkpoint) => encoder.hand_over((checkpoint, copy(&resources))),
                             Due::Wait => return,
                             Due::Nothing => {}
                         }
@@ -130,7 +130,7 @@ pub(crate) fn usage<'scope>(
                 snapshots.worked(*capability.time());
             }
             if let Due::Now(checkpoint) = snapshots.due_after(&[events_frontier, progress_frontier]) {
-                encoder.hand_over((checkpoint, resources.clone()));
+                encoder.hand_over((checkpoint, copy(&resources)));
             }
         }
     })
@@ -141,12 +141,20 @@ pub(crate) fn usage<'scope>(
 /// [`Due`]). The resources are the largest state a worker holds: encoding them
 /// took the worker 0.4 to 1.2 s per checkpoint in a live run, during which
 /// the checkpoint epoch's rows waited, and on a thread of its own up to
-/// 4 s, longer than an epoch. The thread encodes a copy of the map, whose
+/// 4 s, longer than an epoch. The thread encodes a copy of the entries, whose
 /// resources it shares with the stage until the stage changes them (see
-/// [`Resources`]), and lets go of it before it reports.
-fn snapshot_encoder(worker: usize, activator: SyncActivator) -> Offload<(u64, Resources), Recorded> {
-    let encode = |(epoch, resources): (u64, Resources)| Whole(&Stored(&resources), resources.len()).record(epoch);
+/// [`Resources`]), and lets go of each once written.
+fn snapshot_encoder(worker: usize, activator: SyncActivator) -> Offload<(u64, Copied), Recorded> {
+    let encode = |(_, resources): (u64, Copied)| {
+        let entries = resources.len();
+        Recorded { bytes: encode_letting_go(resources), entries, segments: Vec::new(), new_segment: None }
+    };
     Offload::start(format!("tally-usage-snapshot-{worker}"), activator, encode)
+}
+
+/// The resources, copied for a snapshot.
+fn copy(resources: &Resources) -> Copied {
+    resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource))).collect()
 }
 
 /// Gives back the room of a map that has shrunk to a quarter of it: a hash

@@ -13,13 +13,16 @@
 //! held apart (decoded on different workers) take a place each, which costs
 //! bytes, never correctness.
 
+use std::borrow::Borrow;
+use std::cell::Cell;
 use std::sync::Arc;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
-use serde::ser::{Serialize, SerializeTuple, Serializer};
+use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};
 
 use super::sorted::SortedMap;
 use super::{Counted, Entry, Resource, Resources};
+use crate::checkpoint::pieces::{self, Pieces};
 use crate::event::{EventKind, EventOrder, Meta, Quantities, ResourceKey};
 use crate::fixed::{Amount, Quantity};
 use crate::intern::Interner;
@@ -29,18 +32,72 @@ use crate::time::Millis;
 /// Encodes `resources` with their metadata in a table.
 pub struct Stored<'a>(pub &'a Resources);
 
-/// Places in the metadata table, by allocation.
-#[derive(Default)]
-struct Places<'a> {
-    place: foldhash::HashMap<*const Meta, u32>,
-    table: Vec<&'a Meta>,
+impl Serialize for Stored<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let places = Places::gather(self.0.values());
+        write(&places, Entries(Cell::new(Some(self.0.iter())), &places), serializer)
+    }
 }
 
-impl<'a> Places<'a> {
-    fn add(&mut self, meta: &'a Arc<Meta>) {
+/// A copy of a worker's resources, taken for a snapshot: the entries
+/// without the map's spare room, sharing their resources with the worker's
+/// until the worker changes them.
+pub type Copied = Vec<(ResourceKey, Arc<Resource>)>;
+
+/// Encodes `resources` as [`Stored`] encodes the map they were copied from,
+/// letting go of each resource once it is written.
+///
+/// The worker copies a resource it changes while a snapshot still holds it.
+/// Let go as soon as written, a resource the snapshot has passed is the
+/// worker's alone again, and one the worker copied meanwhile is freed.
+pub fn encode_letting_go(resources: Copied) -> Pieces {
+    let places = Places::gather(resources.iter().map(|(_, resource)| resource));
+    pieces::encode(&LettingGo(Cell::new(Some(resources)), &places))
+}
+
+struct LettingGo<'p>(Cell<Option<Copied>>, &'p Places);
+
+impl Serialize for LettingGo<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let resources = self.0.take().expect("a snapshot is encoded once");
+        write(self.1, Entries(Cell::new(Some(resources.into_iter())), self.1), serializer)
+    }
+}
+
+/// Writes the metadata table, then the resources.
+fn write<S: Serializer>(places: &Places, resources: impl Serialize, serializer: S) -> Result<S::Ok, S::Error> {
+    let mut pair = serializer.serialize_tuple(2)?;
+    pair.serialize_element(&places.table)?;
+    pair.serialize_element(&resources)?;
+    pair.end()
+}
+
+/// Places in the metadata table, by allocation.
+#[derive(Default)]
+struct Places {
+    place: foldhash::HashMap<*const Meta, u32>,
+    table: Vec<Arc<Meta>>,
+}
+
+impl Places {
+    /// The table of every metadata `resources` hold.
+    fn gather<'r>(resources: impl Iterator<Item = &'r Arc<Resource>>) -> Places {
+        let mut places = Places::default();
+        for resource in resources {
+            resource.base_meta.iter().for_each(|meta| places.add(meta));
+            resource.events.entries().iter().for_each(|(_, entry)| places.add(&entry.meta));
+            for (_, counted) in resource.counted.entries() {
+                places.add(&counted.latest.1);
+                counted.at_start.iter().for_each(|held| places.add(&held.1));
+            }
+        }
+        places
+    }
+
+    fn add(&mut self, meta: &Arc<Meta>) {
         let next = u32::try_from(self.table.len()).expect("fewer than 2^32 distinct metadata per worker");
         self.place.entry(Arc::as_ptr(meta)).or_insert_with(|| {
-            self.table.push(meta);
+            self.table.push(Arc::clone(meta));
             next
         });
     }
@@ -60,8 +117,8 @@ type CountedRead = (Millis, (Vec<(SkuId, i128)>, Millis, (EventOrder, u32), Opti
 /// A row last emitted, as formats 3 to 5 held it.
 type RowRead = ((Millis, SkuId), (Amount, Amount, u32));
 
-struct EventsWritten<'r>(&'r [(EventOrder, Entry)], &'r Places<'r>);
-struct CountedWritten<'r>(&'r [(Millis, Counted)], &'r Places<'r>);
+struct EventsWritten<'r>(&'r [(EventOrder, Entry)], &'r Places);
+struct CountedWritten<'r>(&'r [(Millis, Counted)], &'r Places);
 
 impl Serialize for EventsWritten<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -80,38 +137,31 @@ impl Serialize for CountedWritten<'_> {
     }
 }
 
-impl Serialize for Stored<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut places = Places::default();
-        for resource in self.0.values() {
-            resource.base_meta.iter().for_each(|meta| places.add(meta));
-            resource.events.entries().iter().for_each(|(_, entry)| places.add(&entry.meta));
-            for (_, counted) in resource.counted.entries() {
-                places.add(&counted.latest.1);
-                counted.at_start.iter().for_each(|held| places.add(&held.1));
-            }
-        }
-        let mut pair = serializer.serialize_tuple(2)?;
-        pair.serialize_element(&places.table)?;
-        pair.serialize_element(&ResourcesWritten(self.0, &places))?;
-        pair.end()
-    }
-}
+/// The resources, each with its key, written in the order `I` yields them
+/// and dropped once written.
+struct Entries<'p, I>(Cell<Option<I>>, &'p Places);
 
-struct ResourcesWritten<'r>(&'r Resources, &'r Places<'r>);
-
-impl Serialize for ResourcesWritten<'_> {
+impl<I, K, R> Serialize for Entries<'_, I>
+where
+    I: ExactSizeIterator<Item = (K, R)>,
+    K: Borrow<ResourceKey>,
+    R: Borrow<Arc<Resource>>,
+{
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let entries = self.0.take().expect("resources are written once");
         let places = self.1;
-        serializer.collect_seq(self.0.iter().map(|(key, r)| {
+        let mut seq = serializer.serialize_seq(Some(entries.len()))?;
+        for (key, resource) in entries {
+            let (key, r): (&ResourceKey, &Arc<Resource>) = (key.borrow(), resource.borrow());
             let written: Written<'_> = (
                 &r.base[..],
                 r.base_meta.as_ref().map(|meta| places.of(meta)),
                 EventsWritten(r.events.entries(), places),
                 CountedWritten(r.counted.entries(), places),
             );
-            (key, written)
-        }))
+            seq.serialize_element(&(key, written))?;
+        }
+        seq.end()
     }
 }
 

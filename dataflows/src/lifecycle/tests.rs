@@ -1,4 +1,5 @@
 use super::*;
+use crate::checkpoint::pieces;
 use crate::prices::PriceList;
 use crate::time::parse_rfc3339;
 
@@ -186,6 +187,18 @@ fn format_2_fixture_resources() -> Resources {
     let second_key = ResourceKey { account: "acc".into(), resource: "vm-2".into() };
     first.fold(at("2026-11-23T10:00:00Z"));
     [(key(), Arc::new(first)), (second_key, Arc::new(second))].into_iter().collect()
+}
+
+#[test]
+fn a_snapshot_letting_go_writes_what_stored_writes_and_leaves_the_resources_unshared() {
+    let resources = format_2_fixture_resources();
+    let copy: Copied = resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource))).collect();
+    assert!(resources.values().all(|r| Arc::strong_count(r) == 2), "the copy shares the resources");
+    let letting_go = pieces::joined(&encode_letting_go(copy));
+    assert_eq!(letting_go, postcard::to_stdvec(&Stored(&resources)).unwrap());
+    assert!(resources.values().all(|r| Arc::strong_count(r) == 1), "the snapshot let go of every resource");
+    let Loaded(loaded) = postcard::from_bytes(&letting_go).unwrap();
+    assert_eq!(loaded.into_iter().collect::<Resources>(), resources);
 }
 
 #[test]
