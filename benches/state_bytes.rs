@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tally::workload::{Generator, Workload};
+use tally_dataflows::checkpoint::pieces;
 use tally_dataflows::decode::decode;
 use tally_dataflows::intern::Interner;
 use tally_dataflows::lifecycle::{Emitted, Resources, Stored, Windows};
@@ -88,7 +89,7 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
     drop(interner);
     let held = HELD.load(Ordering::Relaxed) - start;
     let running = resources.values().filter(|r| r.is_running()).count();
-    let checkpointed = postcard::to_stdvec(&Stored(&resources)).expect("plain data").len();
+    let checkpointed = pieces::joined(&Stored(&resources).compressed()).len();
     println!(
         "fleet {fleet}, {events_per_resource} events per resource: {} resources ({running} running), {entries} entries held (gauge events, windows of counters), \
          {rows} row changes; {held} bytes, {} per resource; checkpointed in {checkpointed} bytes, {} per resource",

@@ -71,7 +71,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{
-    Part, Pieces, SegmentId, ShardParts, Shared, dedup_part_of_format_3, segments_named,
+    Part, Pieces, SegmentId, ShardParts, Shared, dedup_part_of_format_3, pieces, segments_named,
 };
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::lifecycle::{Loaded, Stored};
@@ -85,11 +85,12 @@ use crate::fault::Fault;
 /// 4: dedup identities are held in segments, which shards name.
 /// 5: a usage part holds a resource's counter events summed per window.
 /// 6: a usage part holds no rows last emitted (resources recompute them).
-pub const FORMAT: u32 = 6;
-/// The formats read: this one, and formats 2 to 5, whose shards differ in
-/// how a dedup part (2 and 3) and a usage part (all four) are encoded;
+/// 7: a usage part is compressed, piece by piece, with LZ4.
+pub const FORMAT: u32 = 7;
+/// The formats read: this one, and formats 2 to 6, whose shards differ in
+/// how a dedup part (2 and 3) and a usage part (all five) are encoded;
 /// those are converted as the shard is read.
-const READS: [u32; 5] = [2, 3, 4, 5, FORMAT];
+const READS: [u32; 6] = [2, 3, 4, 5, 6, FORMAT];
 /// The first format with dedup segments, which later formats write alike.
 const SEGMENTS_SINCE: u32 = 4;
 
@@ -382,6 +383,7 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
             Part::Usage if format == 5 => {
                 *bytes = usage_part_of_format_5(bytes).map_err(|e| corrupt(format!("usage part of format 5: {e}")))?;
             }
+            Part::Usage if format == 6 => *bytes = pieces::joined(&pieces::compress(bytes)),
             Part::Dedup if format < SEGMENTS_SINCE => {
                 let converted = dedup_part_of_format_3(bytes);
                 *bytes = converted.map_err(|e| corrupt(format!("dedup part of format {format}: {e}")))?;
@@ -395,19 +397,19 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
 /// A usage part of format 2 as this format encodes it.
 fn usage_part_of_format_2(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
     let Loaded(resources) = Loaded::from_format_2(bytes)?;
-    postcard::to_stdvec(&Stored(&resources.into_iter().collect()))
+    Ok(pieces::joined(&Stored(&resources.into_iter().collect()).compressed()))
 }
 
 /// A usage part of formats 3 and 4 as this format encodes it.
 fn usage_part_of_format_4(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
     let Loaded(resources) = Loaded::from_format_4(bytes)?;
-    postcard::to_stdvec(&Stored(&resources.into_iter().collect()))
+    Ok(pieces::joined(&Stored(&resources.into_iter().collect()).compressed()))
 }
 
 /// A usage part of format 5 as this format encodes it.
 fn usage_part_of_format_5(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
     let Loaded(resources) = Loaded::from_format_5(bytes)?;
-    postcard::to_stdvec(&Stored(&resources.into_iter().collect()))
+    Ok(pieces::joined(&Stored(&resources.into_iter().collect()).compressed()))
 }
 
 /// The incarnations recorded, if any.
@@ -539,15 +541,20 @@ mod tests {
         let parts = read_shard(&store, "old.bin").unwrap();
         let converted: DedupPart = postcard::from_bytes(&parts[0].1).unwrap();
         assert_eq!(converted, DedupPart { segments: Vec::new(), inline }, "identities held in the shard");
-        let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
+        let Loaded(converted) = usage_read_back(&parts[1].1);
         let Loaded(original) = Loaded::from_format_2(usage).unwrap();
         assert_eq!(original.len(), 2);
         let by_key = |resources: Vec<_>| resources.into_iter().collect::<tally_dataflows::lifecycle::Resources>();
         assert_eq!(by_key(converted), by_key(original));
         store.put("older.bin", file(1), None);
         let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
-        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6])"), "{refused}");
+        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6, 7])"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A usage part as a shard read back holds it: compressed.
+    fn usage_read_back(bytes: &[u8]) -> Loaded {
+        postcard::from_bytes(&pieces::decompressed(bytes).unwrap()).unwrap()
     }
 
     /// A shard of `format` holding no identities and `usage`, as read back.
@@ -569,7 +576,7 @@ mod tests {
         let (store, dir) = scratch();
         let usage = include_bytes!("../dataflows/src/lifecycle/format_4_usage.bin");
         let parts = read_back(&store, 4, usage);
-        let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
+        let Loaded(converted) = usage_read_back(&parts[1].1);
         let Loaded(original) = Loaded::from_format_4(usage).unwrap();
         assert_eq!(original.len(), 2);
         let by_key = |resources: Vec<_>| resources.into_iter().collect::<tally_dataflows::lifecycle::Resources>();
@@ -591,10 +598,24 @@ mod tests {
         let resource = (Vec::<(SkuId, Quantity)>::new(), None::<u32>, vec![started], Vec::<Counted>::new(), vec![row]);
         let usage = postcard::to_stdvec(&(vec![Meta::default()], vec![(key, resource)])).unwrap();
         let parts = read_back(&store, 5, &usage);
-        let Loaded(converted) = postcard::from_bytes(&parts[1].1).unwrap();
+        let Loaded(converted) = usage_read_back(&parts[1].1);
         let Loaded(original) = Loaded::from_format_5(&usage).unwrap();
         assert_eq!(original.len(), 1);
         assert_eq!(converted, original);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_shard_of_format_6_reads_with_its_usage_part_compressed() {
+        let (store, dir) = scratch();
+        let Loaded(original) =
+            Loaded::from_format_4(include_bytes!("../dataflows/src/lifecycle/format_4_usage.bin")).unwrap();
+        let resources: tally_dataflows::lifecycle::Resources = original.into_iter().collect();
+        let usage = postcard::to_stdvec(&Stored(&resources)).unwrap();
+        let parts = read_back(&store, 6, &usage);
+        assert_eq!(pieces::decompressed(&parts[1].1).unwrap(), usage);
+        let Loaded(converted) = usage_read_back(&parts[1].1);
+        assert_eq!(converted.into_iter().collect::<tally_dataflows::lifecycle::Resources>(), resources);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

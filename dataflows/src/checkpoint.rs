@@ -113,6 +113,13 @@ impl<T: Serialize> Record for Whole<'_, T> {
     }
 }
 
+/// The resources, as a checkpoint holds them: compressed.
+impl Record for Stored<'_> {
+    fn record(&mut self, _: u64) -> Recorded {
+        Recorded { bytes: self.compressed(), entries: self.0.len(), segments: Vec::new(), new_segment: None }
+    }
+}
+
 /// Partition clocks and progress after an epoch: the same on every worker.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shared {
@@ -173,6 +180,14 @@ pub enum DecodeError {
         segment: SegmentId,
         /// Why.
         source: postcard::Error,
+    },
+    /// A part's compressed bytes cannot be decompressed.
+    #[error("checkpoint state ({part:?}) cannot be decompressed: {source}")]
+    Compressed {
+        /// The part.
+        part: Part,
+        /// Why.
+        source: pieces::Corrupt,
     },
     /// A shard names a segment that was not given.
     #[error("dedup segment {0:?} is missing")]
@@ -375,7 +390,9 @@ impl Restored {
                     }
                 }
                 Part::Usage => {
-                    let Loaded(resources) = decode(*part, bytes)?;
+                    let raw = pieces::decompressed(bytes)
+                        .map_err(|source| DecodeError::Compressed { part: *part, source })?;
+                    let Loaded(resources) = decode(*part, &raw)?;
                     let resources: Vec<_> = resources.into_iter().filter(|(key, _)| mine(route(key))).collect();
                     self.resources.reserve(resources.len());
                     self.resources.extend(resources);
@@ -408,12 +425,11 @@ impl Restored {
 /// The encoding of a part with nothing in it: what a worker whose operator
 /// never recorded a snapshot holds.
 pub fn empty(part: Part) -> Vec<u8> {
-    let encoded = match part {
-        Part::Dedup => postcard::to_stdvec(&DedupPart::default()),
-        Part::Usage => postcard::to_stdvec(&Stored(&Resources::default())),
-        Part::Totals => postcard::to_stdvec(&BTreeMap::<TotalKey, Delta>::new()),
-    };
-    encoded.expect("empty maps encode")
+    match part {
+        Part::Dedup => postcard::to_stdvec(&DedupPart::default()).expect("an empty part encodes"),
+        Part::Usage => pieces::joined(&Stored(&Resources::default()).compressed()),
+        Part::Totals => postcard::to_stdvec(&BTreeMap::<TotalKey, Delta>::new()).expect("an empty map encodes"),
+    }
 }
 
 /// The segments a shard's dedup part names: to be read before
@@ -588,7 +604,7 @@ mod tests {
                 (ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() }, Arc::default())
             })
             .collect();
-        let parts = vec![(Part::Usage, postcard::to_stdvec(&Stored(&resources)).unwrap())];
+        let parts = vec![(Part::Usage, pieces::joined(&Stored(&resources).compressed()))];
         let mut total = 0;
         for worker in 0..3 {
             let mut restored = Restored::new(7, Shared::default());
@@ -597,5 +613,14 @@ mod tests {
             total += restored.resources.len();
         }
         assert_eq!(total, resources.len(), "every key lands on exactly one worker");
+    }
+
+    #[test]
+    fn a_usage_part_that_does_not_decompress_is_refused_as_such() {
+        let mut compressed = pieces::joined(&Stored(&Resources::default()).compressed());
+        compressed.pop();
+        let parts = vec![(Part::Usage, compressed)];
+        let error = Restored::default().add_shard(&parts, &BTreeMap::new(), 0, 1).unwrap_err().to_string();
+        assert!(error.contains("(Usage) cannot be decompressed: a compressed block is cut short"), "{error}");
     }
 }

@@ -97,7 +97,7 @@ pub fn billing<'scope>(
     let mut seen = Seen::restore(seen, source.scope().index(), source.scope().peers());
     if let Some(epoch) = restored_epoch {
         recorder.record(Part::Dedup, epoch, &mut seen);
-        recorder.record(Part::Usage, epoch, &mut Whole(&Stored(&resources), resources.len()));
+        recorder.record(Part::Usage, epoch, &mut Stored(&resources));
         recorder.record(Part::Totals, epoch, &mut Whole(&sums, sums.len()));
         recorder.record_shared(epoch, || shared.clone());
     }

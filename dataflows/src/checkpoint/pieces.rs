@@ -6,6 +6,13 @@
 //! kernel to zero: most of the time a checkpoint spent encoding. Pieces of
 //! at most [`PIECE`] bytes are small enough for the allocator to reuse from
 //! one checkpoint to the next.
+//!
+//! The resources, the largest state, are encoded compressed
+//! ([`encode_compressed`]): each piece is compressed with LZ4 as soon as it
+//! is full, so the encoding is never held uncompressed, and is written as a
+//! block of its own, its compressed and its raw length first (four bytes
+//! each, little-endian). Their keys, ids and sources repeat from resource
+//! to resource; identities, random fingerprints, are not compressed.
 
 use bytes::Bytes;
 use postcard::ser_flavors::Flavor;
@@ -21,8 +28,81 @@ const FIRST_PIECE: usize = 4 << 10;
 
 /// Encodes `value` with postcard, in pieces.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Pieces {
-    let flavor = InPieces { done: Vec::new(), current: Vec::new() };
+    let flavor = InPieces { done: Vec::new(), current: Vec::new(), compressed: None };
     postcard::serialize_with_flavor(value, flavor).expect("plain data encodes")
+}
+
+/// Encodes `value` with postcard, in pieces compressed one at a time (see
+/// the module docs); [`decompressed`] reads them back.
+pub fn encode_compressed<T: Serialize + ?Sized>(value: &T) -> Pieces {
+    let flavor = InPieces { done: Vec::new(), current: Vec::new(), compressed: Some(Vec::new()) };
+    postcard::serialize_with_flavor(value, flavor).expect("plain data encodes")
+}
+
+/// `bytes`, an encoding already made, compressed as [`encode_compressed`]
+/// compresses its pieces.
+pub fn compress(bytes: &[u8]) -> Pieces {
+    let mut scratch = Vec::new();
+    bytes.chunks(PIECE).map(|piece| block(piece, &mut scratch)).collect()
+}
+
+/// The bytes of `compressed`, blocks written by [`encode_compressed`] or
+/// [`compress`], joined.
+pub fn decompressed(mut compressed: &[u8]) -> Result<Vec<u8>, Corrupt> {
+    let mut raw = Vec::new();
+    while !compressed.is_empty() {
+        let (length, rest) = header_length(compressed)?;
+        let (raw_length, rest) = header_length(rest)?;
+        let block = rest.get(..length).ok_or(Corrupt::Truncated)?;
+        let at = raw.len();
+        raw.resize(at + raw_length, 0);
+        let written = lz4_flex::block::decompress_into(block, &mut raw[at..]).map_err(Corrupt::Block)?;
+        if written != raw_length {
+            return Err(Corrupt::Length { expected: raw_length, found: written });
+        }
+        compressed = &rest[length..];
+    }
+    Ok(raw)
+}
+
+/// Why compressed bytes cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum Corrupt {
+    /// A block or its lengths end early.
+    #[error("a compressed block is cut short")]
+    Truncated,
+    /// A block is not LZ4.
+    #[error("a compressed block cannot be decompressed: {0}")]
+    Block(lz4_flex::block::DecompressError),
+    /// A block holds another length than its header says.
+    #[error("a compressed block holds {found} bytes, its header says {expected}")]
+    Length {
+        /// The length its header says.
+        expected: usize,
+        /// The length it holds.
+        found: usize,
+    },
+}
+
+/// A length as a block's header writes it, and the bytes after it.
+fn header_length(bytes: &[u8]) -> Result<(usize, &[u8]), Corrupt> {
+    let (length, rest) = bytes.split_first_chunk::<4>().ok_or(Corrupt::Truncated)?;
+    Ok((u32::from_le_bytes(*length) as usize, rest))
+}
+
+/// `raw` compressed as one block, with its header. Compressed in `scratch`,
+/// room for the worst case, and copied out: the block keeps no more memory
+/// than its bytes.
+fn block(raw: &[u8], scratch: &mut Vec<u8>) -> Bytes {
+    let bound = 8 + lz4_flex::block::get_maximum_output_size(raw.len());
+    if scratch.len() < bound {
+        scratch.resize(bound, 0);
+    }
+    let length = lz4_flex::block::compress_into(raw, &mut scratch[8..]).expect("the output holds the worst case");
+    let header = |value: usize| u32::try_from(value).expect("a piece is at most a mebibyte").to_le_bytes();
+    scratch[..4].copy_from_slice(&header(length));
+    scratch[4..8].copy_from_slice(&header(raw.len()));
+    Bytes::copy_from_slice(&scratch[..8 + length])
 }
 
 /// The pieces' bytes, joined.
@@ -37,12 +117,23 @@ pub fn joined(pieces: &[Bytes]) -> Vec<u8> {
 struct InPieces {
     done: Pieces,
     current: Vec<u8>,
+    /// Compressing, the scratch buffer blocks are compressed in.
+    compressed: Option<Vec<u8>>,
 }
 
 impl InPieces {
     /// Starts a new piece, each twice the last up to [`PIECE`].
     fn next_piece(&mut self) {
         let size = (self.current.capacity() * 2).clamp(FIRST_PIECE, PIECE);
+        if let Some(scratch) = self.compressed.as_mut() {
+            // The piece is copied into its block: its buffer holds the next.
+            if !self.current.is_empty() {
+                self.done.push(block(&self.current, scratch));
+            }
+            self.current.clear();
+            self.current.reserve_exact(size);
+            return;
+        }
         let full = std::mem::replace(&mut self.current, Vec::with_capacity(size));
         if !full.is_empty() {
             self.done.push(Bytes::from(full));
@@ -75,7 +166,11 @@ impl Flavor for InPieces {
 
     fn finalize(mut self) -> postcard::Result<Pieces> {
         if !self.current.is_empty() {
-            self.done.push(Bytes::from(self.current));
+            let last = match self.compressed.as_mut() {
+                Some(scratch) => block(&self.current, scratch),
+                None => Bytes::from(self.current),
+            };
+            self.done.push(last);
         }
         Ok(self.done)
     }
@@ -95,5 +190,32 @@ mod tests {
         assert!(sizes[..sizes.len() - 1].windows(2).all(|pair| pair[0] <= pair[1]), "{sizes:?}");
         assert_eq!(sizes.iter().max(), Some(&PIECE));
         assert_eq!(encode(&Vec::<u8>::new()), [Bytes::from_static(&[0])], "an empty list is its length");
+    }
+
+    #[test]
+    fn compressed_pieces_read_back_as_the_encoding_and_are_smaller() {
+        let strings: Vec<String> = (0..200_000).map(|i| format!("resource-{i}")).collect();
+        let plain = postcard::to_stdvec(&strings).unwrap();
+        let compressed = encode_compressed(&strings);
+        assert!(compressed.len() > 2, "several pieces, each a block");
+        let joined = joined(&compressed);
+        assert!(joined.len() < plain.len() / 2, "{} of {}", joined.len(), plain.len());
+        assert_eq!(decompressed(&joined).unwrap(), plain);
+        assert_eq!(decompressed(&super::joined(&compress(&plain))).unwrap(), plain, "compressed after encoding");
+        assert_eq!(decompressed(&[]).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn compressed_bytes_cut_or_altered_are_refused() {
+        let plain = postcard::to_stdvec(&(0..10_000u32).collect::<Vec<_>>()).unwrap();
+        let compressed = joined(&compress(&plain));
+        assert!(matches!(decompressed(&compressed[..3]), Err(Corrupt::Truncated)));
+        assert!(matches!(decompressed(&compressed[..compressed.len() - 1]), Err(Corrupt::Truncated)));
+        let mut longer = compressed.clone();
+        longer[4..8].copy_from_slice(&(plain.len() as u32 + 1).to_le_bytes());
+        assert!(matches!(decompressed(&longer), Err(Corrupt::Length { .. }) | Err(Corrupt::Block(_))));
+        let mut garbled = compressed;
+        garbled[8..].fill(0xff);
+        assert!(decompressed(&garbled).is_err());
     }
 }

@@ -29,8 +29,16 @@ use crate::intern::Interner;
 use crate::prices::SkuId;
 use crate::time::Millis;
 
-/// Encodes `resources` with their metadata in a table.
+/// Encodes `resources` with their metadata in a table. A checkpoint holds
+/// that encoding compressed ([`Stored::compressed`], [`encode_letting_go`]).
 pub struct Stored<'a>(pub &'a Resources);
+
+impl Stored<'_> {
+    /// The encoding, compressed as a checkpoint holds it.
+    pub fn compressed(&self) -> Pieces {
+        pieces::encode_compressed(self)
+    }
+}
 
 impl Serialize for Stored<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -44,15 +52,15 @@ impl Serialize for Stored<'_> {
 /// until the worker changes them.
 pub type Copied = Vec<(ResourceKey, Arc<Resource>)>;
 
-/// Encodes `resources` as [`Stored`] encodes the map they were copied from,
-/// letting go of each resource once it is written.
+/// Encodes `resources` as [`Stored::compressed`] encodes the map they were
+/// copied from, letting go of each resource once it is written.
 ///
 /// The worker copies a resource it changes while a snapshot still holds it.
 /// Let go as soon as written, a resource the snapshot has passed is the
 /// worker's alone again, and one the worker copied meanwhile is freed.
 pub fn encode_letting_go(resources: Copied) -> Pieces {
     let places = Places::gather(resources.iter().map(|(_, resource)| resource));
-    pieces::encode(&LettingGo(Cell::new(Some(resources)), &places))
+    pieces::encode_compressed(&LettingGo(Cell::new(Some(resources)), &places))
 }
 
 struct LettingGo<'p>(Cell<Option<Copied>>, &'p Places);

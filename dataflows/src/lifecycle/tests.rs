@@ -195,9 +195,11 @@ fn a_snapshot_letting_go_writes_what_stored_writes_and_leaves_the_resources_unsh
     let copy: Copied = resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource))).collect();
     assert!(resources.values().all(|r| Arc::strong_count(r) == 2), "the copy shares the resources");
     let letting_go = pieces::joined(&encode_letting_go(copy));
-    assert_eq!(letting_go, postcard::to_stdvec(&Stored(&resources)).unwrap());
+    assert_eq!(letting_go, pieces::joined(&Stored(&resources).compressed()));
     assert!(resources.values().all(|r| Arc::strong_count(r) == 1), "the snapshot let go of every resource");
-    let Loaded(loaded) = postcard::from_bytes(&letting_go).unwrap();
+    let plain = pieces::decompressed(&letting_go).unwrap();
+    assert_eq!(plain, postcard::to_stdvec(&Stored(&resources)).unwrap());
+    let Loaded(loaded) = postcard::from_bytes(&plain).unwrap();
     assert_eq!(loaded.into_iter().collect::<Resources>(), resources);
 }
 
