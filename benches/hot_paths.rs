@@ -1,7 +1,8 @@
 //! The hot paths one at a time, outside the dataflow, on a generated workload:
 //! deduplication, the lifecycle (a resource's events → its breakdown rows),
-//! rating, and the sink's encoding of rows for ClickHouse (RowBinary, LZ4,
-//! over HTTP to an in-process mock server).
+//! rating, the sink's encoding of rows for ClickHouse (RowBinary, LZ4,
+//! over HTTP to an in-process mock server), and a checkpoint's encoding of
+//! the resources (plain, compressed as checkpoints hold them, and read back).
 //!
 //! `cargo bench --bench hot_paths`; figures go to BENCHMARKS.md.
 
@@ -11,13 +12,14 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use tally::sink::rows::UsageBreakdown;
 use tally::workload::{Generator, Workload};
+use tally_dataflows::checkpoint::pieces;
 use tally_dataflows::dataflow::dedup::Seen;
 use tally_dataflows::decode::decode;
 use tally_dataflows::event::{Event, ResourceKey};
 use tally_dataflows::fixed::Amount;
 use tally_dataflows::identity::Fingerprint;
 use tally_dataflows::intern::Interner;
-use tally_dataflows::lifecycle::{Emitted, Resource, Windows};
+use tally_dataflows::lifecycle::{Emitted, Loaded, Resource, Resources, Stored, Windows};
 use tally_dataflows::oracle;
 use tally_dataflows::prices::{PriceList, SkuKind};
 use tally_dataflows::rows::BreakdownRow;
@@ -154,7 +156,36 @@ fn sink_encoding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dedup, lifecycle, rating, sink_encoding);
+fn checkpoint_encoding(c: &mut Criterion) {
+    let prices = prices();
+    let mut resources = Resources::default();
+    for event in events(200_000, &prices) {
+        let resource = resources.entry(event.resource.clone()).or_default();
+        Arc::make_mut(resource).insert(event);
+    }
+    let plain = pieces::joined(&pieces::encode(&Stored(&resources)));
+    let compressed = pieces::joined(&Stored(&resources).compressed());
+    println!(
+        "checkpoint: {} resources, usage part {} bytes plain, {} compressed",
+        resources.len(),
+        plain.len(),
+        compressed.len()
+    );
+    let mut group = c.benchmark_group("checkpoint");
+    group.throughput(Throughput::Bytes(plain.len() as u64));
+    group.bench_function("encode_usage", |b| b.iter(|| pieces::encode(&Stored(&resources))));
+    group.bench_function("encode_usage_compressed", |b| b.iter(|| Stored(&resources).compressed()));
+    group.bench_function("read_usage_compressed", |b| {
+        b.iter(|| {
+            let raw = pieces::decompressed(&compressed).expect("compressed as written");
+            let Loaded(read) = postcard::from_bytes(&raw).expect("encoded as written");
+            read.len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, dedup, lifecycle, rating, sink_encoding, checkpoint_encoding);
 fn main() {
     allocator::configure();
     benches();
