@@ -54,6 +54,10 @@ pub fn decompressed(mut compressed: &[u8]) -> Result<Vec<u8>, Corrupt> {
         let (length, rest) = header_length(compressed)?;
         let (raw_length, rest) = header_length(rest)?;
         let block = rest.get(..length).ok_or(Corrupt::Truncated)?;
+        // Checked before it is allocated: a block says how much room it takes.
+        if raw_length > PIECE {
+            return Err(Corrupt::Oversized(raw_length));
+        }
         let at = raw.len();
         raw.resize(at + raw_length, 0);
         let written = lz4_flex::block::decompress_into(block, &mut raw[at..]).map_err(Corrupt::Block)?;
@@ -74,6 +78,9 @@ pub enum Corrupt {
     /// A block is not LZ4.
     #[error("a compressed block cannot be decompressed: {0}")]
     Block(lz4_flex::block::DecompressError),
+    /// A block says it holds more than a piece, which no encoding writes.
+    #[error("a compressed block says it holds {0} bytes, more than a piece")]
+    Oversized(usize),
     /// A block holds another length than its header says.
     #[error("a compressed block holds {found} bytes, its header says {expected}")]
     Length {
@@ -214,6 +221,9 @@ mod tests {
         let mut longer = compressed.clone();
         longer[4..8].copy_from_slice(&(plain.len() as u32 + 1).to_le_bytes());
         assert!(matches!(decompressed(&longer), Err(Corrupt::Length { .. }) | Err(Corrupt::Block(_))));
+        let mut oversized = compressed.clone();
+        oversized[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decompressed(&oversized), Err(Corrupt::Oversized(_))));
         let mut garbled = compressed;
         garbled[8..].fill(0xff);
         assert!(decompressed(&garbled).is_err());
