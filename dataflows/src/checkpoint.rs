@@ -98,6 +98,13 @@ pub(crate) struct Recorded {
     pub(crate) new_segment: Option<(SegmentId, Pieces)>,
 }
 
+impl Recorded {
+    /// A state recorded whole, in `bytes`, holding `entries`: no segments.
+    pub(crate) fn whole(bytes: Pieces, entries: usize) -> Recorded {
+        Recorded { bytes, entries, segments: Vec::new(), new_segment: None }
+    }
+}
+
 /// An operator's state, as it records itself for a checkpoint.
 pub(crate) trait Record {
     /// The state as of `epoch`, which it has just reached.
@@ -109,14 +116,14 @@ pub(crate) struct Whole<'a, T>(pub(crate) &'a T, pub(crate) usize);
 
 impl<T: Serialize> Record for Whole<'_, T> {
     fn record(&mut self, _: u64) -> Recorded {
-        Recorded { bytes: pieces::encode(self.0), entries: self.1, segments: Vec::new(), new_segment: None }
+        Recorded::whole(pieces::encode(self.0), self.1)
     }
 }
 
 /// The resources, as a checkpoint holds them: compressed.
 impl Record for Stored<'_> {
     fn record(&mut self, _: u64) -> Recorded {
-        Recorded { bytes: self.compressed(), entries: self.0.len(), segments: Vec::new(), new_segment: None }
+        Recorded::whole(self.compressed(), self.0.len())
     }
 }
 

@@ -500,4 +500,4 @@ mod sorted;
 #[cfg(test)]
 mod tests;
 
-pub use snapshot::{Copied, Loaded, Stored, encode_letting_go};
+pub use snapshot::{Copied, Loaded, Stored, copied, encode_letting_go};

@@ -29,7 +29,7 @@ use super::snapshots::{Due, stateful};
 use crate::checkpoint::{Part, Recorded, Recorder};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
-use crate::lifecycle::{Copied, Emitted, Resource, Resources, RowChange, encode_letting_go};
+use crate::lifecycle::{Copied, Emitted, Resource, Resources, RowChange, copied, encode_letting_go};
 use crate::offload::Offload;
 use crate::prices::PriceList;
 use crate::rows::{BreakdownKey, BreakdownRow, Delta, Progress, TotalKey};
@@ -101,7 +101,7 @@ pub(crate) fn usage<'scope>(
                     None => {
                         let Some(&(time, _)) = ready.front() else { break };
                         match snapshots.due_before(time) {
-                            Due::Now(checkpoint) => encoder.hand_over((checkpoint, copy(&resources))),
+                            Due::Now(checkpoint) => encoder.hand_over((checkpoint, copied(&resources))),
                             Due::Wait => return,
                             Due::Nothing => {}
                         }
@@ -130,7 +130,7 @@ pub(crate) fn usage<'scope>(
                 snapshots.worked(*capability.time());
             }
             if let Due::Now(checkpoint) = snapshots.due_after(&[events_frontier, progress_frontier]) {
-                encoder.hand_over((checkpoint, copy(&resources)));
+                encoder.hand_over((checkpoint, copied(&resources)));
             }
         }
     })
@@ -147,14 +147,9 @@ pub(crate) fn usage<'scope>(
 fn snapshot_encoder(worker: usize, activator: SyncActivator) -> Offload<(u64, Copied), Recorded> {
     let encode = |(_, resources): (u64, Copied)| {
         let entries = resources.len();
-        Recorded { bytes: encode_letting_go(resources), entries, segments: Vec::new(), new_segment: None }
+        Recorded::whole(encode_letting_go(resources), entries)
     };
     Offload::start(format!("tally-usage-snapshot-{worker}"), activator, encode)
-}
-
-/// The resources, copied for a snapshot.
-fn copy(resources: &Resources) -> Copied {
-    resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource))).collect()
 }
 
 /// Gives back the room of a map that has shrunk to a quarter of it: a hash

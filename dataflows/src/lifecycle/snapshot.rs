@@ -52,6 +52,11 @@ impl Serialize for Stored<'_> {
 /// until the worker changes them.
 pub type Copied = Vec<(ResourceKey, Arc<Resource>)>;
 
+/// The entries of `resources`, copied for a snapshot.
+pub fn copied(resources: &Resources) -> Copied {
+    resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource))).collect()
+}
+
 /// Encodes `resources` as [`Stored::compressed`] encodes the map they were
 /// copied from, letting go of each resource once it is written.
 ///

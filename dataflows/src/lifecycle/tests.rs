@@ -192,7 +192,7 @@ fn format_2_fixture_resources() -> Resources {
 #[test]
 fn a_snapshot_letting_go_writes_what_stored_writes_and_leaves_the_resources_unshared() {
     let resources = format_2_fixture_resources();
-    let copy: Copied = resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource))).collect();
+    let copy = copied(&resources);
     assert!(resources.values().all(|r| Arc::strong_count(r) == 2), "the copy shares the resources");
     let letting_go = pieces::joined(&encode_letting_go(copy));
     assert_eq!(letting_go, pieces::joined(&Stored(&resources).compressed()));
