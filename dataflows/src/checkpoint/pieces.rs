@@ -25,6 +25,8 @@ pub type Pieces = Vec<Bytes>;
 pub const PIECE: usize = 1 << 20;
 /// The first piece: most parts and segments are small.
 const FIRST_PIECE: usize = 4 << 10;
+/// Writes up to this long are copied byte by byte.
+const SHORT: usize = 16;
 
 /// Encodes `value` with postcard, in pieces.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Pieces {
@@ -160,6 +162,14 @@ impl Flavor for InPieces {
     }
 
     fn try_extend(&mut self, mut data: &[u8]) -> postcard::Result<()> {
+        // Most writes are a varint or a short string: copied byte by byte,
+        // they cost less than a call to copy them.
+        if data.len() <= SHORT && self.current.capacity() - self.current.len() >= data.len() {
+            for &byte in data {
+                self.current.push(byte);
+            }
+            return Ok(());
+        }
         while !data.is_empty() {
             if self.current.len() == self.current.capacity() {
                 self.next_piece();
