@@ -332,7 +332,7 @@ impl Resource {
     fn window(&self, start: Millis, accrued_to: Option<Millis>) -> Result<(WindowUsage, Arc<Meta>), Overflow> {
         let end = start + HOUR;
         let overflow = || Overflow::new(format!("usage in window starting {}", crate::time::Rfc3339(start)));
-        let mut usage = Usage::default();
+        let mut usage = Usage(Vec::with_capacity(USUAL_SKUS));
         let gauge_before = self.events.below(&EventOrder::first_at(start)).last();
         let mut in_force: &[(SkuId, Quantity)] = gauge_before.map_or(&self.base, |(_, e)| &e.quantities);
         let mut from = start;
@@ -469,8 +469,12 @@ type WindowUsage = Vec<(SkuId, Amount)>;
 
 /// A window's usage per SKU at scale 12, sorted by SKU: a resource has a
 /// handful of SKUs, so one short vector rather than a map per window.
-#[derive(Default)]
 struct Usage(Vec<(SkuId, i128)>);
+
+/// SKUs a window's usage has room for at first, the size its first insert
+/// would grow it to: made that size at once, it skips the vector's slower
+/// growth path (growing vectors was 6.5% of a worker's instructions).
+const USUAL_SKUS: usize = 4;
 
 impl Usage {
     fn add(&mut self, sku: SkuId, amount: i128) -> Option<()> {

@@ -128,7 +128,9 @@ impl<'a> Cursor<'a> {
 
     /// An object of strings with no key repeated.
     fn pairs(&mut self) -> Option<Pairs<'a>> {
-        let mut pairs: Vec<(Text<'a>, Text<'a>)> = Vec::new();
+        // Made at the size its first push would grow it to: growing from
+        // empty went through the vector's slower growth path, twice a message.
+        let mut pairs: Vec<(Text<'a>, Text<'a>)> = Vec::with_capacity(4);
         self.members(|cursor, key| {
             let value = cursor.string()?;
             if pairs.iter().any(|(held, _)| held.0 == key) {
