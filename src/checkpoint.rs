@@ -374,14 +374,16 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
         let format = file.format;
         match part {
             Part::Usage if format == 2 => {
-                *bytes = usage_part_of_format_2(bytes).map_err(|e| corrupt(format!("usage part of format 2: {e}")))?;
+                *bytes = usage_part_as_now(Loaded::from_format_2(bytes))
+                    .map_err(|e| corrupt(format!("usage part of format 2: {e}")))?;
             }
             Part::Usage if format < 5 => {
-                let converted = usage_part_of_format_4(bytes);
+                let converted = usage_part_as_now(Loaded::from_format_4(bytes));
                 *bytes = converted.map_err(|e| corrupt(format!("usage part of format {format}: {e}")))?;
             }
             Part::Usage if format == 5 => {
-                *bytes = usage_part_of_format_5(bytes).map_err(|e| corrupt(format!("usage part of format 5: {e}")))?;
+                *bytes = usage_part_as_now(Loaded::from_format_5(bytes))
+                    .map_err(|e| corrupt(format!("usage part of format 5: {e}")))?;
             }
             Part::Usage if format == 6 => *bytes = pieces::joined(&pieces::compress(bytes)),
             Part::Dedup if format < SEGMENTS_SINCE => {
@@ -394,21 +396,10 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
     Ok(parts)
 }
 
-/// A usage part of format 2 as this format encodes it.
-fn usage_part_of_format_2(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
-    let Loaded(resources) = Loaded::from_format_2(bytes)?;
-    Ok(pieces::joined(&Stored(&resources.into_iter().collect()).compressed()))
-}
-
-/// A usage part of formats 3 and 4 as this format encodes it.
-fn usage_part_of_format_4(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
-    let Loaded(resources) = Loaded::from_format_4(bytes)?;
-    Ok(pieces::joined(&Stored(&resources.into_iter().collect()).compressed()))
-}
-
-/// A usage part of format 5 as this format encodes it.
-fn usage_part_of_format_5(bytes: &[u8]) -> Result<Vec<u8>, postcard::Error> {
-    let Loaded(resources) = Loaded::from_format_5(bytes)?;
+/// A usage part of an earlier format, read as `loaded`, as this format
+/// encodes it.
+fn usage_part_as_now(loaded: Result<Loaded, postcard::Error>) -> Result<Vec<u8>, postcard::Error> {
+    let Loaded(resources) = loaded?;
     Ok(pieces::joined(&Stored(&resources.into_iter().collect()).compressed()))
 }
 

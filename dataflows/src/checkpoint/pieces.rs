@@ -30,14 +30,18 @@ const SHORT: usize = 16;
 
 /// Encodes `value` with postcard, in pieces.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Pieces {
-    let flavor = InPieces { done: Vec::new(), current: Vec::new(), compressed: None };
-    postcard::serialize_with_flavor(value, flavor).expect("plain data encodes")
+    encode_in(value, None)
 }
 
 /// Encodes `value` with postcard, in pieces compressed one at a time (see
 /// the module docs); [`decompressed`] reads them back.
 pub fn encode_compressed<T: Serialize + ?Sized>(value: &T) -> Pieces {
-    let flavor = InPieces { done: Vec::new(), current: Vec::new(), compressed: Some(Vec::new()) };
+    encode_in(value, Some(Vec::new()))
+}
+
+/// Encodes `value` in pieces, compressed if given a scratch buffer.
+fn encode_in<T: Serialize + ?Sized>(value: &T, compressed: Option<Vec<u8>>) -> Pieces {
+    let flavor = InPieces { done: Vec::new(), current: Vec::new(), compressed };
     postcard::serialize_with_flavor(value, flavor).expect("plain data encodes")
 }
 
