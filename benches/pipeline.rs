@@ -39,24 +39,30 @@ fn decode_validate(c: &mut Criterion) {
 
 fn dataflow(c: &mut Criterion) {
     let prices = prices();
-    let workload = Workload { events: 200_000, fleet: 20_000, accounts: 2_000, partitions: 8, ..Workload::default() };
-    let messages = Generator::new(workload.clone()).messages();
-    let partitions: Vec<u32> = (0..workload.partitions).collect();
-    let mut group = c.benchmark_group("dataflow");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(messages.len() as u64));
-    for workers in [1, 2] {
-        let shape = RunShape {
-            workers,
-            epoch_starts: (0..messages.len()).step_by(20_000).collect(),
-            cadence: Cadence::every(5),
-            rows_per_step: ROWS_PER_STEP,
-        };
-        group.bench_function(format!("{workers}_workers"), |b| {
-            b.iter(|| memory::run(&partitions, messages.clone(), Arc::clone(&prices), Settings::default(), &shape))
-        });
+    // Twenty thousand resources see about one event an epoch each, so the
+    // run is mostly per-resource work; two thousand see ten, as a drain's
+    // resources see many, and the run is mostly per-event work.
+    for (fleet, suffix) in [(20_000, ""), (2_000, "_2000_resources")] {
+        let workload = Workload { events: 200_000, fleet, accounts: fleet / 10, partitions: 8, ..Workload::default() };
+        let messages = Generator::new(workload.clone()).messages();
+        let partitions: Vec<u32> = (0..workload.partitions).collect();
+        let mut group = c.benchmark_group("dataflow");
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(messages.len() as u64));
+        let workers = if suffix.is_empty() { vec![1, 2] } else { vec![2] };
+        for workers in workers {
+            let shape = RunShape {
+                workers,
+                epoch_starts: (0..messages.len()).step_by(20_000).collect(),
+                cadence: Cadence::every(5),
+                rows_per_step: ROWS_PER_STEP,
+            };
+            group.bench_function(format!("{workers}_workers{suffix}"), |b| {
+                b.iter(|| memory::run(&partitions, messages.clone(), Arc::clone(&prices), Settings::default(), &shape))
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, decode_validate, dataflow);
