@@ -207,11 +207,21 @@ impl Working {
         (stale, queue): (Vec<BreakdownKey>, Vec<UsageOut>),
     ) -> Working {
         let next = epoch.second.last().copied().unwrap_or(previous);
+        // An event is filed by its key as it is, not a copy: each copy, and
+        // each key taken out of an event for an empty one, counted references
+        // up and down, and every empty key shares one counter that both
+        // workers wrote. A resource's map entry is looked up once an epoch.
         let mut touched: foldhash::HashMap<ResourceKey, Vec<Event>> = foldhash::HashMap::default();
-        for mut event in epoch.first {
-            let key = std::mem::take(&mut event.resource);
-            resources.entry(key.clone()).or_default();
-            touched.entry(key).or_default().push(event);
+        for event in epoch.first {
+            match touched.get_mut(&event.resource) {
+                Some(events) => events.push(event),
+                None => {
+                    if !resources.contains_key(&event.resource) {
+                        resources.insert(event.resource.clone(), Arc::default());
+                    }
+                    touched.insert(event.resource.clone(), vec![event]);
+                }
+            }
         }
         // Accrual moved: every running resource's open rows change; prices
         // changed: every open row may. Otherwise only the resources the
