@@ -102,12 +102,24 @@ pub struct EventOrder {
     pub source: Arc<str>,
 }
 
-impl EventOrder {
-    /// The least order at `time`: every event at `time` sorts at or after it.
-    /// Recomputing a window builds several as bounds: the empty source is
-    /// the standard library's shared one, not an allocation each.
-    pub fn first_at(time: Millis) -> EventOrder {
-        EventOrder { time, id: String::new(), source: Arc::default() }
+/// The least order at a time, as a bound: every event at the time sorts
+/// after it, every event before the time before it. A bound of its own
+/// rather than an `EventOrder` with an empty id and source: recomputing a
+/// window takes several, and the standard library's empty `Arc<str>` is
+/// one counter for the whole process, which every worker's bounds counted
+/// up and down.
+#[derive(Clone, Copy, Debug)]
+pub struct FirstAt(pub Millis);
+
+impl PartialEq<FirstAt> for EventOrder {
+    fn eq(&self, _: &FirstAt) -> bool {
+        false
+    }
+}
+
+impl PartialOrd<FirstAt> for EventOrder {
+    fn partial_cmp(&self, bound: &FirstAt) -> Option<std::cmp::Ordering> {
+        Some(if self.time < bound.0 { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater })
     }
 }
 
@@ -198,5 +210,24 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn an_order_is_below_the_first_at_a_time_as_below_the_least_order_then(
+            time in -3i64..3, id in "[a-b]{0,2}", source in "[a-b]{0,2}", bound in -3i64..3,
+        ) {
+            let order = EventOrder { time, id, source: source.into() };
+            let least = EventOrder { time: bound, id: String::new(), source: Arc::from("") };
+            prop_assert_eq!(order < FirstAt(bound), order < least);
+            prop_assert_eq!(order >= FirstAt(bound), order >= least);
+        }
     }
 }

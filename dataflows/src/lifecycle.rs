@@ -28,7 +28,7 @@ use sorted::SortedMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventKind, EventOrder, Meta, Quantities, ResourceKey};
+use crate::event::{Event, EventKind, EventOrder, FirstAt, Meta, Quantities, ResourceKey};
 use crate::fixed::{Amount, Overflow, Quantity};
 use crate::prices::{PriceList, SkuId};
 use crate::rate;
@@ -333,10 +333,10 @@ impl Resource {
         let end = start + HOUR;
         let overflow = || Overflow::new(format!("usage in window starting {}", crate::time::Rfc3339(start)));
         let mut usage = Usage(Vec::with_capacity(USUAL_SKUS));
-        let gauge_before = self.events.below(&EventOrder::first_at(start)).last();
+        let gauge_before = self.events.below(&FirstAt(start)).last();
         let mut in_force: &[(SkuId, Quantity)] = gauge_before.map_or(&self.base, |(_, e)| &e.quantities);
         let mut from = start;
-        for (order, entry) in self.events.between(&EventOrder::first_at(start), &EventOrder::first_at(end)) {
+        for (order, entry) in self.events.between(&FirstAt(start), &FirstAt(end)) {
             if order.time > from {
                 usage.accrue(in_force, order.time - from).ok_or_else(overflow)?;
                 from = order.time;
@@ -345,7 +345,7 @@ impl Resource {
         }
         // A later gauge event closes the last segment; otherwise the resource
         // is still running and accrues up to `accrued_to`.
-        let closed = !self.events.at_or_after(&EventOrder::first_at(end)).is_empty();
+        let closed = !self.events.at_or_after(&FirstAt(end)).is_empty();
         let until = if closed { end } else { accrued_to.map_or(from, |a| a.clamp(from, end)) };
         usage.accrue(in_force, until - from).ok_or_else(overflow)?;
         if let Some(counted) = self.counted.get(&start) {
@@ -365,7 +365,7 @@ impl Resource {
     /// The metadata of the latest event held at or before `end` (a window's
     /// end: a counter exactly there sits in the next window's sums).
     fn latest_meta_through(&self, end: Millis) -> Option<&Arc<Meta>> {
-        let gauge = self.events.below(&EventOrder::first_at(end + 1)).last().map(|(order, e)| (order, &e.meta));
+        let gauge = self.events.below(&FirstAt(end + 1)).last().map(|(order, e)| (order, &e.meta));
         let counter = match self.counted.get(&end).and_then(|c| c.at_start.as_deref()) {
             Some((order, meta)) => Some((order, meta)),
             None => self.counted.below(&end).last().map(|(_, c)| (&c.latest.0, &c.latest.1)),
@@ -388,7 +388,7 @@ impl Resource {
     pub fn fold(&mut self, boundary: Millis) {
         debug_assert_eq!(boundary, window_start(boundary), "folds happen at window starts");
         let mut latest: Option<(EventOrder, Arc<Meta>)> = None;
-        for (order, entry) in self.events.take_below(&EventOrder::first_at(boundary)) {
+        for (order, entry) in self.events.take_below(&FirstAt(boundary)) {
             self.base = entry.quantities;
             latest = Some((order, entry.meta));
         }

@@ -337,7 +337,7 @@ mod tests {
         use crate::judge::LateCopy;
         let candidate = |partition, offset, late: bool| Candidate {
             event: Event {
-                order: EventOrder::first_at(0),
+                order: EventOrder { time: 0, id: String::new(), source: Default::default() },
                 kind: EventKind::Stopped,
                 resource: ResourceKey::default(),
                 quantities: Default::default(),

@@ -15,8 +15,12 @@ impl<K, V> Default for SortedMap<K, V> {
 }
 
 impl<K: Ord, V> SortedMap<K, V> {
-    /// Index of the first entry whose key is not below `key`.
-    fn lower_bound(&self, key: &K) -> usize {
+    /// Index of the first entry whose key is not below `key`, which may be
+    /// a bound of another type the keys order against.
+    fn lower_bound<Q>(&self, key: &Q) -> usize
+    where
+        K: PartialOrd<Q>,
+    {
         self.0.partition_point(|(k, _)| k < key)
     }
 
@@ -65,23 +69,35 @@ impl<K: Ord, V> SortedMap<K, V> {
     }
 
     /// Entries with keys below `key`.
-    pub fn below(&self, key: &K) -> &[(K, V)] {
+    pub fn below<Q>(&self, key: &Q) -> &[(K, V)]
+    where
+        K: PartialOrd<Q>,
+    {
         &self.0[..self.lower_bound(key)]
     }
 
     /// Entries with keys from `from` up to, not including, `to`.
-    pub fn between(&self, from: &K, to: &K) -> &[(K, V)] {
+    pub fn between<Q>(&self, from: &Q, to: &Q) -> &[(K, V)]
+    where
+        K: PartialOrd<Q>,
+    {
         let start = self.lower_bound(from);
         &self.0[start..self.lower_bound(to).max(start)]
     }
 
     /// Entries with keys from `key` on.
-    pub fn at_or_after(&self, key: &K) -> &[(K, V)] {
+    pub fn at_or_after<Q>(&self, key: &Q) -> &[(K, V)]
+    where
+        K: PartialOrd<Q>,
+    {
         &self.0[self.lower_bound(key)..]
     }
 
     /// Removes and returns the entries with keys below `key`, in order.
-    pub fn take_below(&mut self, key: &K) -> Vec<(K, V)> {
+    pub fn take_below<Q>(&mut self, key: &Q) -> Vec<(K, V)>
+    where
+        K: PartialOrd<Q>,
+    {
         let split = self.lower_bound(key);
         let kept = self.0.split_off(split);
         let taken = std::mem::replace(&mut self.0, kept);
