@@ -198,7 +198,13 @@ impl Resource {
         let gauge = self.events.entries().last().map(|(_, e)| &e.meta);
         let counter = self.counted.entries().last().map(|(_, c)| &c.latest.1);
         let mut held = gauge.into_iter().chain(counter).chain(self.base_meta.as_ref());
-        held.find(|held| **held == meta).map_or(meta, Arc::clone)
+        match held.find(|held| **held == meta) {
+            // The event's own handle when it is to the same copy: cloning the
+            // held one and dropping the event's counted the copy up and down,
+            // and the worker that decoded the event counts it too.
+            Some(held) if !Arc::ptr_eq(held, &meta) => Arc::clone(held),
+            _ => meta,
+        }
     }
 
     /// True when the resource can accrue nothing more and has nothing to
