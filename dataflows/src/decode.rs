@@ -74,6 +74,9 @@ struct RawData<'a> {
     region: Option<Text<'a>>,
     #[serde(borrow)]
     labels: Option<Pairs<'a>>,
+    /// The labels' text in the message, when the fast path read them.
+    #[serde(skip)]
+    labels_text: Option<&'a str>,
 }
 
 /// `data.quantities`: read as pairs only when the type needs them (a
@@ -223,7 +226,7 @@ fn validate(raw: RawEvent<'_>, prices: &PriceList, interner: &mut Interner) -> R
     let quantities = if kind.is_gauge() { interner.quantities(&quantities) } else { Arc::from(quantities) };
     let project_id = data.project_id.map_or(Cow::Borrowed(""), |Text(text)| text);
     let region = data.region.map_or(Cow::Borrowed(""), |Text(text)| text);
-    let meta = interner.meta(&project_id, &region, |json| match data.labels {
+    let meta = interner.meta(&project_id, &region, data.labels_text, |json| match data.labels {
         None => json.extend_from_slice(b"{}"),
         Some(Pairs(pairs)) => labels_json(pairs, json),
     });

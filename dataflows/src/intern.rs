@@ -17,6 +17,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 use crate::event::{Meta, Quantities};
 use crate::fixed::Quantity;
@@ -31,6 +32,10 @@ pub struct Interner {
     sources: Table<str>,
     accounts: Table<str>,
     metas: Table<Meta>,
+    /// Metadata by its fields as the message wrote them, labels unsorted:
+    /// the same text always makes the same metadata, so most events are
+    /// matched without their labels being sorted and written again.
+    metas_as_written: Table<AsWritten>,
     shapes: Table<[(SkuId, Quantity)]>,
     /// Room for labels as JSON, reused from event to event.
     labels: Vec<u8>,
@@ -40,40 +45,86 @@ impl Interner {
     /// The shared copy of `source`: a cloud has a few dozen, and an event
     /// carried its own copy from the partition stage to the resource.
     pub fn source(&mut self, source: &str) -> Arc<str> {
-        self.sources.get(source, |held| held == source, || Arc::from(source))
+        Arc::clone(self.sources.get(source, |held| held == source, || Arc::from(source)))
     }
 
     /// The shared copy of `account`.
     pub fn account(&mut self, account: &str) -> Arc<str> {
-        self.accounts.get(account, |held| held == account, || Arc::from(account))
+        Arc::clone(self.accounts.get(account, |held| held == account, || Arc::from(account)))
     }
 
     /// The shared copy of gauge `quantities`: held for every event of a
     /// resource's open windows, they were a hundred bytes each, and a
     /// fleet has few shapes.
     pub fn quantities(&mut self, quantities: &[(SkuId, Quantity)]) -> Quantities {
-        self.shapes.get(quantities, |held| held == quantities, || Arc::from(quantities))
+        Arc::clone(self.shapes.get(quantities, |held| held == quantities, || Arc::from(quantities)))
     }
 
     /// The shared copy of the metadata made of these fields, the labels as
-    /// the JSON that `write_labels` writes.
-    pub fn meta(&mut self, project_id: &str, region: &str, write_labels: impl FnOnce(&mut Vec<u8>)) -> Arc<Meta> {
-        let mut labels = std::mem::take(&mut self.labels);
-        labels.clear();
-        write_labels(&mut labels);
-        let text = std::str::from_utf8(&labels).expect("labels are written as JSON, which is UTF-8");
-        let key = (project_id, region, text);
-        let meta = self.metas.get(
+    /// the JSON that `write_labels` writes. `labels_as_written`, the labels'
+    /// text in the message, if known, must be what `write_labels` reads.
+    pub fn meta(
+        &mut self,
+        project_id: &str,
+        region: &str,
+        labels_as_written: Option<&str>,
+        write_labels: impl FnOnce(&mut Vec<u8>),
+    ) -> Arc<Meta> {
+        let Some(labels_text) = labels_as_written else {
+            return self.meta_of_labels(project_id, region, write_labels);
+        };
+        let key = (project_id, region, labels_text);
+        let (metas, labels) = (&mut self.metas, &mut self.labels);
+        let written = self.metas_as_written.get(
             key,
             |held| (&*held.project_id, &*held.region, &*held.labels) == key,
             || {
-                let (project_id, region, labels) = (project_id.to_owned(), region.to_owned(), text.to_owned());
-                Arc::new(Meta { project_id, region, labels })
+                let meta = meta_of_labels(metas, labels, project_id, region, write_labels);
+                let (project_id, region, labels) = (project_id.into(), region.into(), labels_text.into());
+                Arc::new(AsWritten { project_id, region, labels, meta })
             },
         );
-        self.labels = labels;
-        meta
+        Arc::clone(&written.meta)
     }
+
+    fn meta_of_labels(&mut self, project_id: &str, region: &str, write_labels: impl FnOnce(&mut Vec<u8>)) -> Arc<Meta> {
+        meta_of_labels(&mut self.metas, &mut self.labels, project_id, region, write_labels)
+    }
+}
+
+/// Metadata's fields as a message wrote them, and the metadata they make.
+struct AsWritten {
+    project_id: Box<str>,
+    region: Box<str>,
+    labels: Box<str>,
+    meta: Arc<Meta>,
+}
+
+/// The shared copy in `metas` of the metadata made of these fields, the
+/// labels written into `room`.
+fn meta_of_labels(
+    metas: &mut Table<Meta>,
+    room: &mut Vec<u8>,
+    project_id: &str,
+    region: &str,
+    write_labels: impl FnOnce(&mut Vec<u8>),
+) -> Arc<Meta> {
+    let mut labels = std::mem::take(room);
+    labels.clear();
+    write_labels(&mut labels);
+    let text = std::str::from_utf8(&labels).expect("labels are written as JSON, which is UTF-8");
+    let key = (project_id, region, text);
+    let meta = metas.get(
+        key,
+        |held| (&*held.project_id, &*held.region, &*held.labels) == key,
+        || {
+            let (project_id, region, labels) = (project_id.to_owned(), region.to_owned(), text.to_owned());
+            Arc::new(Meta { project_id, region, labels })
+        },
+    );
+    let meta = Arc::clone(meta);
+    *room = labels;
+    meta
 }
 
 /// Shared values by the hash of what they are made of.
@@ -90,17 +141,21 @@ impl<T: ?Sized> Default for Table<T> {
 
 impl<T: ?Sized> Table<T> {
     /// The held value equal to `key`, or a new one made by `make`.
-    fn get<K: std::hash::Hash>(&mut self, key: K, equal: impl Fn(&T) -> bool, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
-        let hash = self.hasher.hash_one(key);
-        if let Some((_, held)) = self.values.find(hash, |(h, held)| *h == hash && equal(held)) {
-            return Arc::clone(held);
-        }
+    fn get<K: std::hash::Hash>(
+        &mut self,
+        key: K,
+        equal: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> Arc<T>,
+    ) -> &Arc<T> {
         if self.values.len() >= CAPACITY {
             self.make_room();
         }
-        let value = make();
-        self.values.insert_unique(hash, (hash, Arc::clone(&value)), |(h, _)| *h);
-        value
+        let hash = self.hasher.hash_one(key);
+        let entry = match self.values.entry(hash, |(h, held)| *h == hash && equal(held), |(h, _)| *h) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(room) => room.insert((hash, make())).into_mut(),
+        };
+        &entry.1
     }
 
     /// Lets go of the values only the table holds; starts afresh when most
@@ -126,17 +181,33 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &interner.account("acc-1")));
         assert!(!Arc::ptr_eq(&a, &interner.account("acc-2")));
         let labels = |json: &mut Vec<u8>| json.extend_from_slice(br#"{"team":"a"}"#);
-        let meta = interner.meta("prj", "eu", labels);
-        assert!(Arc::ptr_eq(&meta, &interner.meta("prj", "eu", labels)));
+        let meta = interner.meta("prj", "eu", None, labels);
+        assert!(Arc::ptr_eq(&meta, &interner.meta("prj", "eu", None, labels)));
         assert_eq!(*meta, Meta { project_id: "prj".into(), region: "eu".into(), labels: r#"{"team":"a"}"#.into() });
         let one = [(SkuId(0), Quantity::from_nanos(1).unwrap())];
         let quantities = interner.quantities(&one);
         assert!(Arc::ptr_eq(&quantities, &interner.quantities(&one)));
         assert!(!Arc::ptr_eq(&quantities, &interner.quantities(&[(SkuId(1), Quantity::from_nanos(1).unwrap())])));
         // Fields are told apart, not run together.
-        let moved = interner.meta("pr", "jeu", labels);
+        let moved = interner.meta("pr", "jeu", None, labels);
         assert_eq!(moved.project_id, "pr");
         assert!(!Arc::ptr_eq(&meta, &moved));
+    }
+
+    #[test]
+    fn metadata_as_written_is_the_metadata_its_labels_make() {
+        let mut interner = Interner::default();
+        let sorted = |json: &mut Vec<u8>| json.extend_from_slice(br#"{"a":"1","b":"2"}"#);
+        let meta = interner.meta("prj", "eu", None, sorted);
+        let written = [r#"{"b":"2","a":"1"}"#, r#" { "a" : "1", "b":"2" }"#];
+        for text in written {
+            let as_written = interner.meta("prj", "eu", Some(text), sorted);
+            assert!(Arc::ptr_eq(&meta, &as_written), "{text} is the same metadata");
+            let again = interner.meta("prj", "eu", Some(text), |_| panic!("known text is not written again"));
+            assert!(Arc::ptr_eq(&meta, &again));
+        }
+        let elsewhere = interner.meta("prj", "us", Some(written[0]), sorted);
+        assert_eq!(elsewhere.region, "us", "the same labels in another region are other metadata");
     }
 
     #[test]

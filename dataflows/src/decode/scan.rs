@@ -118,11 +118,20 @@ impl<'a> Cursor<'a> {
                 "project_id" => &mut data.project_id,
                 "region" => &mut data.region,
                 "quantities" => return put(&mut data.quantities, Quantities::Read(cursor.pairs()?)),
-                "labels" => return put(&mut data.labels, cursor.pairs()?),
+                "labels" => {
+                    let start = cursor.at;
+                    put(&mut data.labels, cursor.pairs()?)?;
+                    data.labels_text = cursor.text.get(start..cursor.at);
+                    return Some(());
+                }
                 _ => return cursor.string().map(drop),
             };
             put(slot, Text(Cow::Borrowed(cursor.string()?)))
         })?;
+        if data.labels.is_none() {
+            // No labels are written as nothing, which no labels object is.
+            data.labels_text = Some("");
+        }
         Some(data)
     }
 

@@ -384,6 +384,36 @@ mod fast_path {
         }
 
         #[test]
+        fn metadata_met_again_is_what_the_general_parser_reads(
+            events in proptest::collection::vec(
+                (
+                    0usize..2,
+                    0usize..2,
+                    proptest::collection::vec((0usize..3, 0usize..3), 0..4),
+                    prop::sample::select(SPACES.to_vec()),
+                ),
+                1..16,
+            )
+        ) {
+            // One interner for all: metadata as written is matched to
+            // metadata seen before, in other orders and spacings too.
+            let list = prices();
+            let mut interner = Interner::default();
+            for (project, region, labels, space) in events {
+                let repeated = labels.iter().enumerate().any(|(i, (key, _))| labels[..i].iter().any(|(k, _)| k == key));
+                let labels: Vec<String> = labels
+                    .iter()
+                    .map(|&(key, value)| format!(r#"{space}"{}"{space}:"{}""#, ["a", "b", "c"][key], ["1", "2", "x"][value]))
+                    .collect();
+                let text = RECORDED
+                    .replace(r#""region":"eu-central-1""#, &format!(r#""region":"{}""#, ["eu", "us"][region]))
+                    .replace("}}", &format!(r#","project_id":"p{project}","labels":{{{}}}}}}}"#, labels.join(",")));
+                prop_assert_eq!(scan::event(&text).is_some(), !repeated, "the fast path reads it: {}", text);
+                prop_assert_eq!(decode(text.as_bytes(), &list, &mut interner), general(&text, &list), "{}", text);
+            }
+        }
+
+        #[test]
         fn a_plain_run_ends_at_the_first_quote_backslash_or_control_character(
             bytes in proptest::collection::vec(
                 prop::sample::select(vec![b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b']']),
