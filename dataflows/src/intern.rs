@@ -140,7 +140,9 @@ impl<T: ?Sized> Default for Table<T> {
 }
 
 impl<T: ?Sized> Table<T> {
-    /// The held value equal to `key`, or a new one made by `make`.
+    /// The held value equal to `key`, or a new one made by `make`. A full
+    /// table makes room before it looks: the entry it finds or makes is
+    /// what it hands out.
     fn get<K: std::hash::Hash>(
         &mut self,
         key: K,
