@@ -71,7 +71,7 @@ impl Interner {
         write_labels: impl FnOnce(&mut Vec<u8>),
     ) -> Arc<Meta> {
         let Some(labels_text) = labels_as_written else {
-            return self.meta_of_labels(project_id, region, write_labels);
+            return meta_of_labels(&mut self.metas, &mut self.labels, project_id, region, write_labels);
         };
         let key = (project_id, region, labels_text);
         let (metas, labels) = (&mut self.metas, &mut self.labels);
@@ -85,10 +85,6 @@ impl Interner {
             },
         );
         Arc::clone(&written.meta)
-    }
-
-    fn meta_of_labels(&mut self, project_id: &str, region: &str, write_labels: impl FnOnce(&mut Vec<u8>)) -> Arc<Meta> {
-        meta_of_labels(&mut self.metas, &mut self.labels, project_id, region, write_labels)
     }
 }
 
