@@ -62,7 +62,8 @@ struct Counted {
 impl Counted {
     fn of(order: EventOrder, quantities: &[(SkuId, Quantity)], meta: Arc<Meta>, window: Millis) -> Counted {
         let at_start = (order.time == window).then(|| Box::new((order.clone(), Arc::clone(&meta))));
-        let mut counted = Counted { sums: Vec::new(), first: order.time, latest: (order, meta), at_start };
+        let sums = Vec::with_capacity(quantities.len());
+        let mut counted = Counted { sums, first: order.time, latest: (order, meta), at_start };
         counted.add(quantities);
         counted
     }
@@ -72,7 +73,13 @@ impl Counted {
             let units = quantity.nanos().saturating_mul(1000);
             match self.sums.binary_search_by_key(&sku, |&(s, _)| s) {
                 Ok(index) => self.sums[index].1 = self.sums[index].1.saturating_add(units),
-                Err(index) => self.sums.insert(index, (sku, units)),
+                Err(index) => {
+                    // Room for the SKUs seen only: a window's sums live as
+                    // long as the window, and grown by doubling, the first
+                    // took room for four, most of it never used.
+                    self.sums.reserve_exact(1);
+                    self.sums.insert(index, (sku, units));
+                }
             }
         }
     }

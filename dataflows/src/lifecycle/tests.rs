@@ -332,3 +332,17 @@ proptest::proptest! {
         proptest::prop_assert!(planned <= inserted, "planned {planned}, inserting returned {inserted}");
     }
 }
+
+#[test]
+fn a_window_of_counters_holds_room_for_the_skus_it_saw_only() {
+    let prices = prices();
+    let sku = |name: &str| prices.lookup(name).unwrap().0;
+    let order = |id: &str| EventOrder { time: at("2026-11-23T10:15:00Z"), id: id.into(), source: "s".into() };
+    let one = |name: &str| [(sku(name), Quantity::parse("3").unwrap())];
+    let window = at("2026-11-23T10:00:00Z");
+    let mut counted = Counted::of(order("a"), &one("network.egress_gib"), Arc::default(), window);
+    assert_eq!((counted.sums.len(), counted.sums.capacity()), (1, 1));
+    counted.insert(order("b"), &one("network.egress_gib"), Arc::default(), window);
+    counted.insert(order("c"), &one("api.requests"), Arc::default(), window);
+    assert_eq!((counted.sums.len(), counted.sums.capacity()), (2, 2));
+}
