@@ -155,9 +155,9 @@ struct Chunk {
 /// Moves `data` into `chunk`, handing each chunk over with `full` once it
 /// holds `rows_per_insert` rows. A chunk never holds more, nor room for more:
 /// grown by doubling past it, a chunk of the default size took room for
-/// twice its rows, copied them all once more, and three chunks per worker
-/// (one written, one waiting, one filling) were a tenth of the peak memory
-/// of a live run catching up with a million resources.
+/// twice its rows and copied them all once more, and the three chunks of
+/// each worker (one written, one waiting, one filling) held 84 MB at the
+/// heap's peak while a live run caught up with a million resources.
 fn fill_chunks<T>(chunk: &mut Vec<T>, data: &mut Vec<T>, rows_per_insert: usize, mut full: impl FnMut(Vec<T>)) {
     let mut data = data.drain(..);
     while data.len() > 0 {
