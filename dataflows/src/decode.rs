@@ -231,7 +231,7 @@ fn validate(raw: RawEvent<'_>, prices: &PriceList, interner: &mut Interner) -> R
         Some(Pairs(pairs)) => labels_json(pairs, json),
     });
     Ok(Event {
-        order: EventOrder { time, id: id.into_owned(), source: interner.source(&source) },
+        order: EventOrder { time, id: id.into_owned().into_boxed_str(), source: interner.source(&source) },
         kind,
         resource: ResourceKey { account: interner.account(&account), resource: Arc::from(subject) },
         quantities,

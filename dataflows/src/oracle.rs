@@ -73,7 +73,7 @@ pub fn run(
             seen.retain(|_, &mut t| t >= watermark - settings.dedup_horizon);
             expired_at = Some(watermark);
         }
-        let identity = (event.order.source.to_string(), event.order.id.clone());
+        let identity = (event.order.source.to_string(), event.order.id.to_string());
         match seen.entry(identity) {
             Entry::Occupied(_) => ledger.outcomes.duplicates += 1,
             Entry::Vacant(_) if behind > settings.allowed_lateness => {

@@ -337,7 +337,7 @@ mod tests {
         use crate::judge::LateCopy;
         let candidate = |partition, offset, late: bool| Candidate {
             event: Event {
-                order: EventOrder { time: 0, id: String::new(), source: Default::default() },
+                order: EventOrder { time: 0, id: Box::default(), source: Default::default() },
                 kind: EventKind::Stopped,
                 resource: ResourceKey::default(),
                 quantities: Default::default(),

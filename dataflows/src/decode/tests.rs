@@ -31,7 +31,7 @@ fn decodes_the_contract_example() {
     let list = prices();
     let event = decode(STARTED.as_bytes(), &list, &mut Interner::default()).unwrap();
     assert_eq!(event.kind, EventKind::Started);
-    assert_eq!(event.order.id, "01JD8Z6Q4W3V");
+    assert_eq!(&*event.order.id, "01JD8Z6Q4W3V");
     assert_eq!(Rfc3339(event.time()).to_string(), "2026-11-23T10:15:00.250Z");
     assert_eq!(&*event.resource.account, "acc-000042");
     assert_eq!(&*event.resource.resource, "vm-8f2a");
@@ -166,7 +166,7 @@ fn escaped_strings_decode_to_their_text() {
         .replace(r#""team": "ml""#, r#""t\u00e9am": "m\"l""#);
     let list = prices();
     let event = decode(escaped.as_bytes(), &list, &mut Interner::default()).unwrap();
-    assert_eq!(event.order.id, "01JD8Z6Q4W3V");
+    assert_eq!(&*event.order.id, "01JD8Z6Q4W3V");
     assert_eq!(event.meta.labels, r#"{"env":"prod","téam":"m\"l"}"#);
     let vcpu = list.lookup("compute.vcpu").unwrap().0;
     assert!(event.quantities.iter().any(|&(sku, q)| sku == vcpu && q.to_string() == "4.000000000"));
