@@ -21,6 +21,9 @@ use tally_dataflows::settings::Settings;
 #[cfg_attr(test, expect(dead_code, reason = "its test runs with the binary's, this harness runs none"))]
 mod allocator;
 
+#[global_allocator]
+static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
+
 fn prices() -> Arc<PriceList> {
     Arc::new(PriceList::parse(include_str!("../schemas/prices.toml")).expect("shipped price list"))
 }

@@ -25,6 +25,11 @@ use tally_dataflows::prices::PriceList;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::window_start;
 
+/// The allocator `tally` runs with.
+#[path = "../src/allocator.rs"]
+#[expect(dead_code, reason = "its settings and trim are the binary's; this counts its blocks only")]
+mod allocator;
+
 /// mimalloc, as `tally` runs, counting the usable size of each block it hands out.
 struct Counting;
 
@@ -35,7 +40,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as `GlobalAlloc::alloc`; `mi_usable_size` takes any block mimalloc handed out.
         unsafe {
-            let block = mimalloc::MiMalloc.alloc(layout);
+            let block = allocator::Mimalloc.alloc(layout);
             HELD.fetch_add(libmimalloc_sys::mi_usable_size(block.cast()), Ordering::Relaxed);
             block
         }
@@ -45,7 +50,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: as `GlobalAlloc::dealloc`.
         unsafe {
             HELD.fetch_sub(libmimalloc_sys::mi_usable_size(block.cast()), Ordering::Relaxed);
-            mimalloc::MiMalloc.dealloc(block, layout);
+            allocator::Mimalloc.dealloc(block, layout);
         }
     }
 }

@@ -32,16 +32,79 @@
 //! its whole state took 11 MB. A thread of its own asks glibc to give it
 //! back (`malloc_trim`) every ten seconds.
 //!
-//! The settings and the trim are calls into the C libraries, hence this
-//! module's `unsafe` blocks; the library crates forbid `unsafe` outright.
+//! The allocator, its settings and the trim are calls into the C libraries,
+//! hence this module's `unsafe` blocks; the library crates forbid `unsafe`
+//! outright.
 
-#![expect(unsafe_code, reason = "mimalloc's options and glibc's trim are C interfaces only")]
+#![expect(unsafe_code, reason = "mimalloc's allocator and options and glibc's trim are C interfaces only")]
 
 use std::ffi::{c_int, c_long};
 use std::time::Duration;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// mimalloc, asked for alignment only where its size classes do not give
+/// it anyway.
+///
+/// The `mimalloc` crate asks `mi_malloc_aligned` for every block. mimalloc 3
+/// serves that from a size class's free list only if the class has a page
+/// with a free block; otherwise a class that is not a power of two (48, 80,
+/// 96 bytes…) is passed over for the next one up, with room to align: a
+/// 48-byte block took 64 bytes, and since the class's pages are only ever
+/// made by plain allocations, it took 64 every time. Every class is 8 or 16
+/// bytes or a multiple of 16, and pages start 16-aligned: a size that is a
+/// multiple of an alignment of at most 16 is aligned by its class, and
+/// asked for with plain `mi_malloc`.
+pub struct Mimalloc;
+
+/// The largest alignment mimalloc's size classes give (`MI_MAX_ALIGN_SIZE`).
+const CLASS_ALIGNMENT: usize = 16;
+
+fn aligned_by_class(size: usize, align: usize) -> bool {
+    align <= CLASS_ALIGNMENT && size.is_multiple_of(align)
+}
+
+// SAFETY: every block comes from mimalloc, aligned as its layout asks (by
+// its size class where `aligned_by_class`, else by the aligned calls), and
+// `mi_free` takes any block mimalloc gave, aligned or not.
+unsafe impl std::alloc::GlobalAlloc for Mimalloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: mimalloc's allocation calls have no precondition.
+        unsafe {
+            if aligned_by_class(layout.size(), layout.align()) {
+                libmimalloc_sys::mi_malloc(layout.size()).cast()
+            } else {
+                libmimalloc_sys::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: as `alloc`.
+        unsafe {
+            if aligned_by_class(layout.size(), layout.align()) {
+                libmimalloc_sys::mi_zalloc(layout.size()).cast()
+            } else {
+                libmimalloc_sys::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, _: std::alloc::Layout) {
+        // SAFETY: the caller passes a block this allocator gave.
+        unsafe { libmimalloc_sys::mi_free(block.cast()) }
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller passes a block this allocator gave; a block
+        // kept in place keeps its address and so its alignment.
+        unsafe {
+            if aligned_by_class(new_size, layout.align()) {
+                libmimalloc_sys::mi_realloc(block.cast(), new_size).cast()
+            } else {
+                libmimalloc_sys::mi_realloc_aligned(block.cast(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
 
 /// `mi_option_purge_delay`: its place in mimalloc 3's `mi_option_t`, which
 /// the bindings do not name (they list mimalloc 2's options).
@@ -145,6 +208,71 @@ mod tests {
             freed >> 20,
             trimmed >> 20
         );
+    }
+
+    /// Blocks of every size up to 1 KiB, 64 of each so that pages fill,
+    /// at every alignment up to 64 bytes; grown and shrunk again.
+    #[test]
+    fn blocks_are_aligned_as_their_layouts_ask() {
+        use std::alloc::{GlobalAlloc, Layout};
+        let allocator = super::Mimalloc;
+        for align in [1, 2, 4, 8, 16, 32, 64] {
+            for size in 1..=1024 {
+                let layout = Layout::from_size_align(size, align).expect("a valid layout");
+                let blocks: Vec<*mut u8> = (0..64)
+                    .map(|i| {
+                        // SAFETY: a layout of non-zero size; each block is freed below.
+                        let block = unsafe {
+                            if i % 2 == 0 { allocator.alloc(layout) } else { allocator.alloc_zeroed(layout) }
+                        };
+                        assert!(!block.is_null());
+                        assert!(block.addr().is_multiple_of(align), "{size} bytes at {align}: {block:?}");
+                        block
+                    })
+                    .collect();
+                for block in blocks {
+                    let new_size = size * 3 / 2 + 1;
+                    // SAFETY: `block` came from `allocator` with `layout`, and is
+                    // freed once, with the layout it has by then.
+                    unsafe {
+                        let grown = allocator.realloc(block, layout, new_size);
+                        assert!(grown.addr().is_multiple_of(align), "{size} → {new_size} bytes at {align}: {grown:?}");
+                        let grown_layout = Layout::from_size_align(new_size, align).expect("a valid layout");
+                        let shrunk = allocator.realloc(grown, grown_layout, size);
+                        assert!(
+                            shrunk.addr().is_multiple_of(align),
+                            "{new_size} → {size} bytes at {align}: {shrunk:?}"
+                        );
+                        allocator.dealloc(shrunk, layout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A size class that is not a power of two used to be left for the next
+    /// class up once its first page was full.
+    #[test]
+    fn blocks_keep_their_size_class_after_a_page_fills() {
+        use std::alloc::{GlobalAlloc, Layout};
+        let allocator = super::Mimalloc;
+        for (size, align) in [(48, 8), (48, 16), (80, 8), (96, 16), (112, 8), (200, 8)] {
+            let layout = Layout::from_size_align(size, align).expect("a valid layout");
+            let blocks: Vec<*mut u8> = (0..100_000)
+                // SAFETY: a layout of non-zero size; each block is freed below.
+                .map(|_| unsafe { allocator.alloc(layout) })
+                .collect();
+            // SAFETY: blocks mimalloc gave.
+            let usable: std::collections::BTreeSet<usize> =
+                blocks.iter().map(|&block| unsafe { libmimalloc_sys::mi_usable_size(block.cast()) }).collect();
+            // SAFETY: no precondition.
+            let class = unsafe { libmimalloc_sys::mi_good_size(size) };
+            assert_eq!(usable, [class].into(), "{size}-byte blocks at {align}");
+            for block in blocks {
+                // SAFETY: allocated above with `layout`, freed once.
+                unsafe { allocator.dealloc(block, layout) };
+            }
+        }
     }
 
     unsafe extern "C" fn append(message: *const c_char, printed: *mut c_void) {

@@ -14,6 +14,9 @@ use tally_dataflows::time::{Millis, parse_duration, parse_rfc3339};
 
 mod allocator;
 
+#[global_allocator]
+static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
+
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Exactly-once stream processor for cloud billing")]
 struct Cli {
