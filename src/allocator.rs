@@ -38,7 +38,7 @@
 
 #![expect(unsafe_code, reason = "mimalloc's allocator and options and glibc's trim are C interfaces only")]
 
-use std::ffi::{c_int, c_long};
+use std::ffi::{c_int, c_long, c_void};
 use std::time::Duration;
 
 /// mimalloc, asked for alignment only where its size classes do not give
@@ -62,30 +62,40 @@ fn aligned_by_class(size: usize, align: usize) -> bool {
     align <= CLASS_ALIGNMENT && size.is_multiple_of(align)
 }
 
+/// A new block of `layout` from `plain` where its size class aligns it,
+/// else from `aligned`.
+///
+/// # Safety
+///
+/// `plain` and `aligned` are mimalloc's allocation calls of one kind.
+#[inline(always)]
+unsafe fn allocate(
+    layout: std::alloc::Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: mimalloc's allocation calls have no precondition.
+    unsafe {
+        if aligned_by_class(layout.size(), layout.align()) {
+            plain(layout.size()).cast()
+        } else {
+            aligned(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: every block comes from mimalloc, aligned as its layout asks (by
 // its size class where `aligned_by_class`, else by the aligned calls), and
 // `mi_free` takes any block mimalloc gave, aligned or not.
 unsafe impl std::alloc::GlobalAlloc for Mimalloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: mimalloc's allocation calls have no precondition.
-        unsafe {
-            if aligned_by_class(layout.size(), layout.align()) {
-                libmimalloc_sys::mi_malloc(layout.size()).cast()
-            } else {
-                libmimalloc_sys::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: both are mimalloc's plain allocation calls.
+        unsafe { allocate(layout, libmimalloc_sys::mi_malloc, libmimalloc_sys::mi_malloc_aligned) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: as `alloc`.
-        unsafe {
-            if aligned_by_class(layout.size(), layout.align()) {
-                libmimalloc_sys::mi_zalloc(layout.size()).cast()
-            } else {
-                libmimalloc_sys::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: both are mimalloc's zeroing allocation calls.
+        unsafe { allocate(layout, libmimalloc_sys::mi_zalloc, libmimalloc_sys::mi_zalloc_aligned) }
     }
 
     unsafe fn dealloc(&self, block: *mut u8, _: std::alloc::Layout) {
