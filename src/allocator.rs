@@ -58,8 +58,10 @@ pub struct Mimalloc;
 /// The largest alignment mimalloc's size classes give (`MI_MAX_ALIGN_SIZE`).
 const CLASS_ALIGNMENT: usize = 16;
 
+/// Whether `size` is a multiple of `align`, a layout's alignment and so a
+/// power of two: masked, where `is_multiple_of` divides, on every allocation.
 fn aligned_by_class(size: usize, align: usize) -> bool {
-    align <= CLASS_ALIGNMENT && size.is_multiple_of(align)
+    align <= CLASS_ALIGNMENT && size & (align - 1) == 0
 }
 
 /// A new block of `layout` from `plain` where its size class aligns it,
