@@ -69,7 +69,8 @@ fn aligned_by_class(size: usize, align: usize) -> bool {
 ///
 /// # Safety
 ///
-/// `plain` and `aligned` are mimalloc's allocation calls of one kind.
+/// `plain` and `aligned` are mimalloc's calls for one kind of block (left
+/// as it is, or zeroed), without and with an alignment.
 #[inline(always)]
 unsafe fn allocate(
     layout: std::alloc::Layout,
@@ -91,12 +92,12 @@ unsafe fn allocate(
 // `mi_free` takes any block mimalloc gave, aligned or not.
 unsafe impl std::alloc::GlobalAlloc for Mimalloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: both are mimalloc's plain allocation calls.
+        // SAFETY: mimalloc's two calls for a block left as it is.
         unsafe { allocate(layout, libmimalloc_sys::mi_malloc, libmimalloc_sys::mi_malloc_aligned) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: both are mimalloc's zeroing allocation calls.
+        // SAFETY: mimalloc's two calls for a zeroed block.
         unsafe { allocate(layout, libmimalloc_sys::mi_zalloc, libmimalloc_sys::mi_zalloc_aligned) }
     }
 
