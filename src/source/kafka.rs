@@ -30,21 +30,33 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the end offsets of the partitions read are asked for (the lag).
 const END_OFFSETS_INTERVAL: Duration = Duration::from_secs(5);
 /// The consumer's defaults, which `[kafka.properties]` may override.
+///
+/// A message waiting in librdkafka costs its decompressed payload and about
+/// as much again in bookkeeping, and the queue thresholds only decide whether
+/// a partition is fetched again: one response lands whole on top of them. At
+/// the bounds this replaced (20,000 messages or 16 MiB a partition, fetches
+/// of up to 16 MiB compressed), eight partitions held about 300 MB while a
+/// backlog was read, a quarter of the process's peak. Small fetches keep each
+/// response small; a short backoff after the queue was full fetches again as
+/// soon as the worker has taken from it (at librdkafka's default of a second,
+/// a full queue stalled its partition for that second).
 const CONSUMER_TUNING: &[(&str, &str)] = &[
-    // Prefetch per partition: enough to keep a worker busy, bounded so that
-    // a backlog does not sit in librdkafka's queues (at the defaults,
-    // gigabytes over eight partitions).
-    ("queued.min.messages", "20000"),
-    ("queued.max.messages.kbytes", "16384"),
+    ("queued.min.messages", "5000"),
+    ("queued.max.messages.kbytes", "2048"),
+    // The whole response, of which the first partition with data may take
+    // all (the least librdkafka accepts: `message.max.bytes`).
+    ("fetch.max.bytes", "1000000"),
+    ("max.partition.fetch.bytes", "262144"),
+    ("fetch.queue.backoff.ms", "20"),
 ];
 
-/// How a live run fetches: a fetch that finds less than a megabyte waits for
-/// more, up to half a second (Kafka's own default wait), instead of coming
-/// back at once with a handful. Asked again as fast as it answered, the
-/// broker spent most of its time on fetches (the local one lists every
-/// stored batch of a partition per fetch), on the cores tally shares with
-/// it; half a second is a quarter of an epoch.
-const LIVE_FETCH: &[(&str, &str)] = &[("fetch.wait.max.ms", "500"), ("fetch.min.bytes", "1000000")];
+/// How a live run fetches: a fetch that finds less than half the most a
+/// response holds waits for more, up to half a second (Kafka's own default
+/// wait), instead of coming back at once with a handful. Asked again as fast
+/// as it answered, the broker spent most of its time on fetches (the local
+/// one lists every stored batch of a partition per fetch), on the cores
+/// tally shares with it; half a second is a quarter of an epoch.
+const LIVE_FETCH: &[(&str, &str)] = &[("fetch.wait.max.ms", "500"), ("fetch.min.bytes", "500000")];
 
 /// How a drain fetches: its backlog fills any fetch at once, and the last
 /// fetches, which find less, should not wait.
