@@ -14,9 +14,10 @@
 //! backlog over 1.25 million resources peaked at 1,262 to 1,344 MiB; two
 //! seconds after a checkpoint it held 1,075 to 1,185 MiB where glibc's
 //! allocator, doing the same work 40% slower, held 780: memory freed and
-//! not yet given back. With these settings: peaks of 1,176 and 1,200 MiB,
-//! 1,002 and 1,010 MiB after the checkpoint, and drains as fast (at no
-//! delay: 755 MiB, but a drain a fifth slower, faulting pages in again).
+//! not yet given back. With these settings: peaks of 1,159 to 1,200 MiB,
+//! 913 to 1,010 MiB after the checkpoint, and drains as fast on the wall
+//! clock, if with some more user time (BENCHMARKS.md); with no delay at
+//! all, 755 MiB, but a drain a fifth slower, faulting pages in again.
 //!
 //! mimalloc backs its arenas with transparent huge pages where the system
 //! allows (`madvise`), and a 2 MiB page stays resident while a single

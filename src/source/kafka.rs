@@ -36,7 +36,7 @@ const END_OFFSETS_INTERVAL: Duration = Duration::from_secs(5);
 /// a partition is fetched again: one response lands whole on top of them. At
 /// the bounds this replaced (20,000 messages or 16 MiB a partition, fetches
 /// of up to 16 MiB compressed), eight partitions held about 300 MB while a
-/// backlog was read, a quarter of the process's peak. Small fetches keep each
+/// backlog was read, a quarter of the heap's peak. Small fetches keep each
 /// response small; a short backoff after the queue was full fetches again as
 /// soon as the worker has taken from it (at librdkafka's default of a second,
 /// a full queue stalled its partition for that second).
