@@ -1,8 +1,8 @@
 //! The process's allocator, mimalloc, and the settings it runs with.
 //!
-//! mimalloc rather than the system's: checkpoints encode whole operator
-//! states into large, short-lived buffers, and glibc's per-thread arenas
-//! keep such memory instead of returning it.
+//! mimalloc rather than the system's for speed: a 10M drain took 43.6 s
+//! with glibc's allocator against 30.6 s beside it. glibc's held less
+//! memory than mimalloc at its defaults, which the settings below change.
 //!
 //! Every epoch allocates its batches and frees them again, and every
 //! checkpoint its encoded state. mimalloc keeps memory left free for a
