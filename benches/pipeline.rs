@@ -1,5 +1,6 @@
 //! Hot paths of the billing core on a generated workload: decode + validate,
-//! and the whole dataflow (judge, dedup, usage, totals) on 1 and 2 workers.
+//! and the whole dataflow (judge, dedup, usage, totals) on 1 and 2 workers,
+//! with the tables merged as a reader sees them and alone.
 //!
 //! `cargo bench --bench pipeline`; figures go to BENCHMARKS.md.
 
@@ -68,7 +69,35 @@ fn dataflow(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, decode_validate, dataflow);
+/// The dataflow alone, as the in-process target counts it: the same runs as
+/// `dataflow`, without the copy of every message made before a run on the
+/// bench's own thread and the tables merged on one thread after it (which
+/// stand in for the source and for ClickHouse's `FINAL`). Each worker still
+/// copies the messages it reads, as the source copies them out of
+/// librdkafka, and collects the rows it emits.
+fn dataflow_alone(c: &mut Criterion) {
+    let prices = prices();
+    for (fleet, suffix) in [(20_000, ""), (2_000, "_2000_resources")] {
+        let workload = Workload { events: 200_000, fleet, accounts: fleet / 10, partitions: 8, ..Workload::default() };
+        let messages = Arc::new(Generator::new(workload.clone()).messages());
+        let partitions: Vec<u32> = (0..workload.partitions).collect();
+        let mut group = c.benchmark_group("dataflow_alone");
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(messages.len() as u64));
+        let shape = RunShape {
+            workers: 2,
+            epoch_starts: (0..messages.len()).step_by(20_000).collect(),
+            cadence: Cadence::every(5),
+            rows_per_step: ROWS_PER_STEP,
+        };
+        group.bench_function(format!("2_workers{suffix}"), |b| {
+            b.iter(|| memory::rows_emitted(&partitions, &messages, Arc::clone(&prices), Settings::default(), &shape))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, decode_validate, dataflow, dataflow_alone);
 fn main() {
     allocator::configure();
     benches();

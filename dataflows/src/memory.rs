@@ -114,6 +114,21 @@ pub fn run(
     Ok(materialize(vec![collected]))
 }
 
+/// Runs the dataflow over `messages` as [`run`] does and counts the rows
+/// it emitted, without merging them into the tables a reader would see:
+/// the dataflow alone, as its benchmark measures it. The merge stands in
+/// for ClickHouse's `FINAL`, on one thread after the workers are done.
+pub fn rows_emitted(
+    partitions: &[Partition],
+    messages: &Arc<Vec<Message>>,
+    prices: Arc<PriceList>,
+    settings: Settings,
+    shape: &RunShape,
+) -> Result<usize, Overflow> {
+    let collected = execute(partitions, messages, prices, settings, shape, None)?;
+    Ok(collected.breakdowns.len() + collected.totals.len())
+}
+
 /// Runs the dataflow shaped as `first`, crashes it as `crash` says, restores
 /// the checkpoint into a run shaped as `second` (any worker count, any cuts of
 /// the remaining messages) and returns the tables as a reader would see them

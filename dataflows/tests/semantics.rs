@@ -266,3 +266,30 @@ fn a_day_of_the_largest_quantity_is_exact() {
         pair("86399999999999999.999913600000", "299999999999.999999999712")
     );
 }
+
+#[test]
+fn the_rows_emitted_are_every_upsert_before_the_tables_merge_them() {
+    use std::sync::Arc;
+    use tally_dataflows::checkpoint::Cadence;
+    use tally_dataflows::memory::{self, RunShape};
+    use tally_dataflows::settings::Settings;
+
+    let mut topic = Topic::new(1);
+    topic
+        .send(0, &Ev::new(STARTED, "e1", "2026-11-23T10:30:00Z", "vm").q(VCPU, "4"))
+        .send(0, &Ev::new(RESIZED, "e2", "2026-11-23T10:45:00Z", "vm").q(VCPU, "8"))
+        .send(0, &Ev::new(STOPPED, "e3", "2026-11-23T11:15:00Z", "vm"));
+    let ledger = check(&topic);
+    let tables = ledger.breakdowns.len() + ledger.totals.len();
+    assert_eq!(tables, 3);
+    let messages = Arc::new(topic.messages.clone());
+    let emitted = |epoch_starts: Vec<usize>| {
+        let shape = RunShape { workers: 2, epoch_starts, cadence: Cadence::default(), rows_per_step: 1 };
+        memory::rows_emitted(&topic.partitions, &messages, support::prices(), Settings::default(), &shape)
+            .expect("no overflow")
+    };
+    // One epoch emits each row and total once; an epoch per event writes
+    // the 10:00 row and the day's total again as later events change them.
+    assert_eq!(emitted(Vec::new()), tables);
+    assert!(emitted(vec![0, 1, 2]) > tables);
+}
