@@ -22,21 +22,96 @@ use super::{Pairs, Quantities, RawData, RawEvent, Text};
 pub(super) fn event(text: &str) -> Option<RawEvent<'_>> {
     let mut cursor = Cursor { text, at: 0 };
     let mut event = RawEvent::default();
-    cursor.members(|cursor, key| {
-        let slot = match key {
-            "specversion" => &mut event.specversion,
-            "id" => &mut event.id,
-            "source" => &mut event.source,
-            "type" => &mut event.kind,
-            "time" => &mut event.time,
-            "subject" => &mut event.subject,
-            "data" => return put(&mut event.data, cursor.data()?),
-            _ => return cursor.string().map(drop),
-        };
-        put(slot, Text(Cow::Borrowed(cursor.string()?)))
-    })?;
+    cursor.members(
+        |cursor| cursor.key(&EVENT_KEYS),
+        |cursor, key| {
+            let slot = match key {
+                Some(EventKey::SpecVersion) => &mut event.specversion,
+                Some(EventKey::Id) => &mut event.id,
+                Some(EventKey::Source) => &mut event.source,
+                Some(EventKey::Type) => &mut event.kind,
+                Some(EventKey::Time) => &mut event.time,
+                Some(EventKey::Subject) => &mut event.subject,
+                Some(EventKey::Data) => return put(&mut event.data, cursor.data()?),
+                None => return cursor.string().map(drop),
+            };
+            put(slot, Text(Cow::Borrowed(cursor.string()?)))
+        },
+    )?;
     cursor.skip_whitespace();
     (cursor.at == text.len()).then_some(event)
+}
+
+/// The members of an event the fast path reads.
+#[derive(Clone, Copy)]
+enum EventKey {
+    SpecVersion,
+    Id,
+    Source,
+    Type,
+    Time,
+    Subject,
+    Data,
+}
+
+const EVENT_KEYS: [(Known, EventKey); 7] = [
+    (Known::of("specversion"), EventKey::SpecVersion),
+    (Known::of("id"), EventKey::Id),
+    (Known::of("source"), EventKey::Source),
+    (Known::of("type"), EventKey::Type),
+    (Known::of("time"), EventKey::Time),
+    (Known::of("subject"), EventKey::Subject),
+    (Known::of("data"), EventKey::Data),
+];
+
+/// The members of `data` the fast path reads.
+#[derive(Clone, Copy)]
+enum DataKey {
+    AccountId,
+    ProjectId,
+    Region,
+    Quantities,
+    Labels,
+}
+
+const DATA_KEYS: [(Known, DataKey); 5] = [
+    (Known::of("account_id"), DataKey::AccountId),
+    (Known::of("quantities"), DataKey::Quantities),
+    (Known::of("project_id"), DataKey::ProjectId),
+    (Known::of("region"), DataKey::Region),
+    (Known::of("labels"), DataKey::Labels),
+];
+
+/// A key the fast path knows, as the bytes that follow its opening quote:
+/// its name and the closing quote, in two little-endian words, and which
+/// of their bytes those are. Read as any string and then compared, a key
+/// cost a scan for its end and a comparison of strings, about a hundred
+/// instructions; matched against these, two masked comparisons per
+/// candidate.
+#[derive(Clone, Copy)]
+struct Known {
+    words: [u64; 2],
+    masks: [u64; 2],
+    name: &'static str,
+}
+
+impl Known {
+    /// `name` is plain (no quote, backslash or control character) and
+    /// shorter than 16 bytes.
+    const fn of(name: &'static str) -> Known {
+        let bytes = name.as_bytes();
+        assert!(bytes.len() < 16);
+        let (mut words, mut masks) = ([0u64; 2], [0u64; 2]);
+        let mut i = 0;
+        while i <= bytes.len() {
+            let byte = if i < bytes.len() { bytes[i] } else { b'"' };
+            assert!(byte != b'\\' && byte >= 0x20 && (byte != b'"' || i == bytes.len()));
+            words[i / 8] |= (byte as u64) << (8 * (i % 8));
+            masks[i / 8] |= 0xff << (8 * (i % 8));
+            i += 1;
+        }
+        Known { words, masks, name }
+    }
 }
 
 /// Sets a field read for the first time; a repeated field is the general
@@ -90,8 +165,32 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// An object: `member` reads each value after its key.
-    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    /// The key at the cursor, if it is one of `known` (`None` if another):
+    /// what [`Cursor::string`] would read, without scanning for its end
+    /// when it is known and 16 bytes of text follow its opening quote.
+    fn key<K: Copy>(&mut self, known: &[(Known, K)]) -> Option<Option<K>> {
+        self.expect(b'"')?;
+        if let Some(ahead) = self.text.as_bytes().get(self.at..self.at + 16) {
+            let word = |i: usize| u64::from_le_bytes(ahead[8 * i..8 * i + 8].try_into().expect("eight bytes"));
+            let (first, second) = (word(0), word(1));
+            for &(name, key) in known {
+                if first & name.masks[0] == name.words[0] && second & name.masks[1] == name.words[1] {
+                    self.at += name.name.len() + 1;
+                    return Some(Some(key));
+                }
+            }
+        }
+        self.at -= 1;
+        let key = self.string()?;
+        Some(known.iter().find(|(name, _)| name.name == key).map(|&(_, key)| key))
+    }
+
+    /// An object: `key` reads each key, and `member` the value after it.
+    fn members<K>(
+        &mut self,
+        mut key: impl FnMut(&mut Self) -> Option<K>,
+        mut member: impl FnMut(&mut Self, K) -> Option<()>,
+    ) -> Option<()> {
         self.expect(b'{')?;
         self.skip_whitespace();
         if self.text.as_bytes().get(self.at) == Some(&b'}') {
@@ -99,7 +198,7 @@ impl<'a> Cursor<'a> {
             return Some(());
         }
         loop {
-            let key = self.string()?;
+            let key = key(self)?;
             self.expect(b':')?;
             member(self, key)?;
             match self.next()? {
@@ -112,22 +211,27 @@ impl<'a> Cursor<'a> {
 
     fn data(&mut self) -> Option<RawData<'a>> {
         let mut data = RawData::default();
-        self.members(|cursor, key| {
-            let slot = match key {
-                "account_id" => &mut data.account_id,
-                "project_id" => &mut data.project_id,
-                "region" => &mut data.region,
-                "quantities" => return put(&mut data.quantities, Quantities::Read(cursor.pairs()?)),
-                "labels" => {
-                    let start = cursor.at;
-                    put(&mut data.labels, cursor.pairs()?)?;
-                    data.labels_text = cursor.text.get(start..cursor.at);
-                    return Some(());
-                }
-                _ => return cursor.string().map(drop),
-            };
-            put(slot, Text(Cow::Borrowed(cursor.string()?)))
-        })?;
+        self.members(
+            |cursor| cursor.key(&DATA_KEYS),
+            |cursor, key| {
+                let slot = match key {
+                    Some(DataKey::AccountId) => &mut data.account_id,
+                    Some(DataKey::ProjectId) => &mut data.project_id,
+                    Some(DataKey::Region) => &mut data.region,
+                    Some(DataKey::Quantities) => {
+                        return put(&mut data.quantities, Quantities::Read(cursor.pairs()?));
+                    }
+                    Some(DataKey::Labels) => {
+                        let start = cursor.at;
+                        put(&mut data.labels, cursor.pairs()?)?;
+                        data.labels_text = cursor.text.get(start..cursor.at);
+                        return Some(());
+                    }
+                    None => return cursor.string().map(drop),
+                };
+                put(slot, Text(Cow::Borrowed(cursor.string()?)))
+            },
+        )?;
         if data.labels.is_none() {
             // No labels are written as nothing, which no labels object is.
             data.labels_text = Some("");
@@ -140,7 +244,7 @@ impl<'a> Cursor<'a> {
         // Made at the size its first push would grow it to: growing from
         // empty went through the vector's slower growth path, twice a message.
         let mut pairs: Vec<(Text<'a>, Text<'a>)> = Vec::with_capacity(4);
-        self.members(|cursor, key| {
+        self.members(Cursor::string, |cursor, key| {
             let value = cursor.string()?;
             if pairs.iter().any(|(held, _)| held.0 == key) {
                 return None;

@@ -283,6 +283,10 @@ mod fast_path {
         "x",
         "i\\u0064",
         "",
+        "types",
+        "dat",
+        "regions",
+        "account_i",
     ];
     const SPACES: &[&str] = &["", " ", "\n  ", "\t", "\r\n"];
 
