@@ -5,8 +5,10 @@
 //! referred to by a dense [`SkuId`] (their position in id order), so that all
 //! workers of a cluster that load the same file agree on every id.
 
-use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::path::Path;
+
+use hashbrown::HashTable;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -62,12 +64,15 @@ impl Sku {
 }
 
 /// A validated price list.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct PriceList {
     /// The file's `version` label, if it has one.
     pub version: Option<String>,
     skus: Vec<Sku>,
-    by_id: BTreeMap<String, SkuId>,
+    /// The SKUs by the hash of their id: every quantity of every event is
+    /// looked up by name, and an ordered map compared it with a name at each
+    /// level of its tree.
+    by_id: HashTable<SkuId>,
     /// The TOML it was read from: a checkpoint records it (see
     /// [`PriceList::earlier`]).
     text: String,
@@ -159,7 +164,10 @@ impl PriceList {
         if skus.len() > usize::from(u16::MAX) {
             return Err(invalid("", format!("{} SKUs, at most {}", skus.len(), u16::MAX)));
         }
-        let by_id = skus.iter().enumerate().map(|(i, sku)| (sku.id.clone(), SkuId(i as u16))).collect();
+        let mut by_id = HashTable::with_capacity(skus.len());
+        for (i, sku) in skus.iter().enumerate() {
+            by_id.insert_unique(id_hash(&sku.id), SkuId(i as u16), |&SkuId(held)| id_hash(&skus[usize::from(held)].id));
+        }
         Ok(PriceList { version: file.version, skus, by_id, text: text.to_owned() })
     }
 
@@ -195,13 +203,27 @@ impl PriceList {
 
     /// Looks an SKU up by the name events use.
     pub fn lookup(&self, id: &str) -> Option<(SkuId, &Sku)> {
-        self.by_id.get(id).map(|&sku_id| (sku_id, self.sku(sku_id)))
+        let &sku_id = self.by_id.find(id_hash(id), |&held| self.sku(held).id == id)?;
+        Some((sku_id, self.sku(sku_id)))
     }
 
     /// The SKU behind an id handed out by this list.
     pub fn sku(&self, id: SkuId) -> &Sku {
         &self.skus[usize::from(id.0)]
     }
+}
+
+/// Made of the list's own fields; the index follows from its SKUs.
+impl PartialEq for PriceList {
+    fn eq(&self, other: &PriceList) -> bool {
+        (&self.version, &self.skus, &self.text) == (&other.version, &other.skus, &other.text)
+    }
+}
+
+impl Eq for PriceList {}
+
+fn id_hash(id: &str) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(id)
 }
 
 fn invalid(sku: &str, problem: impl Into<String>) -> PriceListError {
@@ -284,6 +306,24 @@ mod tests {
         assert!(vcpu.price_at(parse_rfc3339("2025-12-31T23:59:59Z").unwrap()).is_none());
         assert_eq!(list.lookup("network.egress_gib").unwrap().1.kind, SkuKind::Counter);
         assert!(list.lookup("gpu").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_sku_is_found_by_its_id_and_nothing_else_is(
+            ids in proptest::collection::btree_set("[a-c.]{1,4}", 1..12), asked in "[a-c.]{0,5}",
+        ) {
+            let list: String = ids.iter().map(|id| format!(
+                "[[sku]]\nid = {id:?}\nkind = \"counter\"\nunit = \"u\"\ncurrency = \"EUR\"\n\
+                 prices = [{{ effective_from = \"2026-01-01T00:00:00Z\", unit_price = \"1\" }}]\n"
+            )).collect();
+            let list = PriceList::parse(&list).unwrap();
+            for (place, id) in ids.iter().enumerate() {
+                let (sku_id, sku) = list.lookup(id).unwrap();
+                proptest::prop_assert_eq!((usize::from(sku_id.0), &sku.id), (place, id));
+            }
+            proptest::prop_assert_eq!(list.lookup(&asked).is_some(), ids.contains(&asked));
+        }
     }
 
     #[test]
