@@ -390,8 +390,8 @@ pub fn write<'scope>(
             }
             move |(acks, acks_frontier), (new_progress, progress_frontier), output| {
                 let port = output.output_index();
-                acks.for_each(|cap, data| pending.first(&cap, port, data));
-                new_progress.for_each(|cap, data| pending.second(&cap, port, data));
+                acks.for_each(|cap, data| pending.first(&cap, [port], data));
+                new_progress.for_each(|cap, data| pending.second(&cap, [port], data));
                 let complete = pending.complete(&[acks_frontier, progress_frontier]);
                 // At the end every worker acknowledges its last epoch, which
                 // need not be one the cadence checkpoints: the latest of them
@@ -419,7 +419,7 @@ pub fn write<'scope>(
                         known_manifests.insert(epoch, manifest.objects());
                         checkpoint::collect_garbage(&store, keep, &mut known_manifests, &target.topic);
                     }
-                    output.session(&batch.capability).give(());
+                    output.session(&batch.capabilities[0]).give(());
                 }
             }
         },

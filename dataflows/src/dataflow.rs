@@ -21,10 +21,8 @@
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, OkErr};
@@ -39,14 +37,15 @@ use crate::rows::{BreakdownRow, Outcomes, Progress, Rejection, TotalRow};
 use crate::settings::Settings;
 
 pub mod dedup;
+mod outputs;
 pub mod partitions;
 pub mod pending;
 mod snapshots;
 mod totals;
 mod usage;
 
-use dedup::{Deduped, Seen};
-use partitions::Judged;
+use dedup::Seen;
+use outputs::{ActiveThree, Outputs, Three};
 use usage::UsageOut;
 
 /// The streams a billing dataflow produces on each worker.
@@ -102,23 +101,15 @@ pub fn billing<'scope>(
         recorder.record_shared(epoch, || shared.clone());
     }
     let (loop_handle, previous_progress) = source.scope().feedback::<Vec<Progress>>(1);
-    let judged = partitions::judge(source, previous_progress, Arc::clone(&prices), settings, shared.clone());
-    let (candidates, rejected, clocks) = split(judged, |judged| match judged {
-        Judged::Candidate(candidate) => Branch::First(candidate),
-        Judged::Rejected(rejection) => Branch::Second(rejection),
-        Judged::Clock(report) => Branch::Third(report),
-    });
+    let (candidates, rejected, clocks) =
+        partitions::judge(source, previous_progress, Arc::clone(&prices), settings, shared.clone());
 
     let restored_progress = shared.progress;
     let progress = partitions::watermark(clocks.broadcast(), settings, shared, recorder.clone());
     progress.clone().connect_loop(loop_handle);
 
-    let (deduped, dedup_recorded) = dedup::dedup(candidates, progress.clone(), settings, seen, recorder.clone());
-    let (accepted, late, outcomes) = split(deduped, |deduped| match deduped {
-        Deduped::Accepted(event) => Branch::First(event),
-        Deduped::Rejected(rejection) => Branch::Second(rejection),
-        Deduped::Outcomes(outcomes) => Branch::Third(outcomes),
-    });
+    let ((accepted, late, outcomes), dedup_recorded) =
+        dedup::dedup(candidates, progress.clone(), settings, seen, recorder.clone());
 
     let (usage, usage_recorded) = usage::usage(
         accepted,
@@ -164,15 +155,10 @@ fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
     let mut builder = OperatorBuilder::new("Split".to_owned(), stream.scope());
     let mut input = builder.new_input(stream, Pipeline);
     builder.set_notify_for(0, FrontierInterest::Never);
-    let (first, first_stream) = builder.new_output();
-    let (second, second_stream) = builder.new_output();
-    let (third, third_stream) = builder.new_output();
-    let mut first = OutputBuilder::<_, CapacityContainerBuilder<Vec<A>>>::from(first);
-    let mut second = OutputBuilder::<_, CapacityContainerBuilder<Vec<B>>>::from(second);
-    let mut third = OutputBuilder::<_, CapacityContainerBuilder<Vec<C>>>::from(third);
+    let (mut outputs, streams) = Three::new(&mut builder);
     builder.build(move |_| {
         move |_| {
-            let (mut first, mut second, mut third) = (first.activate(), second.activate(), third.activate());
+            let ActiveThree { mut first, mut second, mut third } = outputs.activate();
             input.for_each(|cap, data| {
                 let (mut first, mut second, mut third) =
                     (first.session(&cap), second.session(&cap), third.session(&cap));
@@ -186,7 +172,7 @@ fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
             });
         }
     });
-    (first_stream, second_stream, third_stream)
+    streams
 }
 
 /// The worker a key is exchanged to: a hash that every process of a cluster

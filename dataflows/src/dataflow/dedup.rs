@@ -18,10 +18,10 @@ use std::collections::HashSet;
 use std::collections::btree_map::Entry;
 use std::ops::Range;
 
-use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 
+use super::outputs::Three;
 use super::pending::{Batches, Pending};
 use super::snapshots::stateful;
 use crate::checkpoint::{DedupPart, Part, Pieces, Record, Recorded, Recorder, RestoredSeen, SegmentId, pieces};
@@ -31,17 +31,6 @@ use crate::judge::Candidate;
 use crate::rows::{Outcomes, Progress, Rejection};
 use crate::settings::Settings;
 use crate::time::{HOUR, Millis, window_start};
-
-/// What deduplication emits.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Deduped {
-    /// Counted from here on.
-    Accepted(Event),
-    /// A late copy of nothing counted.
-    Rejected(Rejection),
-    /// Counts for the epoch on this worker.
-    Outcomes(Outcomes),
-}
 
 /// The identities remembered, filed by the hour of their event time so that
 /// expiry takes whole hours at once. Forgetting up to an hour later than the
@@ -224,6 +213,11 @@ impl Record for Seen {
     }
 }
 
+/// What deduplication emits: the events counted from here on, the late
+/// copies of nothing counted, and the epoch's counts on this worker.
+pub(crate) type Deduped<'scope> =
+    (StreamVec<'scope, u64, Event>, StreamVec<'scope, u64, Rejection>, StreamVec<'scope, u64, Outcomes>);
+
 /// Deduplicates candidates; `progress` is this worker's copy of the progress.
 /// Starts from the identities `seen`, and records its state with `recorder`.
 /// The second stream holds back each checkpoint epoch until its snapshot is
@@ -234,17 +228,20 @@ pub(crate) fn dedup<'scope>(
     settings: Settings,
     mut seen: Seen,
     recorder: Recorder,
-) -> (StreamVec<'scope, u64, Deduped>, StreamVec<'scope, u64, ()>) {
+) -> (Deduped<'scope>, StreamVec<'scope, u64, ()>) {
     let by_identity = Exchange::new(|c: &Candidate| c.identity.route());
-    stateful(candidates, progress, by_identity, "Dedup", (recorder, Part::Dedup), move |mut snapshots, _| {
-        let mut pending = Pending::<Candidate, Progress>::default();
+    let part = (recorder, Part::Dedup);
+    stateful::<_, Three<_, _, _>, _, _, _>(candidates, progress, by_identity, "Dedup", part, move |mut snapshots, _| {
+        let mut pending = Pending::<Candidate, Progress, 3>::default();
         move |(candidates, candidates_frontier), (progress, progress_frontier), output| {
-            let port = output.output_index();
-            candidates.for_each(|cap, data| pending.first(&cap, port, data));
-            progress.for_each(|cap, data| pending.second(&cap, port, data));
+            let ports = output.ports();
+            candidates.for_each(|cap, data| pending.first(&cap, ports, data));
+            progress.for_each(|cap, data| pending.second(&cap, ports, data));
             for (time, epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
                 snapshots.before(time, &mut seen);
-                let mut session = output.session(&epoch.capability);
+                let [accepted_at, rejected_at, outcomes_at] = &epoch.capabilities;
+                let mut accepted = output.first.session(accepted_at);
+                let mut rejected = output.second.session(rejected_at);
                 let mut outcomes = Outcomes::default();
                 for candidate in in_dedup_order(epoch.first) {
                     // An on-time candidate is looked up by inserting it: the
@@ -253,17 +250,17 @@ pub(crate) fn dedup<'scope>(
                     match candidate.late {
                         None if seen.insert(candidate.identity, candidate.event.time()) => {
                             outcomes.accepted += 1;
-                            session.give(Deduped::Accepted(candidate.event));
+                            accepted.give(candidate.event);
                         }
                         Some(late) if !seen.contains(&candidate.identity) => {
                             let late = *late;
-                            session.give(Deduped::Rejected(Rejection::of(late.message, Reason::Late, late.detail)));
+                            rejected.give(Rejection::of(late.message, Reason::Late, late.detail));
                         }
                         _ => outcomes.duplicates += 1,
                     }
                 }
                 if outcomes != Outcomes::default() {
-                    session.give(Deduped::Outcomes(outcomes));
+                    output.third.session(outcomes_at).give(outcomes);
                 }
                 if let Some(watermark) = epoch.second.last().and_then(|p| p.watermark) {
                     seen.forget_before(watermark.saturating_sub(settings.dedup_horizon));

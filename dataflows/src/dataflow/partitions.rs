@@ -12,12 +12,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::{Capability, Operator};
 
+use super::outputs::{ActiveThree, Outputs, Three};
 use super::pending::Pending;
 use crate::checkpoint::{Cadence, Recorder, Shared};
 use crate::event::Partition;
@@ -28,16 +29,11 @@ use crate::rows::{Progress, Rejection};
 use crate::settings::Settings;
 use crate::time::{Millis, window_start};
 
-/// What the partition stage emits.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Judged {
-    /// A well-formed event for deduplication.
-    Candidate(Candidate),
-    /// A message rejected on its partition.
-    Rejected(Rejection),
-    /// A partition's clock after the epoch.
-    Clock(ClockReport),
-}
+/// What the partition stage emits: well-formed events for deduplication,
+/// messages rejected on their partition, and each partition's clock after
+/// an epoch that moved it.
+pub(crate) type Judged<'scope> =
+    (StreamVec<'scope, u64, Candidate>, StreamVec<'scope, u64, Rejection>, StreamVec<'scope, u64, ClockReport>);
 
 /// A source item held until its epoch's turn, its message already decoded.
 enum Arrived {
@@ -47,72 +43,73 @@ enum Arrived {
 
 /// Judges each worker's partitions in offset order; `previous` is the progress
 /// of the epoch before, fed back. Starts from the clocks and progress `restored`.
-pub fn judge<'scope>(
+pub(crate) fn judge<'scope>(
     source: StreamVec<'scope, u64, SourceItem>,
     previous: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
     settings: Settings,
     restored: Shared,
-) -> StreamVec<'scope, u64, Judged> {
-    source.binary_frontier::<_, CapacityContainerBuilder<Vec<Judged>>, _, _, _, _>(
-        previous,
-        Pipeline,
-        Pipeline,
-        "JudgePartitions",
-        move |_, _| {
-            let mut pending = Pending::<Arrived, Progress>::default();
-            let Shared { mut clocks, mut progress } = restored;
-            let mut interner = Interner::default();
-            move |(source, source_frontier), (previous, previous_frontier), output| {
-                let port = output.output_index();
-                source.for_each(|cap, data| {
-                    let mut arrived = data
-                        .drain(..)
-                        .map(|item| match item {
-                            SourceItem::Message(message) => {
-                                Arrived::Message(Decoded::of(message, &prices, &mut interner))
+) -> Judged<'scope> {
+    let mut builder = OperatorBuilder::new("JudgePartitions".to_owned(), source.scope());
+    let mut source = builder.new_input(source, Pipeline);
+    let mut previous = builder.new_input(previous, Pipeline);
+    let (mut outputs, streams) = Three::new(&mut builder);
+    builder.build(move |_| {
+        let mut pending = Pending::<Arrived, Progress, 3>::default();
+        let Shared { mut clocks, mut progress } = restored;
+        let mut interner = Interner::default();
+        move |frontiers| {
+            let output = outputs.activate();
+            let ports = output.ports();
+            let ActiveThree { first: mut candidates, second: mut rejections, third: mut reports } = output;
+            source.for_each(|cap, data| {
+                let mut arrived = data
+                    .drain(..)
+                    .map(|item| match item {
+                        SourceItem::Message(message) => Arrived::Message(Decoded::of(message, &prices, &mut interner)),
+                        SourceItem::Status { partition, state } => Arrived::Status { partition, state },
+                    })
+                    .collect();
+                pending.first(&cap, ports, &mut arrived);
+            });
+            previous.for_each(|cap, data| pending.second(&cap, ports, data));
+            for (_, epoch) in pending.complete(&[&frontiers[0], &frontiers[1]]) {
+                if let Some(&last) = epoch.second.last() {
+                    progress = last;
+                }
+                let [candidates_at, rejections_at, reports_at] = &epoch.capabilities;
+                let (mut candidates, mut rejections) =
+                    (candidates.session(candidates_at), rejections.session(rejections_at));
+                let mut touched = Vec::new();
+                for item in epoch.first {
+                    match item {
+                        Arrived::Status { partition, state } => {
+                            clocks.entry(partition).or_default().state = state;
+                            touched.push(partition);
+                        }
+                        Arrived::Message(decoded) => {
+                            let partition = decoded.message.partition;
+                            let clock = clocks.entry(partition).or_default();
+                            if clock.state == PartitionState::Idle {
+                                clock.state = PartitionState::Active;
                             }
-                            SourceItem::Status { partition, state } => Arrived::Status { partition, state },
-                        })
-                        .collect();
-                    pending.first(&cap, port, &mut arrived);
-                });
-                previous.for_each(|cap, data| pending.second(&cap, port, data));
-                for (_, epoch) in pending.complete(&[source_frontier, previous_frontier]) {
-                    if let Some(&last) = epoch.second.last() {
-                        progress = last;
-                    }
-                    let mut session = output.session(&epoch.capability);
-                    let mut touched = Vec::new();
-                    for item in epoch.first {
-                        match item {
-                            Arrived::Status { partition, state } => {
-                                clocks.entry(partition).or_default().state = state;
-                                touched.push(partition);
+                            match clock.judge(decoded, &settings, progress.final_before) {
+                                Verdict::Rejected(rejection) => rejections.give(rejection),
+                                Verdict::Candidate(candidate) => candidates.give(candidate),
                             }
-                            Arrived::Message(decoded) => {
-                                let partition = decoded.message.partition;
-                                let clock = clocks.entry(partition).or_default();
-                                if clock.state == PartitionState::Idle {
-                                    clock.state = PartitionState::Active;
-                                }
-                                session.give(match clock.judge(decoded, &settings, progress.final_before) {
-                                    Verdict::Rejected(rejection) => Judged::Rejected(rejection),
-                                    Verdict::Candidate(candidate) => Judged::Candidate(candidate),
-                                });
-                                touched.push(partition);
-                            }
+                            touched.push(partition);
                         }
                     }
-                    touched.sort_unstable();
-                    touched.dedup();
-                    for partition in touched {
-                        session.give(Judged::Clock(ClockReport { partition, clock: clocks[&partition] }));
-                    }
                 }
+                touched.sort_unstable();
+                touched.dedup();
+                let reported =
+                    touched.into_iter().map(|partition| ClockReport { partition, clock: clocks[&partition] });
+                reports.session(reports_at).give_iterator(reported);
             }
-        },
-    )
+        }
+    });
+    streams
 }
 
 /// Computes the watermark from every partition's clock; runs on every worker
@@ -133,7 +130,7 @@ pub(crate) fn watermark<'scope>(
         let mut release: Option<Capability<u64>> = None;
         move |(reports, frontier), output| {
             let port = output.output_index();
-            reports.for_each(|cap, data| pending.first(&cap, port, data));
+            reports.for_each(|cap, data| pending.first(&cap, [port], data));
             let mut ready = pending.complete(&[frontier]).into_iter().peekable();
             loop {
                 // The release comes before any later epoch; without one, once
@@ -155,10 +152,10 @@ pub(crate) fn watermark<'scope>(
                 }
                 let target = Progress::at(crate::judge::watermark(clocks.values(), progress.watermark), &settings);
                 progress = target.accruing_at(time, progress, recorder.cadence, &clocks);
-                output.session(&epoch.capability).give(progress);
+                output.session(&epoch.capabilities[0]).give(progress);
                 recorder.record_shared(time, || Shared { clocks: clocks.clone(), progress });
                 release = (progress.accrued_to < target.accrued_to)
-                    .then(|| epoch.capability.delayed(&recorder.cadence.next_from(time + 1)));
+                    .then(|| epoch.capabilities[0].delayed(&recorder.cadence.next_from(time + 1)));
             }
             // A run that ends (its input closed) stops where it is: a drain
             // ended fully accrued, and a stopping live run resumes from its

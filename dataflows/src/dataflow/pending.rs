@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::frontier::MutableAntichain;
 
-/// One epoch's worth of an operator's two inputs.
-pub struct Epoch<A, B> {
-    /// Capability to emit output at the epoch.
-    pub capability: Capability<u64>,
+/// One epoch's worth of an operator's two inputs, for an operator with `N`
+/// outputs.
+pub struct Epoch<A, B, const N: usize = 1> {
+    /// Capabilities to emit output at the epoch, one per output port, in
+    /// the order [`Pending::first`] was given the ports.
+    pub capabilities: [Capability<u64>; N],
     /// Records from the first input.
     pub first: Batches<A>,
     /// Records from the second input.
@@ -61,30 +63,31 @@ impl<A> IntoIterator for Batches<A> {
     }
 }
 
-/// Records of two inputs, held per epoch.
-pub struct Pending<A, B> {
-    epochs: BTreeMap<u64, Epoch<A, B>>,
+/// Records of two inputs, held per epoch, for an operator with `N` outputs.
+pub struct Pending<A, B, const N: usize = 1> {
+    epochs: BTreeMap<u64, Epoch<A, B, N>>,
 }
 
-impl<A, B> Default for Pending<A, B> {
+impl<A, B, const N: usize> Default for Pending<A, B, N> {
     fn default() -> Self {
         Pending { epochs: BTreeMap::new() }
     }
 }
 
-impl<A, B> Pending<A, B> {
-    fn epoch(&mut self, capability: &InputCapability<u64>, port: usize) -> Option<&mut Epoch<A, B>> {
+impl<A, B, const N: usize> Pending<A, B, N> {
+    fn epoch(&mut self, capability: &InputCapability<u64>, ports: [usize; N]) -> Option<&mut Epoch<A, B, N>> {
         let time = *capability.least()?;
         Some(self.epochs.entry(time).or_insert_with(|| Epoch {
-            capability: capability.delayed(&time, port),
+            capabilities: ports.map(|port| capability.delayed(&time, port)),
             first: Batches(Vec::new()),
             second: Vec::new(),
         }))
     }
 
-    /// Holds a batch of the first input, taking its records.
-    pub fn first(&mut self, capability: &InputCapability<u64>, port: usize, records: &mut Vec<A>) {
-        if let Some(epoch) = self.epoch(capability, port)
+    /// Holds a batch of the first input, taking its records; `ports` are
+    /// the operator's outputs.
+    pub fn first(&mut self, capability: &InputCapability<u64>, ports: [usize; N], records: &mut Vec<A>) {
+        if let Some(epoch) = self.epoch(capability, ports)
             && !records.is_empty()
         {
             epoch.first.0.push(std::mem::take(records));
@@ -92,14 +95,14 @@ impl<A, B> Pending<A, B> {
     }
 
     /// Holds records of the second input.
-    pub fn second(&mut self, capability: &InputCapability<u64>, port: usize, records: &mut Vec<B>) {
-        if let Some(epoch) = self.epoch(capability, port) {
+    pub fn second(&mut self, capability: &InputCapability<u64>, ports: [usize; N], records: &mut Vec<B>) {
+        if let Some(epoch) = self.epoch(capability, ports) {
             epoch.second.append(records);
         }
     }
 
     /// Removes and returns, oldest first, the epochs no input can add to any more.
-    pub fn complete(&mut self, frontiers: &[&MutableAntichain<u64>]) -> Vec<(u64, Epoch<A, B>)> {
+    pub fn complete(&mut self, frontiers: &[&MutableAntichain<u64>]) -> Vec<(u64, Epoch<A, B, N>)> {
         let mut done = Vec::new();
         while let Some(entry) = self.epochs.first_entry() {
             if frontiers.iter().any(|f| f.less_equal(entry.key())) {

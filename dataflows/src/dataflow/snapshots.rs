@@ -16,14 +16,14 @@
 //! on the first output, which no snapshot holds back: an epoch's rows can be
 //! written while its snapshot is still being encoded.
 
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{InputHandleCore, OperatorInfo, OutputBuilder, OutputBuilderSession};
+use timely::dataflow::operators::generic::{InputHandleCore, OperatorInfo};
 use timely::progress::frontier::MutableAntichain;
 
+use super::outputs::Outputs;
 use crate::checkpoint::{Part, Record, Recorded, Recorder};
 use crate::rows::Progress;
 
@@ -34,10 +34,10 @@ pub(crate) type Input<'a, D, P> = (&'a mut InputHandleCore<u64, Vec<D>, P>, &'a 
 type ProgressPuller = <Pipeline as ParallelizationContract<u64, Vec<Progress>>>::Puller;
 
 /// Builds a stateful operator of the billing dataflow: `data` exchanged by
-/// `pact` and this worker's `progress` in, records out, and the second output
-/// its snapshots of `part` hold back (see the module docs). `constructor`
-/// gets the operator's [`PartSnapshots`] and returns its logic, called as
-/// timely's `binary_frontier` calls it.
+/// `pact` and this worker's `progress` in, records out on the outputs `O`,
+/// and one more output that its snapshots of `part` hold back (see the
+/// module docs). `constructor` gets the operator's [`PartSnapshots`] and
+/// returns its logic, called as timely's `binary_frontier` calls it.
 pub(crate) fn stateful<'scope, D, O, P, B, L>(
     data: StreamVec<'scope, u64, D>,
     progress: StreamVec<'scope, u64, Progress>,
@@ -45,24 +45,19 @@ pub(crate) fn stateful<'scope, D, O, P, B, L>(
     name: &str,
     (recorder, part): (Recorder, Part),
     constructor: B,
-) -> (StreamVec<'scope, u64, O>, StreamVec<'scope, u64, ()>)
+) -> (O::Streams<'scope>, StreamVec<'scope, u64, ()>)
 where
     D: 'static,
-    O: 'static,
+    O: Outputs,
     P: ParallelizationContract<u64, Vec<D>>,
     B: FnOnce(PartSnapshots, OperatorInfo) -> L,
-    L: FnMut(
-            Input<'_, D, P::Puller>,
-            Input<'_, Progress, ProgressPuller>,
-            &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<O>>>,
-        ) + 'static,
+    L: FnMut(Input<'_, D, P::Puller>, Input<'_, Progress, ProgressPuller>, &mut O::Active<'_>) + 'static,
 {
     let mut builder = OperatorBuilder::new(name.to_owned(), data.scope());
     let info = builder.operator_info();
     let mut data = builder.new_input(data, pact);
     let mut progress = builder.new_input(progress, Pipeline);
-    let (records, records_stream) = builder.new_output();
-    let mut records = OutputBuilder::<u64, CapacityContainerBuilder<Vec<O>>>::from(records);
+    let (mut records, records_streams) = O::new(&mut builder);
     let (_, recorded_stream) = builder.new_output::<Vec<()>>();
     builder.build(move |mut capabilities| {
         let held = capabilities.pop().expect("a capability per output");
@@ -74,7 +69,7 @@ where
             logic((&mut data, &frontiers[0]), (&mut progress, &frontiers[1]), &mut output);
         }
     });
-    (records_stream, recorded_stream)
+    (records_streams, recorded_stream)
 }
 
 /// One operator's snapshots of one part.
@@ -222,6 +217,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::{Cadence, Encoded, SnapshotsHandle, Whole};
+    use crate::dataflow::outputs::One;
 
     #[test]
     fn a_checkpoint_epoch_stays_held_until_its_snapshot_recorded_later_arrives() {
@@ -240,7 +236,7 @@ mod tests {
                 let (due, arrived, activator) = (Rc::clone(&due), Rc::clone(&arrived), Rc::clone(&activator));
                 let inputs = (scope.input_from(&mut data), scope.input_from(&mut progress));
                 let (_, held) =
-                    stateful::<_, u8, _, _, _>(inputs.0, inputs.1, Pipeline, "Test", (recorder, Part::Totals), {
+                    stateful::<_, One<u8>, _, _, _>(inputs.0, inputs.1, Pipeline, "Test", (recorder, Part::Totals), {
                         move |mut snapshots, info| {
                             *activator.borrow_mut() = Some(scope.activator_for(info.address.clone()));
                             move |(data, data_frontier), (progress, progress_frontier), _| {
@@ -290,7 +286,7 @@ mod tests {
             let mut progress = InputHandleVec::<u64, Progress>::new();
             worker.dataflow::<u64, _, _>(|scope| {
                 let inputs = (scope.input_from(&mut data), scope.input_from(&mut progress));
-                stateful::<_, u8, _, _, _>(inputs.0, inputs.1, Pipeline, "Test", (recorder, Part::Totals), {
+                stateful::<_, One<u8>, _, _, _>(inputs.0, inputs.1, Pipeline, "Test", (recorder, Part::Totals), {
                     |mut snapshots, _| {
                         snapshots.worked(0);
                         assert_eq!(snapshots.due_before(1), Due::Now(0));

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 
+use super::outputs::One;
 use super::pending::Pending;
 use super::route;
 use super::snapshots::stateful;
@@ -29,16 +30,17 @@ pub(crate) fn totals<'scope>(
     recorder: Recorder,
 ) -> (StreamVec<'scope, u64, Result<TotalRow, Overflow>>, StreamVec<'scope, u64, ()>) {
     let by_key = Exchange::new(|(key, _): &(TotalKey, Delta)| route(key));
-    stateful(deltas, progress, by_key, "Totals", (recorder, Part::Totals), move |mut snapshots, _| {
+    let part = (recorder, Part::Totals);
+    stateful::<_, One<_>, _, _, _>(deltas, progress, by_key, "Totals", part, move |mut snapshots, _| {
         let mut pending = Pending::<(TotalKey, Delta), Progress>::default();
         let (mut sums, mut stale) = restored;
         move |(deltas, deltas_frontier), (progress, progress_frontier), output| {
             let port = output.output_index();
-            deltas.for_each(|cap, data| pending.first(&cap, port, data));
-            progress.for_each(|cap, data| pending.second(&cap, port, data));
+            deltas.for_each(|cap, data| pending.first(&cap, [port], data));
+            progress.for_each(|cap, data| pending.second(&cap, [port], data));
             for (time, epoch) in pending.complete(&[deltas_frontier, progress_frontier]) {
                 snapshots.before(time, &mut Whole(&sums, sums.len()));
-                let mut session = output.session(&epoch.capability);
+                let mut session = output.session(&epoch.capabilities[0]);
                 let mut written = BTreeSet::new();
                 let rewriting = !stale.is_empty();
                 let mut changes: Vec<_> = epoch.first.into_iter().collect();

@@ -23,6 +23,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::scheduling::SyncActivator;
 
+use super::outputs::One;
 use super::pending::{Epoch, Pending};
 use super::route;
 use super::snapshots::{Due, stateful};
@@ -74,7 +75,8 @@ pub(crate) fn usage<'scope>(
 ) -> (StreamVec<'scope, u64, UsageOut>, StreamVec<'scope, u64, ()>) {
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
     let worker = events.scope().worker();
-    stateful(events, progress, by_resource, "Usage", (recorder, Part::Usage), move |mut snapshots, info| {
+    let part = (recorder, Part::Usage);
+    stateful::<_, One<_>, _, _, _>(events, progress, by_resource, "Usage", part, move |mut snapshots, info| {
         let encoder = snapshot_encoder(worker.index(), worker.sync_activator_for(info.address.to_vec()));
         let activator = worker.activator_for(info.address);
         let mut pending = Pending::<Event, Progress>::default();
@@ -89,8 +91,8 @@ pub(crate) fn usage<'scope>(
         let Start { mut resources, mut progress, mut stale, mut rated_with } = start;
         move |(events, events_frontier), (new_progress, progress_frontier), output| {
             let port = output.output_index();
-            events.for_each(|cap, data| pending.first(&cap, port, data));
-            new_progress.for_each(|cap, data| pending.second(&cap, port, data));
+            events.for_each(|cap, data| pending.first(&cap, [port], data));
+            new_progress.for_each(|cap, data| pending.second(&cap, [port], data));
             if let Some(recorded) = encoder.done().pop() {
                 snapshots.record(recorded);
             }
@@ -230,7 +232,7 @@ impl Working {
         let walk_all = next.accrued_to > previous.accrued_to || !Arc::ptr_eq(&emitted_prices, prices);
         let (walked, rest) = if walk_all { (Some(0), Vec::new()) } else { (None, touched.drain().collect()) };
         let stale = stale.into_iter().collect();
-        let capability = epoch.capability;
+        let [capability] = epoch.capabilities;
         let out = EpochOut { items: queue, sums: foldhash::HashMap::default() };
         Working { capability, previous, next, emitted_prices, walked, touched, rest, stale, out }
     }
