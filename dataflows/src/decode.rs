@@ -16,11 +16,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::event::{Event, EventKind, EventOrder, Reason, ResourceKey};
 use crate::fixed::{Quantity, QuantityError};
 use crate::intern::Interner;
-use crate::prices::{PriceList, SkuKind};
+use crate::prices::{PriceList, SkuId, SkuKind};
 use crate::time::{self, Rfc3339};
 
 /// Messages larger than this are rejected as `too_large`.
@@ -74,7 +75,9 @@ struct RawData<'a> {
     region: Option<Text<'a>>,
     #[serde(borrow)]
     labels: Option<Pairs<'a>>,
-    /// The labels' text in the message, when the fast path read them.
+    /// The labels' text in the message, when the fast path read them (empty
+    /// when there are none): an object of plain strings, no key repeated,
+    /// that [`scan::labels`] reads again if they must be written.
     #[serde(skip)]
     labels_text: Option<&'a str>,
 }
@@ -84,7 +87,9 @@ struct RawData<'a> {
 /// has read them already.
 enum Quantities<'a> {
     Raw(&'a RawValue),
-    Read(Pairs<'a>),
+    /// As the fast path read them: plain strings, no name repeated, on the
+    /// stack when there are a few, as an event's nearly always are.
+    Scanned(SmallVec<[(&'a str, &'a str); 4]>),
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Quantities<'a> {
@@ -211,24 +216,25 @@ fn validate(raw: RawEvent<'_>, prices: &PriceList, interner: &mut Interner) -> R
     check_length(&account, "data.account_id", MAX_ACCOUNT_BYTES)?;
 
     let quantities = match (kind, data.quantities) {
-        (EventKind::Stopped, _) => Vec::new(),
+        (EventKind::Stopped, _) => SmallVec::new(),
         (_, None) => {
             return Err(invalid(Reason::Schema, format!("data.quantities: missing, required for {}", kind.as_str())));
         }
-        (_, Some(Quantities::Read(pairs))) => quantities(pairs, kind, time, prices)?,
+        (_, Some(Quantities::Scanned(pairs))) => quantities(pairs.iter().copied(), kind, time, prices)?,
         (_, Some(Quantities::Raw(raw))) => {
-            let pairs: Pairs = serde_json::from_str(raw.get())
+            let Pairs(pairs) = serde_json::from_str(raw.get())
                 .map_err(|e| invalid(Reason::Schema, format!("data.quantities: {e}")))?;
-            quantities(pairs, kind, time, prices)?
+            quantities(pairs.iter().map(|(name, text)| (&*name.0, &*text.0)), kind, time, prices)?
         }
     };
     // A resource keeps its gauge quantities; counters are summed at once.
-    let quantities = if kind.is_gauge() { interner.quantities(&quantities) } else { Arc::from(quantities) };
+    let quantities = if kind.is_gauge() { interner.quantities(&quantities) } else { Arc::from(&quantities[..]) };
     let project_id = data.project_id.map_or(Cow::Borrowed(""), |Text(text)| text);
     let region = data.region.map_or(Cow::Borrowed(""), |Text(text)| text);
-    let meta = interner.meta(&project_id, &region, data.labels_text, |json| match data.labels {
-        None => json.extend_from_slice(b"{}"),
-        Some(Pairs(pairs)) => labels_json(pairs, json),
+    let meta = interner.meta(&project_id, &region, data.labels_text, |json| match (data.labels, data.labels_text) {
+        (Some(Pairs(pairs)), _) => labels_json(pairs, json),
+        (None, Some(text)) if !text.is_empty() => labels_json(scan::labels(text), json),
+        (None, _) => json.extend_from_slice(b"{}"),
     });
     Ok(Event {
         order: EventOrder { time, id: id.into_owned().into_boxed_str(), source: interner.source(&source) },
@@ -258,18 +264,22 @@ fn check_length(value: &str, field: &str, max: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn quantities(
-    Pairs(pairs): Pairs<'_>,
+/// An event's quantities as validated, sorted by SKU: on the stack until
+/// they are shared or summed.
+type Validated = SmallVec<[(SkuId, Quantity); 4]>;
+
+fn quantities<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     kind: EventKind,
     time: time::Millis,
     prices: &PriceList,
-) -> Result<Vec<(crate::prices::SkuId, Quantity)>, Invalid> {
+) -> Result<Validated, Invalid> {
     let expected = if kind.is_gauge() { SkuKind::Gauge } else { SkuKind::Counter };
     let window = time::window_start(time);
-    let mut quantities = Vec::with_capacity(pairs.len());
-    for (Text(name), Text(text)) in pairs {
+    let mut quantities = Validated::new();
+    for (name, text) in pairs {
         let (sku_id, sku) = prices
-            .lookup(&name)
+            .lookup(name)
             .ok_or_else(|| invalid(Reason::UnknownSku, format!("sku {name:?} is not in the price list")))?;
         if sku.kind != expected {
             return Err(invalid(
@@ -283,7 +293,7 @@ fn quantities(
                 format!("sku {name:?} has no price in effect at window {}", Rfc3339(window)),
             ));
         }
-        let quantity = Quantity::parse(&text).map_err(|e| {
+        let quantity = Quantity::parse(text).map_err(|e| {
             let (reason, rule) = match e {
                 QuantityError::Syntax => (Reason::Schema, "a decimal string"),
                 QuantityError::Negative => (Reason::NegativeQuantity, "not negative"),

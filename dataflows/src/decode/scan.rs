@@ -16,7 +16,9 @@
 
 use std::borrow::Cow;
 
-use super::{Pairs, Quantities, RawData, RawEvent, Text};
+use smallvec::SmallVec;
+
+use super::{Quantities, RawData, RawEvent, Text};
 
 /// The fields of `text` if it is an event of the usual shape, else `None`.
 pub(super) fn event(text: &str) -> Option<RawEvent<'_>> {
@@ -32,7 +34,13 @@ pub(super) fn event(text: &str) -> Option<RawEvent<'_>> {
                 Some(EventKey::Type) => &mut event.kind,
                 Some(EventKey::Time) => &mut event.time,
                 Some(EventKey::Subject) => &mut event.subject,
-                Some(EventKey::Data) => return put(&mut event.data, cursor.data()?),
+                Some(EventKey::Data) => {
+                    // Read in place: the data is a large part of the event.
+                    return match &mut event.data {
+                        Some(_) => None,
+                        data => cursor.data(data.insert(RawData::default())),
+                    };
+                }
                 None => return cursor.string().map(drop),
             };
             put(slot, Text(Cow::Borrowed(cursor.string()?)))
@@ -209,8 +217,8 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn data(&mut self) -> Option<RawData<'a>> {
-        let mut data = RawData::default();
+    /// `data`, read into `data` (its default).
+    fn data(&mut self, data: &mut RawData<'a>) -> Option<()> {
         self.members(
             |cursor| cursor.key(&DATA_KEYS),
             |cursor, key| {
@@ -219,41 +227,49 @@ impl<'a> Cursor<'a> {
                     Some(DataKey::ProjectId) => &mut data.project_id,
                     Some(DataKey::Region) => &mut data.region,
                     Some(DataKey::Quantities) => {
-                        return put(&mut data.quantities, Quantities::Read(cursor.pairs()?));
+                        let mut pairs = SmallVec::new();
+                        cursor.strings(|name, text| {
+                            let repeated = pairs.iter().any(|&(held, _)| held == name);
+                            (!repeated).then(|| pairs.push((name, text)))
+                        })?;
+                        return put(&mut data.quantities, Quantities::Scanned(pairs));
                     }
                     Some(DataKey::Labels) => {
+                        // Only the text is kept: labels are written out only
+                        // when metadata is met for the first time.
                         let start = cursor.at;
-                        put(&mut data.labels, cursor.pairs()?)?;
-                        data.labels_text = cursor.text.get(start..cursor.at);
-                        return Some(());
+                        let mut keys: SmallVec<[&str; 8]> = SmallVec::new();
+                        cursor.strings(|key, _| (!keys.contains(&key)).then(|| keys.push(key)))?;
+                        return put(&mut data.labels_text, cursor.text.get(start..cursor.at)?);
                     }
                     None => return cursor.string().map(drop),
                 };
                 put(slot, Text(Cow::Borrowed(cursor.string()?)))
             },
         )?;
-        if data.labels.is_none() {
-            // No labels are written as nothing, which no labels object is.
-            data.labels_text = Some("");
-        }
-        Some(data)
+        // No labels are written as nothing, which no labels object is.
+        data.labels_text.get_or_insert("");
+        Some(())
     }
 
-    /// An object of strings with no key repeated.
-    fn pairs(&mut self) -> Option<Pairs<'a>> {
-        // Made at the size its first push would grow it to: growing from
-        // empty went through the vector's slower growth path, twice a message.
-        let mut pairs: Vec<(Text<'a>, Text<'a>)> = Vec::with_capacity(4);
-        self.members(Cursor::string, |cursor, key| {
-            let value = cursor.string()?;
-            if pairs.iter().any(|(held, _)| held.0 == key) {
-                return None;
-            }
+    /// An object of strings, each key and value given to `pair`, which
+    /// gives up by returning `None`.
+    fn strings(&mut self, mut pair: impl FnMut(&'a str, &'a str) -> Option<()>) -> Option<()> {
+        self.members(Cursor::string, |cursor, key| pair(key, cursor.string()?))
+    }
+}
+
+/// The labels of `text`, an object of plain strings with no key repeated
+/// that the fast path read.
+pub(super) fn labels(text: &str) -> Vec<(Text<'_>, Text<'_>)> {
+    let mut pairs = Vec::new();
+    Cursor { text, at: 0 }
+        .strings(|key, value| {
             pairs.push((Text(Cow::Borrowed(key)), Text(Cow::Borrowed(value))));
             Some(())
-        })?;
-        Some(Pairs(pairs))
-    }
+        })
+        .expect("labels the fast path read");
+    pairs
 }
 
 /// How many bytes at the start of `bytes` may stand in a string as they
