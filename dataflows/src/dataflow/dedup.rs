@@ -278,12 +278,12 @@ pub(crate) fn dedup<'scope>(
 /// one integer, compared in two instructions where a tuple of its parts
 /// took a comparison per part (sorting was 360 instructions a candidate).
 fn in_dedup_order(candidates: Batches<Candidate>) -> impl Iterator<Item = Candidate> {
-    let mut order: Vec<_> = (candidates.batches().iter().enumerate())
-        .flat_map(|(batch, candidates)| {
-            let at = move |(index, c): (usize, &Candidate)| (dedup_order(c), (batch, index));
-            candidates.iter().enumerate().map(at)
-        })
-        .collect();
+    // Made at its size: collected from the batches, it grew by doubling.
+    let mut order = Vec::with_capacity(candidates.batches().iter().map(Vec::len).sum());
+    order.extend((candidates.batches().iter().enumerate()).flat_map(|(batch, candidates)| {
+        let at = move |(index, c): (usize, &Candidate)| (dedup_order(c), (batch, index));
+        candidates.iter().enumerate().map(at)
+    }));
     order.sort_unstable_by_key(|&(key, _)| key);
     let mut candidates: Vec<Vec<Option<Candidate>>> =
         candidates.into_batches().into_iter().map(|batch| batch.into_iter().map(Some).collect()).collect();
