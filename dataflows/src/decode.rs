@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 use crate::event::{Event, EventKind, EventOrder, Reason, ResourceKey};
 use crate::fixed::{Quantity, QuantityError};
@@ -239,7 +240,7 @@ fn validate(raw: RawEvent<'_>, prices: &PriceList, interner: &mut Interner) -> R
     Ok(Event {
         order: EventOrder { time, id: id.into_owned().into_boxed_str(), source: interner.source(&source) },
         kind,
-        resource: ResourceKey { account: interner.account(&account), resource: Arc::from(subject) },
+        resource: ResourceKey { account: interner.account(&account), resource: SmolStr::new(subject) },
         quantities,
         meta,
     })

@@ -1,5 +1,6 @@
-//! Values that many events repeat, held once per worker: sources, account
-//! ids, metadata (project, region, labels) and gauge quantities.
+//! Values that many events repeat, held once per worker: sources and account
+//! ids too long to be held inline, metadata (project, region, labels) and
+//! gauge quantities.
 //!
 //! An account has many resources and a resource many events, nearly all with
 //! the metadata of the one before. Decoding each into fresh strings cost
@@ -7,6 +8,9 @@
 //! resource, and a byte-wise comparison there to find the resource's copy.
 //! Interned, an event carries shared handles: the comparisons become pointer
 //! comparisons, and resources of one account and project share one copy.
+//! Ids are held inline where they fit instead: a handle that the worker
+//! decoding an event counts up and the worker owning its resource counts
+//! down moved the counter's cache line between the two for every event.
 //!
 //! Interning never changes a value, only whether equal values share memory,
 //! so nothing downstream depends on it. The tables are bounded: when one
@@ -18,6 +22,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
+use smol_str::SmolStr;
 
 use crate::event::{Meta, Quantities};
 use crate::fixed::Quantity;
@@ -42,15 +47,16 @@ pub struct Interner {
 }
 
 impl Interner {
-    /// The shared copy of `source`: a cloud has a few dozen, and an event
-    /// carried its own copy from the partition stage to the resource.
-    pub fn source(&mut self, source: &str) -> Arc<str> {
-        Arc::clone(self.sources.get(source, |held| held == source, || Arc::from(source)))
+    /// `source` inline, or its shared copy when it is too long: a cloud has
+    /// a few dozen, and an event carried its own copy from the partition
+    /// stage to the resource.
+    pub fn source(&mut self, source: &str) -> SmolStr {
+        inline_or_shared(&mut self.sources, source)
     }
 
-    /// The shared copy of `account`.
-    pub fn account(&mut self, account: &str) -> Arc<str> {
-        Arc::clone(self.accounts.get(account, |held| held == account, || Arc::from(account)))
+    /// `account` inline, or its shared copy when it is too long.
+    pub fn account(&mut self, account: &str) -> SmolStr {
+        inline_or_shared(&mut self.accounts, account)
     }
 
     /// The shared copy of gauge `quantities`: held for every event of a
@@ -86,6 +92,18 @@ impl Interner {
         );
         Arc::clone(&written.meta)
     }
+}
+
+/// The longest text a `SmolStr` holds inline.
+const INLINE: usize = 23;
+
+/// `text` inline when it fits, with no handle to count; else the copy
+/// `table` shares.
+fn inline_or_shared(table: &mut Table<str>, text: &str) -> SmolStr {
+    if text.len() <= INLINE {
+        return SmolStr::new_inline(text);
+    }
+    SmolStr::from(Arc::clone(table.get(text, |held| held == text, || Arc::from(text))))
 }
 
 /// Metadata's fields as a message wrote them, and the metadata they make.
@@ -175,9 +193,9 @@ mod tests {
     #[test]
     fn equal_values_share_one_copy() {
         let mut interner = Interner::default();
-        let a = interner.account("acc-1");
-        assert!(Arc::ptr_eq(&a, &interner.account("acc-1")));
-        assert!(!Arc::ptr_eq(&a, &interner.account("acc-2")));
+        let a = interner.account(&long("acc-1"));
+        assert!(std::ptr::eq(a.as_str(), interner.account(&long("acc-1")).as_str()));
+        assert!(!std::ptr::eq(a.as_str(), interner.account(&long("acc-2")).as_str()));
         let labels = |json: &mut Vec<u8>| json.extend_from_slice(br#"{"team":"a"}"#);
         let meta = interner.meta("prj", "eu", None, labels);
         assert!(Arc::ptr_eq(&meta, &interner.meta("prj", "eu", None, labels)));
@@ -190,6 +208,28 @@ mod tests {
         let moved = interner.meta("pr", "jeu", None, labels);
         assert_eq!(moved.project_id, "pr");
         assert!(!Arc::ptr_eq(&meta, &moved));
+    }
+
+    /// An id too long to be held inline.
+    fn long(id: &str) -> String {
+        format!("{id}-{}", "x".repeat(INLINE))
+    }
+
+    #[test]
+    fn short_ids_are_held_inline_and_long_ones_shared() {
+        let mut interner = Interner::default();
+        let short = "a".repeat(INLINE);
+        for id in [interner.account(&short), interner.source(&short)] {
+            assert_eq!(id, short);
+            assert!(!id.is_heap_allocated(), "{INLINE} bytes are held inline");
+        }
+        let long = long("acc");
+        for id in [interner.account(&long), interner.source(&long)] {
+            assert_eq!(id, long);
+            assert!(id.is_heap_allocated());
+        }
+        assert_eq!(interner.accounts.values.len(), 1);
+        assert_eq!(interner.sources.values.len(), 1);
     }
 
     #[test]
@@ -211,22 +251,23 @@ mod tests {
     #[test]
     fn a_full_table_lets_go_of_values_no_one_holds() {
         let mut interner = Interner::default();
-        let kept: Vec<Arc<str>> = (0..CAPACITY / 4).map(|i| interner.account(&format!("kept-{i}"))).collect();
+        let kept: Vec<SmolStr> = (0..CAPACITY / 4).map(|i| interner.account(&long(&format!("kept-{i}")))).collect();
         for i in 0..CAPACITY {
-            interner.account(&format!("passing-{i}"));
+            interner.account(&long(&format!("passing-{i}")));
         }
         assert!(interner.accounts.values.len() <= CAPACITY, "the table stays bounded");
-        assert!(Arc::ptr_eq(&kept[7], &interner.account("kept-7")), "values still held stay shared");
-        assert_eq!(&*interner.account("passing-3"), "passing-3");
+        let again = interner.account(&long("kept-7"));
+        assert!(std::ptr::eq(kept[7].as_str(), again.as_str()), "values still held stay shared");
+        assert_eq!(interner.account(&long("passing-3")), long("passing-3"));
     }
 
     #[test]
     fn a_table_of_values_all_still_held_starts_afresh() {
         let mut interner = Interner::default();
-        let held: Vec<Arc<str>> = (0..CAPACITY).map(|i| interner.account(&format!("acc-{i}"))).collect();
-        let newest = interner.account("one-more");
+        let held: Vec<SmolStr> = (0..CAPACITY).map(|i| interner.account(&long(&format!("acc-{i}")))).collect();
+        let newest = interner.account(&long("one-more"));
         assert_eq!(interner.accounts.values.len(), 1, "started afresh with the new value");
-        assert_eq!(&*interner.account("acc-5"), &*held[5], "an equal value, now another copy");
-        assert!(Arc::ptr_eq(&newest, &interner.account("one-more")));
+        assert_eq!(interner.account(&long("acc-5")), held[5], "an equal value, now another copy");
+        assert!(std::ptr::eq(newest.as_str(), interner.account(&long("one-more")).as_str()));
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::event::{Message, Meta, Offset, Partition, Reason};
 use crate::fixed::Amount;
@@ -21,11 +22,11 @@ pub const MAX_STORED_PAYLOAD: usize = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BreakdownKey {
     /// Billing account.
-    pub account: Arc<str>,
+    pub account: SmolStr,
     /// Start of the hourly window.
     pub window_start: Millis,
     /// Resource id.
-    pub resource: Arc<str>,
+    pub resource: SmolStr,
     /// SKU.
     pub sku: SkuId,
 }
@@ -54,7 +55,7 @@ impl BreakdownRow {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TotalKey {
     /// Billing account.
-    pub account: Arc<str>,
+    pub account: SmolStr,
     /// Start of the UTC day.
     pub day: Millis,
     /// SKU.

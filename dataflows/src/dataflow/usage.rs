@@ -209,11 +209,9 @@ impl Working {
         (stale, queue): (Vec<BreakdownKey>, Vec<UsageOut>),
     ) -> Working {
         let next = epoch.second.last().copied().unwrap_or(previous);
-        // Events are filed under their own keys, looked up by reference:
-        // taking each key out for an empty one and copying it counted
-        // references up and down for every event, and every empty key shares
-        // one counter, which both workers wrote. A key is copied, and the map
-        // of resources looked up, once per resource an epoch.
+        // Events are filed under their own keys, looked up by reference: a
+        // key is copied, and the map of resources looked up, once per
+        // resource an epoch.
         let mut touched: foldhash::HashMap<ResourceKey, Vec<Event>> = foldhash::HashMap::default();
         for event in epoch.first {
             match touched.get_mut(&event.resource) {
