@@ -28,7 +28,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::sink::clickhouse::{Warehouse, await_earlier_inserts, has_progress, stale_rows};
-use crate::sink::{self, AppendedHandle, Checkpointing, OffsetsHandle, Target, Versions};
+use crate::sink::{self, AppendedHandle, Checkpointing, OffsetsHandle, ProcessRows, Target, Versions};
 use crate::source::kafka::{PartitionReader, SourceError};
 
 /// Epochs the source may run ahead of the last one fully written.
@@ -65,6 +65,8 @@ struct Shared {
     /// Worker threads per process: the first of each process reports its
     /// process's epochs.
     threads: usize,
+    /// The rows of this process's workers, written by one thread.
+    rows: ProcessRows,
 }
 
 impl Shared {
@@ -103,6 +105,7 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
         failure: Mutex::new(None),
         metrics,
         threads: cluster.threads,
+        rows: ProcessRows::new(cluster.threads, mode == Mode::Drain),
     });
     tracing::info!(
         ?mode,
@@ -125,7 +128,12 @@ pub fn run(config: Config, cluster: &Cluster, mode: Mode) -> anyhow::Result<()> 
     let failure = shared.failure.lock().expect("workers are done").take();
     match failure {
         Some(error) => Err(anyhow::anyhow!(error)),
-        None => Ok(()),
+        None => {
+            // A failed run does not wait: the thread may be retrying against
+            // a service away, and nothing acknowledges what it writes.
+            shared.rows.finish();
+            Ok(())
+        }
     }
 }
 
@@ -192,7 +200,8 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         streams.errors.clone().inspect(move |error| {
             seen_overflow.lock().expect("no panic holding the lock").get_or_insert_with(|| error.to_string());
         });
-        sink::write(streams, target, checkpointing, index, peers).probe_with(&probe);
+        let rows = (&shared.rows, index % shared.threads);
+        sink::write(streams, target, checkpointing, rows, (index, peers)).probe_with(&probe);
     });
 
     let drain = shared.mode == Mode::Drain;

@@ -1,23 +1,25 @@
 //! The sink: the dataflow's output for each epoch, written to ClickHouse as
 //! it comes, then checkpointed once the frontier has passed the epoch.
 //!
-//! Per epoch, each worker writes its own breakdown rows, totals and rejections
-//! (one insert per table, or several for more than `clickhouse.rows_per_insert`
-//! rows), then its state shard, each on a thread of its own
-//! (see [`tally_dataflows::offload`]), then acknowledges the epoch
-//! to worker 0. When every worker has acknowledged epoch `e`, worker 0 commits
-//! the manifest for `e` and then writes `pipeline_progress` for `e`: a reader
-//! that sees progress `e` sees every row of epochs `≤ e` (the protocol is in
-//! [`crate::checkpoint`]). Rows carry `version = incarnation << 20 | epoch`
-//! (see [`Versions`]).
+//! Per epoch, each worker's breakdown rows, totals and rejections are
+//! written on a thread for rows (one insert per table, with those of the
+//! process's other workers in a drain, or several for more than
+//! `clickhouse.rows_per_insert` rows; see [`ProcessRows`]), then its state
+//! shard on a thread of its own (see [`tally_dataflows::offload`]); then it
+//! acknowledges the epoch to worker 0. When every worker has acknowledged
+//! epoch `e`, worker 0 commits the manifest for `e` and then writes
+//! `pipeline_progress` for `e`: a reader that sees progress `e` sees every
+//! row of epochs `≤ e` (the protocol is in [`crate::checkpoint`]). Rows
+//! carry `version = incarnation << 20 | epoch` (see [`Versions`]).
 
 pub mod clickhouse;
+pub mod inserter;
 pub mod rows;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -39,6 +41,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, Concat, Inspect, Operator};
 
 use self::clickhouse::Warehouse;
+use self::inserter::{Chunk, Inserter};
 use self::rows::{AccountTotal, PipelineProgress, RejectedEvent, UsageBreakdown};
 use crate::checkpoint::store::Store;
 use crate::checkpoint::{self, Manifest, StateSize};
@@ -137,19 +140,37 @@ enum Output {
     Rejection(Rejection),
 }
 
-/// Rows of one epoch for the writer; `last` when the epoch is complete and
-/// these are its last.
+/// The process's rows: its workers' epochs are handed over as they come,
+/// `clickhouse.rows_per_insert` at a time, and the rest once the epoch is
+/// complete, to threads that insert them (see [`inserter`]). An epoch in
+/// which accrual moves has a row for every running resource, and, held
+/// until the epoch was complete, those rows were most of a worker's peak
+/// memory.
 ///
-/// An epoch's rows are handed over as they come, `clickhouse.rows_per_insert`
-/// at a time, and the rest once the epoch is complete: an epoch in which
-/// accrual moves has a row for every running resource, and, held until the
-/// epoch was complete, those rows were most of a worker's peak memory.
-/// Handing over blocks while the writer is a chunk behind, which holds the
-/// usage stage's next step back.
-struct Chunk {
-    epoch: u64,
-    rows: Vec<Output>,
-    last: bool,
+/// A drain's workers share one thread, which writes what they end an epoch
+/// with together: half the inserts, and ClickHouse's parts and merges, with
+/// two workers. A live run's workers each have their own, and their inserts
+/// go side by side: shared, an epoch's rows waited for the other worker's
+/// and went in one insert after another, and freshness suffered.
+pub struct ProcessRows {
+    shared: Option<OnceLock<Inserter<Output>>>,
+    workers: usize,
+}
+
+impl ProcessRows {
+    /// The rows of `workers` workers; `together` when they share a thread,
+    /// which the first of them to build its sink starts.
+    pub fn new(workers: usize, together: bool) -> ProcessRows {
+        ProcessRows { shared: together.then(OnceLock::new), workers }
+    }
+
+    /// Waits for a shared thread to write what it was handed; called once
+    /// every worker is done.
+    pub fn finish(&self) {
+        if let Some(inserter) = self.shared.as_ref().and_then(OnceLock::get) {
+            inserter.finish();
+        }
+    }
 }
 
 /// Moves `data` into `chunk`, handing each chunk over with `full` once it
@@ -181,8 +202,8 @@ pub fn write<'scope>(
     streams: Streams<'scope>,
     target: Arc<Target>,
     checkpointing: Checkpointing,
-    worker: usize,
-    workers: usize,
+    (rows, local): (&ProcessRows, usize),
+    (worker, workers): (usize, usize),
 ) -> StreamVec<'scope, u64, ()> {
     let Streams { breakdowns, totals, rejections, progress, outcomes, errors: _, recorded } = streams;
     let outcome_metrics = Arc::clone(&target.metrics);
@@ -196,12 +217,18 @@ pub fn write<'scope>(
         "ClickHouseRows",
         move |_, info| {
             let activator = timely_worker.sync_activator_for(info.address.to_vec());
-            let warehouse = Warehouse::new(&rows_target.clickhouse);
             let rows_per_insert = rows_target.clickhouse.rows_per_insert;
-            let writer = Offload::start(format!("tally-rows-{worker}"), activator, move |chunk: Chunk| {
-                write_rows(&warehouse, &rows_target, chunk.epoch, &chunk.rows, chunk.last);
-                chunk.last.then_some(chunk.epoch)
-            });
+            let start = |name: String, workers: usize| {
+                let warehouse = Warehouse::new(&rows_target.clickhouse);
+                let target = Arc::clone(&rows_target);
+                Inserter::start(name, workers, inserter::GRACE, move |chunks| write_rows(&warehouse, &target, chunks))
+            };
+            let writer = match &rows.shared {
+                Some(shared) => shared
+                    .get_or_init(|| start(format!("tally-rows-{}", worker - local), rows.workers))
+                    .connect(local, activator),
+                None => start(format!("tally-rows-{worker}"), 1).into_only_worker(activator),
+            };
             // Epochs not complete yet: rows not yet handed to the writer,
             // and the capability held for the epoch meanwhile.
             let mut filling: BTreeMap<u64, (Capability<u64>, Vec<Output>)> = BTreeMap::new();
@@ -225,7 +252,8 @@ pub fn write<'scope>(
                     writer.hand_over(Chunk { epoch, rows, last: true });
                     writing.push_back(capability);
                 }
-                for epoch in writer.done().into_iter().flatten() {
+                writer.passed(frontier.frontier().first().copied().unwrap_or(u64::MAX));
+                for epoch in writer.done() {
                     let capability = writing.pop_front().expect("the writer writes only epochs handed to it");
                     assert_eq!(*capability.time(), epoch, "the writer writes epochs in the order handed to it");
                     output.session(&capability).give(());
@@ -539,16 +567,14 @@ fn remember_acks(acks: Vec<ShardAck>, latest: &mut [Option<ShardAck>]) {
     }
 }
 
-/// Writes rows of one worker's `epoch`, one insert per table; `last` when
-/// they are the epoch's last. Each table's rows are encoded straight from
-/// the epoch's output as the insert sends them: gathered first, an epoch's
-/// breakdown rows took a vector of ten megabytes, on pages the kernel
-/// zeroed afresh each time.
-fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Output], last: bool) {
-    let version = target.versions.of(epoch);
+/// Writes `chunks` of rows, of one or several workers and epochs, one insert
+/// per table. Each table's rows are encoded straight from the chunks as the
+/// insert sends them: gathered first, an epoch's breakdown rows took a
+/// vector of ten megabytes, on pages the kernel zeroed afresh each time.
+fn write_rows(warehouse: &Warehouse, target: &Target, chunks: &[Chunk<Output>]) {
     let prices = &target.prices;
     let (mut breakdowns, mut totals, mut rejections) = (0, 0, 0);
-    for output in batch {
+    for output in chunks.iter().flat_map(|chunk| &chunk.rows) {
         match output {
             Output::Breakdown(_) => breakdowns += 1,
             Output::Total(_) => totals += 1,
@@ -558,24 +584,29 @@ fn write_rows(warehouse: &Warehouse, target: &Target, epoch: u64, batch: &[Outpu
             }
         }
     }
-    let breakdown_rows = batch.iter().filter_map(|output| match output {
+    let versioned =
+        || chunks.iter().flat_map(|chunk| chunk.rows.iter().map(|row| (row, target.versions.of(chunk.epoch))));
+    let breakdown_rows = versioned().filter_map(|(output, version)| match output {
         Output::Breakdown(row) => Some(UsageBreakdown::of(row, prices, version)),
         _ => None,
     });
     timed_insert::<UsageBreakdown>(warehouse, target, "usage_breakdown", breakdowns, breakdown_rows);
     fault::point(Fault::BetweenSinkBatches);
-    let total_rows = batch.iter().filter_map(|output| match output {
+    let total_rows = versioned().filter_map(|(output, version)| match output {
         Output::Total(row) => Some(AccountTotal::of(row, prices, version)),
         _ => None,
     });
     timed_insert::<AccountTotal>(warehouse, target, "account_totals", totals, total_rows);
-    let rejection_rows = batch.iter().filter_map(|output| match output {
+    let rejection_rows = versioned().filter_map(|(output, version)| match output {
         Output::Rejection(rejection) => Some(RejectedEvent::of(rejection, &target.topic, version)),
         _ => None,
     });
     timed_insert::<RejectedEvent>(warehouse, target, "rejected_events", rejections, rejection_rows);
-    tracing::debug!(epoch, breakdowns, totals, rejections, last, "rows written");
-    if last {
+    let epochs = chunks.iter().map(|chunk| chunk.epoch);
+    let (first, last) = (epochs.clone().min(), epochs.max());
+    let ends = chunks.iter().filter(|chunk| chunk.last).count();
+    tracing::debug!(?first, ?last, chunks = chunks.len(), ends, breakdowns, totals, rejections, "rows written");
+    if ends > 0 {
         fault::point(Fault::AfterSinkWrite);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! A write either succeeds or is retried with backoff for as long as it takes:
 //! while ClickHouse is away the writer blocks here, its epoch is not
-//! acknowledged, and the worker stops at the next epoch it hands over (see
-//! `tally_dataflows::offload`), so the source stops advancing behind it.
+//! acknowledged, and the workers stop at the next rows they hand over (see
+//! [`crate::sink::inserter`]), so the source stops advancing behind them.
 //!
 //! Every insert of a pipeline carries a `query_id` beginning with
 //! [`insert_prefix`]. An insert sent in full is carried out even when its
