@@ -65,7 +65,7 @@ struct Shared {
     /// Worker threads per process: the first of each process reports its
     /// process's epochs.
     threads: usize,
-    /// The rows of this process's workers, written by one thread.
+    /// The threads that insert this process's workers' rows.
     rows: ProcessRows,
 }
 

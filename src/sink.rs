@@ -148,8 +148,8 @@ enum Output {
 /// memory.
 ///
 /// A drain's workers share one thread, which writes what they end an epoch
-/// with together: half the inserts, and ClickHouse's parts and merges, with
-/// two workers. A live run's workers each have their own, and their inserts
+/// with together: with two workers, a third fewer inserts, and fewer parts
+/// for ClickHouse to make and merge. A live run's workers each have their own, and their inserts
 /// go side by side: shared, an epoch's rows waited for the other worker's
 /// and went in one insert after another, and freshness suffered.
 pub struct ProcessRows {
