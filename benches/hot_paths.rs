@@ -1,7 +1,7 @@
 //! The hot paths one at a time, outside the dataflow, on a generated workload:
 //! deduplication, the lifecycle (a resource's events → its breakdown rows),
 //! rating, the sink's encoding of rows for ClickHouse (RowBinary, LZ4,
-//! over HTTP to an in-process mock server), and a checkpoint's encoding of
+//! over HTTP to an in-process mock server) and their sort into a table's order, and a checkpoint's encoding of
 //! the resources (plain, compressed as checkpoints hold them, and read back).
 //!
 //! `cargo bench --bench hot_paths`; figures go to BENCHMARKS.md.
@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
+use tally::sink::order;
 use tally::sink::rows::UsageBreakdown;
 use tally::workload::{Generator, Workload};
 use tally_dataflows::checkpoint::pieces;
@@ -155,6 +156,18 @@ fn sink_encoding(c: &mut Criterion) {
                 insert.end().await.expect("end");
             })
         })
+    });
+    // Rows as the usage stage emits them, a resource's together, in the
+    // order ClickHouse wants them: by account, window, resource, SKU.
+    let mut by_resource: Vec<(&BreakdownRow, u64)> = rows.iter().map(|row| (row, 1)).collect();
+    by_resource
+        .sort_by(|(a, _), (b, _)| (&a.key.resource, a.key.window_start).cmp(&(&b.key.resource, b.key.window_start)));
+    group.bench_function("order_usage_breakdown", |b| {
+        b.iter_batched(
+            || by_resource.clone(),
+            |mut rows| order::sort(&mut rows, |(row, _)| UsageBreakdown::place(row)),
+            BatchSize::LargeInput,
+        )
     });
     group.finish();
 }

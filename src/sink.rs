@@ -14,6 +14,7 @@
 
 pub mod clickhouse;
 pub mod inserter;
+pub mod order;
 pub mod rows;
 
 use std::cell::RefCell;
@@ -568,46 +569,60 @@ fn remember_acks(acks: Vec<ShardAck>, latest: &mut [Option<ShardAck>]) {
 }
 
 /// Writes `chunks` of rows, of one or several workers and epochs, one insert
-/// per table. Each table's rows are encoded straight from the chunks as the
-/// insert sends them: gathered first, an epoch's breakdown rows took a
-/// vector of ten megabytes, on pages the kernel zeroed afresh each time.
+/// per table. Each table's rows are put in order by reference and encoded
+/// from the chunks as the insert sends them: gathered as encoded rows first,
+/// an epoch's breakdown rows took a vector of ten megabytes, on pages the
+/// kernel zeroed afresh each time.
 fn write_rows(warehouse: &Warehouse, target: &Target, chunks: &[Chunk<Output>]) {
     let prices = &target.prices;
-    let (mut breakdowns, mut totals, mut rejections) = (0, 0, 0);
-    for output in chunks.iter().flat_map(|chunk| &chunk.rows) {
-        match output {
-            Output::Breakdown(_) => breakdowns += 1,
-            Output::Total(_) => totals += 1,
-            Output::Rejection(rejection) => {
-                target.metrics.count_rejection(rejection.reason.as_str());
-                rejections += 1;
-            }
-        }
+    let rows = InTableOrder::of(chunks, &target.versions);
+    for (rejection, _) in &rows.rejections {
+        target.metrics.count_rejection(rejection.reason.as_str());
     }
-    let versioned =
-        || chunks.iter().flat_map(|chunk| chunk.rows.iter().map(|row| (row, target.versions.of(chunk.epoch))));
-    let breakdown_rows = versioned().filter_map(|(output, version)| match output {
-        Output::Breakdown(row) => Some(UsageBreakdown::of(row, prices, version)),
-        _ => None,
-    });
-    timed_insert::<UsageBreakdown>(warehouse, target, "usage_breakdown", breakdowns, breakdown_rows);
+    let breakdown_rows = rows.breakdowns.iter().map(|&(row, version)| UsageBreakdown::of(row, prices, version));
+    timed_insert::<UsageBreakdown>(warehouse, target, "usage_breakdown", rows.breakdowns.len(), breakdown_rows);
     fault::point(Fault::BetweenSinkBatches);
-    let total_rows = versioned().filter_map(|(output, version)| match output {
-        Output::Total(row) => Some(AccountTotal::of(row, prices, version)),
-        _ => None,
-    });
-    timed_insert::<AccountTotal>(warehouse, target, "account_totals", totals, total_rows);
-    let rejection_rows = versioned().filter_map(|(output, version)| match output {
-        Output::Rejection(rejection) => Some(RejectedEvent::of(rejection, &target.topic, version)),
-        _ => None,
-    });
-    timed_insert::<RejectedEvent>(warehouse, target, "rejected_events", rejections, rejection_rows);
+    let total_rows = rows.totals.iter().map(|&(row, version)| AccountTotal::of(row, prices, version));
+    timed_insert::<AccountTotal>(warehouse, target, "account_totals", rows.totals.len(), total_rows);
+    let rejection_rows =
+        rows.rejections.iter().map(|&(rejection, version)| RejectedEvent::of(rejection, &target.topic, version));
+    timed_insert::<RejectedEvent>(warehouse, target, "rejected_events", rows.rejections.len(), rejection_rows);
     let epochs = chunks.iter().map(|chunk| chunk.epoch);
     let (first, last) = (epochs.clone().min(), epochs.max());
     let ends = chunks.iter().filter(|chunk| chunk.last).count();
+    let (breakdowns, totals, rejections) = (rows.breakdowns.len(), rows.totals.len(), rows.rejections.len());
     tracing::debug!(?first, ?last, chunks = chunks.len(), ends, breakdowns, totals, rejections, "rows written");
     if ends > 0 {
         fault::point(Fault::AfterSinkWrite);
+    }
+}
+
+/// An insert's rows with their versions, each table's in the order of its
+/// `ORDER BY` (see [`order`]). Sorts are stable: rows of one key keep the
+/// order they were made in.
+struct InTableOrder<'a> {
+    breakdowns: Vec<(&'a BreakdownRow, u64)>,
+    totals: Vec<(&'a TotalRow, u64)>,
+    rejections: Vec<(&'a Rejection, u64)>,
+}
+
+impl<'a> InTableOrder<'a> {
+    fn of(chunks: &'a [Chunk<Output>], versions: &Versions) -> InTableOrder<'a> {
+        let mut rows = InTableOrder { breakdowns: Vec::new(), totals: Vec::new(), rejections: Vec::new() };
+        for chunk in chunks {
+            let version = versions.of(chunk.epoch);
+            for output in &chunk.rows {
+                match output {
+                    Output::Breakdown(row) => rows.breakdowns.push((row, version)),
+                    Output::Total(row) => rows.totals.push((row, version)),
+                    Output::Rejection(rejection) => rows.rejections.push((rejection, version)),
+                }
+            }
+        }
+        order::sort(&mut rows.breakdowns, |(row, _)| UsageBreakdown::place(row));
+        order::sort(&mut rows.totals, |(row, _)| AccountTotal::place(row));
+        rows.rejections.sort_by_key(|(rejection, _)| RejectedEvent::order(rejection));
+        rows
     }
 }
 

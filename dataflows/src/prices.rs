@@ -26,7 +26,8 @@ pub enum SkuKind {
     Counter,
 }
 
-/// Dense index of an SKU in its [`PriceList`].
+/// Dense index of an SKU in its [`PriceList`], which numbers its SKUs in the
+/// order of their ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SkuId(pub u16);
 

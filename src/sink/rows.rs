@@ -3,14 +3,22 @@
 
 use clickhouse::Row;
 use serde::Serialize;
+use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::rows::{BreakdownRow, Rejection, TotalRow};
 use tally_dataflows::time::{DAY, SECOND};
+
+use super::order::Place;
 
 /// `DateTime` as RowBinary: seconds since the Unix epoch. Event times are
 /// checked to lie in 1970..2106 at decode, where this cannot fail.
 fn datetime(millis: i64) -> u32 {
     u32::try_from(millis.div_euclid(SECOND)).expect("event times lie in 1970..2106")
+}
+
+/// `Date` as RowBinary: days since the Unix epoch.
+fn day(millis: i64) -> u16 {
+    u16::try_from(millis.div_euclid(DAY)).expect("event times lie in 1970..2106")
 }
 
 /// A `usage_breakdown` row.
@@ -31,6 +39,13 @@ pub struct UsageBreakdown<'a> {
 }
 
 impl<'a> UsageBreakdown<'a> {
+    /// Where `row` sorts in the table's `ORDER BY (account_id, window_start,
+    /// resource_id, sku)`.
+    pub fn place(row: &'a BreakdownRow) -> Place<'a> {
+        let key = &row.key;
+        Place { account: &key.account, time: datetime(key.window_start), resource: &key.resource, sku: key.sku }
+    }
+
     /// The stored form of `row` at `version`.
     pub fn of(row: &'a BreakdownRow, prices: &'a PriceList, version: u64) -> UsageBreakdown<'a> {
         let sku = prices.sku(row.key.sku);
@@ -64,12 +79,17 @@ pub struct AccountTotal<'a> {
 }
 
 impl<'a> AccountTotal<'a> {
+    /// Where `row` sorts in the table's `ORDER BY (account_id, day, sku)`.
+    pub fn place(row: &'a TotalRow) -> Place<'a> {
+        Place { account: &row.key.account, time: u32::from(day(row.key.day)), resource: "", sku: row.key.sku }
+    }
+
     /// The stored form of `row` at `version`.
     pub fn of(row: &'a TotalRow, prices: &'a PriceList, version: u64) -> AccountTotal<'a> {
         let sku = prices.sku(row.key.sku);
         AccountTotal {
             account_id: &row.key.account,
-            day: u16::try_from(row.key.day.div_euclid(DAY)).expect("event times lie in 1970..2106"),
+            day: day(row.key.day),
             sku: &sku.id,
             usage: row.usage.scaled(),
             cost: row.cost.scaled(),
@@ -95,6 +115,12 @@ pub struct RejectedEvent<'a> {
 }
 
 impl<'a> RejectedEvent<'a> {
+    /// Where `rejection` sorts in the table's `ORDER BY (topic, partition,
+    /// offset)` among those of one topic.
+    pub fn order(rejection: &Rejection) -> (Partition, Offset) {
+        (rejection.partition, rejection.offset)
+    }
+
     /// The stored form of `rejection`, read from `topic`, at `version`.
     pub fn of(rejection: &'a Rejection, topic: &'a str, version: u64) -> RejectedEvent<'a> {
         RejectedEvent {
