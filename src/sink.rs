@@ -4,9 +4,10 @@
 //! Per epoch, each worker's breakdown rows, totals and rejections are
 //! written on a thread for rows (one insert per table, with those of the
 //! process's other workers in a drain, or several for more than
-//! `clickhouse.rows_per_insert` rows; see [`ProcessRows`]), then its state
-//! shard on a thread of its own (see [`tally_dataflows::offload`]); then it
-//! acknowledges the epoch to worker 0. When every worker has acknowledged
+//! `clickhouse.rows_per_insert` rows; see [`ProcessRows`]), each in its
+//! table's order (see [`order`]), then its state shard on a thread of its
+//! own (see [`tally_dataflows::offload`]); then it acknowledges the epoch to
+//! worker 0. When every worker has acknowledged
 //! epoch `e`, worker 0 commits the manifest for `e` and then writes
 //! `pipeline_progress` for `e`: a reader that sees progress `e` sees every
 //! row of epochs `≤ e` (the protocol is in [`crate::checkpoint`]). Rows
