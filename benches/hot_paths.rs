@@ -1,8 +1,9 @@
 //! The hot paths one at a time, outside the dataflow, on a generated workload:
 //! deduplication, the lifecycle (a resource's events → its breakdown rows),
 //! rating, the sink's encoding of rows for ClickHouse (RowBinary, LZ4,
-//! over HTTP to an in-process mock server) and their sort into a table's order, and a checkpoint's encoding of
-//! the resources (plain, compressed as checkpoints hold them, and read back).
+//! over HTTP to an in-process mock server) and their sort into a table's
+//! order, and a checkpoint's encoding of the resources (plain, compressed as
+//! checkpoints hold them, and read back).
 //!
 //! `cargo bench --bench hot_paths`; figures go to BENCHMARKS.md.
 

@@ -7,11 +7,11 @@
 //! `clickhouse.rows_per_insert` rows; see [`ProcessRows`]), each in its
 //! table's order (see [`order`]), then its state shard on a thread of its
 //! own (see [`tally_dataflows::offload`]); then it acknowledges the epoch to
-//! worker 0. When every worker has acknowledged
-//! epoch `e`, worker 0 commits the manifest for `e` and then writes
-//! `pipeline_progress` for `e`: a reader that sees progress `e` sees every
-//! row of epochs `≤ e` (the protocol is in [`crate::checkpoint`]). Rows
-//! carry `version = incarnation << 20 | epoch` (see [`Versions`]).
+//! worker 0. When every worker has acknowledged epoch `e`, worker 0 commits
+//! the manifest for `e` and then writes `pipeline_progress` for `e`: a
+//! reader that sees progress `e` sees every row of epochs `≤ e` (the
+//! protocol is in [`crate::checkpoint`]). Rows carry
+//! `version = incarnation << 20 | epoch` (see [`Versions`]).
 
 pub mod clickhouse;
 pub mod inserter;

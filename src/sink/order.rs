@@ -79,16 +79,16 @@ fn permute<T: Copy>(rows: &mut [T], mut keys: Vec<u128>) {
             continue;
         }
         let first = rows[start];
-        let mut place = start;
+        let mut at = start;
         loop {
-            let from = parts(keys[place]).2;
-            keys[place] = MOVED;
+            let from = parts(keys[at]).2;
+            keys[at] = MOVED;
             if from == start {
-                rows[place] = first;
+                rows[at] = first;
                 break;
             }
-            rows[place] = rows[from];
-            place = from;
+            rows[at] = rows[from];
+            at = from;
         }
     }
 }
