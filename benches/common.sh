@@ -2,14 +2,24 @@
 # checkpoint store of the bench's own, the local services, a release build,
 # and a fresh database with the tables.
 #
-#   bench_setup NAME     sets TALLY_KAFKA_TOPIC, TALLY_CLICKHOUSE_DATABASE,
+#   bench_setup NAME ARGS...
+#                        sets TALLY_KAFKA_TOPIC, TALLY_CLICKHOUSE_DATABASE,
 #                        TALLY_CHECKPOINT_URL ($store), and $tally: the release
 #                        build, or TALLY_BIN when set (to compare two builds);
-#                        $store and $log are removed on exit
+#                        $store and $log are removed on exit. What the bench
+#                        prints from then on is kept for bench_record.
 #   bench_metrics_port   serves tally's metrics on a free port ($port)
+#   bench_record         the bench's last step: appends what it printed to
+#                        BENCHMARKS.md under "Recorded runs", with the date,
+#                        the command, the commit, the machine and the
+#                        versions of tally's services (BENCH_RECORD=0: not)
 
 bench_setup() {
   local name=$1
+  shift
+  # The command as run, with the settings it was given through tally's
+  # environment (TALLY_BIN among them).
+  bench_command="$({ env | grep '^TALLY_' || true; } | sort | tr '\n' ' ')benches/$(basename "$0") $*"
   export TALLY_KAFKA_TOPIC="bench-$name-$(date +%s)"
   export TALLY_CLICKHOUSE_DATABASE="tally_bench_$name"
   export TALLY_LOG="${TALLY_LOG:-warn}"
@@ -26,6 +36,33 @@ bench_setup() {
   fi
   curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $TALLY_CLICKHOUSE_DATABASE" >/dev/null
   "$tally" migrate 2>/dev/null
+  report="$(mktemp)"
+  exec 3>&1 > >(tee "$report")
+  report_writer=$!
+}
+
+bench_record() {
+  exec >&3 3>&-
+  wait "$report_writer" 2>/dev/null || true
+  [ "${BENCH_RECORD:-1}" != 0 ] || return 0
+  local commit changes=""
+  commit=$(git rev-parse --short HEAD)
+  git diff --quiet HEAD -- src dataflows schemas benches Cargo.toml Cargo.lock || changes=", with uncommitted changes"
+  {
+    printf '\n### %s: `%s`\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$bench_command"
+    printf -- '- commit %s%s; %s\n' "$commit" "$changes" "$("$tally" --version)"
+    printf -- '- machine: %s, %s CPUs, %s MiB, %s, Debian %s, %s\n' \
+      "$(lscpu | sed -n 's/^Model name: *//p' | head -1)" "$(nproc)" \
+      "$(awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo)" "$(uname -sr)" "$(cat /etc/debian_version)" \
+      "$(rustc --version 2>/dev/null || echo 'rustc unknown')"
+    printf -- '- services: ClickHouse %s, broker nisshi %s (%s storage), on the same machine\n\n' \
+      "$(curl -sf http://127.0.0.1:8123/ --data-binary 'SELECT version()')" "$(sed -n 's/^NISSHI_VERSION=//p' deploy/local/up.sh)" \
+      "${TALLY_BROKER_STORAGE:-memory}"
+    echo '```text'
+    sed 's/\x1b\[[0-9;]*m//g' "$report"
+    echo '```'
+  } >>BENCHMARKS.md
+  echo "recorded in BENCHMARKS.md (Recorded runs)"
 }
 
 # A bench that fails or is interrupted leaves no tally running and none of its
@@ -36,7 +73,7 @@ bench_cleanup() {
     pkill -P "$job" 2>/dev/null || true
     kill "$job" 2>/dev/null || true
   done
-  rm -rf "$store" "${log:-}"
+  rm -rf "$store" "${log:-}" "${report:-}"
 }
 
 bench_metrics_port() {

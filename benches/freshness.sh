@@ -20,7 +20,7 @@ SECONDS_RUN="${2:-300}"
 FLEET="${3:-50000}"
 WORKERS="${WORKERS:-2}"
 . benches/common.sh
-bench_setup fresh
+bench_setup fresh "$@"
 bench_metrics_port
 # Creates the topic (8 partitions) before tally looks for it.
 "$tally" gen --kafka --events 0 --partitions 8 2>/dev/null
@@ -107,3 +107,4 @@ grep -E "Maximum resident set size|User time|System time|Percent of CPU" "$log" 
 # Retries and stalls show here: a tail is worth explaining.
 printf 'tally warnings: %s\n' "$(grep -cE "WARN|ERROR" "$log" || true)"
 grep -E "WARN|ERROR" "$log" | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-240 | tail -5 || true
+bench_record

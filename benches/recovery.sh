@@ -16,7 +16,7 @@ EVENTS="${2:?EVENTS}"
 WORKERS="${WORKERS:-2}"
 export TALLY_CHECKPOINT_INTERVAL="${INTERVAL:-5s}"
 . benches/common.sh
-bench_setup recovery
+bench_setup recovery "$@"
 "$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 2>/dev/null
 
 manifests="$store/$TALLY_KAFKA_TOPIC/manifests"
@@ -61,3 +61,4 @@ print(f'live run before the kill: {rss / 2**20:,.0f} MiB resident ({rss / state[
       f'dedup identities included), peak {peak / 2**20:,.0f} MiB')
 print(f'restart to state restored: {restore_ms / 1000:.1f} s; restart to caught up and committed: {elapsed_ms / 1000:.1f} s')
 PY
+bench_record

@@ -16,7 +16,7 @@ shift
 WORKERS="${WORKERS:-2}"
 EVENTS="${*: -1}"
 . benches/common.sh
-bench_setup state
+bench_setup state "$@"
 bench_metrics_port
 "$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 --start "$(days_ago 30)" \
   >/dev/null
@@ -80,3 +80,4 @@ rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
 wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log")
 echo
 echo "drain of $EVENTS messages: peak RSS $((rss_kb / 1024)) MiB, wall $wall; final checkpoint $state"
+bench_record
