@@ -2,7 +2,7 @@
 # checkpoint store of the bench's own, the local services, a release build,
 # and a fresh database with the tables.
 #
-#   bench_setup NAME ARGS...
+#   bench_setup NAME ARGS...   (ARGS: the bench's own, as given)
 #                        sets TALLY_KAFKA_TOPIC, TALLY_CLICKHOUSE_DATABASE,
 #                        TALLY_CHECKPOINT_URL ($store), and $tally: the release
 #                        build, or TALLY_BIN when set (to compare two builds);
@@ -17,9 +17,10 @@
 bench_setup() {
   local name=$1
   shift
-  # The command as run, with the settings it was given through tally's
-  # environment (TALLY_BIN among them).
-  bench_command="$({ env | grep '^TALLY_' || true; } | sort | tr '\n' ' ')benches/$(basename "$0") $*"
+  # The command as run, with the settings it was given through the
+  # environment: tally's (TALLY_BIN among them) and the benches' own.
+  bench_command="$({ env | grep -E '^(TALLY_|WORKERS=|INTERVAL=)' || true; } | sort | tr '\n' ' ')"
+  bench_command+="benches/$(basename "$0") $*"
   export TALLY_KAFKA_TOPIC="bench-$name-$(date +%s)"
   export TALLY_CLICKHOUSE_DATABASE="tally_bench_$name"
   export TALLY_LOG="${TALLY_LOG:-warn}"

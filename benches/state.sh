@@ -16,7 +16,7 @@ shift
 WORKERS="${WORKERS:-2}"
 EVENTS="${*: -1}"
 . benches/common.sh
-bench_setup state "$@"
+bench_setup state "$FLEET" "$@"
 bench_metrics_port
 "$tally" gen --kafka --events "$EVENTS" --partitions 8 --fleet "$FLEET" --accounts 2000 --start "$(days_ago 30)" \
   >/dev/null
