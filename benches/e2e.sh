@@ -18,10 +18,14 @@ bench_setup e2e "$@"
   2>/dev/null
 
 log=$(mktemp)
-# The services share the machine: their CPU over the drain, from /proc.
-clickhouse_pid=$(pgrep -o -f clickhouse-server)
-broker_pid=$(pgrep -o -f 'bin/nisshi')
-cpu_ms() { awk -v tick="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / tick)}' "/proc/$1/stat"; }
+# The services share the machine: their CPU over the drain, from /proc, by
+# the pid files deploy/local/up.sh writes (0 for a service it did not start).
+services="${TALLY_LOCAL_DIR:-$HOME/.tally-local}"
+clickhouse_pid=$(cat "$services/clickhouse.pid" 2>/dev/null || true)
+broker_pid=$(cat "$services/broker.pid" 2>/dev/null || true)
+cpu_ms() {
+  awk -v tick="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / tick)}' "/proc/${1:-none}/stat" 2>/dev/null || echo 0
+}
 clickhouse_before=$(cpu_ms "$clickhouse_pid")
 broker_before=$(cpu_ms "$broker_pid")
 start=$(date +%s%N)
