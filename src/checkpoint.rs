@@ -9,7 +9,9 @@
 //! 1. each worker writes the rows of epoch `e` to ClickHouse and waits for
 //!    them to be acknowledged (its rows of earlier epochs were written first);
 //! 2. each worker writes its shard for `e`: its operators' keyed state as of
-//!    `e` (or, when nothing changed, names its previous shard again);
+//!    `e` (or, when nothing changed, names its previous shard again); the
+//!    chunks of its usage state, written while that state was encoded, are
+//!    objects of their own that the shard names;
 //! 3. worker 0, once every worker has done both, commits the manifest for `e`
 //!    with one atomic put: the epoch, the incarnation, the highest row version
 //!    written for epochs `≤ e`, every partition's next offset, the partition
@@ -54,24 +56,30 @@
 //! segments/<epoch>/<worker>-of-<workers>.bin
 //!                               dedup identities a worker wrote at the epoch,
 //!                               named by its shards from then on
+//! usage/<epoch>/<worker>-of-<workers>-<index>.bin
+//!                               a chunk of a worker's usage snapshot as of the
+//!                               epoch, written as it was encoded, named by its
+//!                               shards
 //! incarnation.json              the latest incarnation, written before it writes rows
 //! ```
 //!
-//! Shards and segments no kept manifest names, at or before the newest
-//! manifest, are garbage: left by a crash between shard and manifest, by
-//! segments merged into newer ones, or by manifests dropped for age. Worker
-//! 0 deletes them after each commit.
+//! Shards, segments and chunks no kept manifest names, at or before the
+//! newest manifest, are garbage: left by a crash between shard and manifest,
+//! by segments merged into newer ones, or by manifests dropped for age.
+//! Worker 0 deletes them after each commit.
 
 pub mod store;
 
 use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+use std::mem::take;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{
-    Part, Pieces, SegmentId, ShardParts, Shared, dedup_part_of_format_3, pieces, segments_named,
+    ChunkId, ChunkStore, Part, Pieces, SegmentId, ShardParts, Shared, chunks_named, dedup_part_of_format_3, pieces,
+    segments_named, usage_part,
 };
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::lifecycle::{Loaded, Stored};
@@ -86,11 +94,12 @@ use crate::fault::Fault;
 /// 5: a usage part holds a resource's counter events summed per window.
 /// 6: a usage part holds no rows last emitted (resources recompute them).
 /// 7: a usage part is compressed, piece by piece, with LZ4.
-pub const FORMAT: u32 = 7;
-/// The formats read: this one, and formats 2 to 6, whose shards differ in
-/// how a dedup part (2 and 3) and a usage part (all five) are encoded;
+/// 8: a usage part names the chunks written before it.
+pub const FORMAT: u32 = 8;
+/// The formats read: this one, and formats 2 to 7, whose shards differ in
+/// how a dedup part (2 and 3) and a usage part (all six) are encoded;
 /// those are converted as the shard is read.
-const READS: [u32; 6] = [2, 3, 4, 5, 6, FORMAT];
+const READS: [u32; 7] = [2, 3, 4, 5, 6, 7, FORMAT];
 /// The first format with dedup segments, which later formats write alike.
 const SEGMENTS_SINCE: u32 = 4;
 
@@ -114,6 +123,9 @@ pub struct Manifest {
     /// The dedup segments the shards name.
     #[serde(default)]
     pub segments: Vec<String>,
+    /// The usage chunks the shards name.
+    #[serde(default)]
+    pub chunks: Vec<String>,
     /// Every partition's next offset.
     pub offsets: BTreeMap<Partition, Offset>,
     /// Partition clocks and progress.
@@ -130,9 +142,9 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The objects it names: its shards and their segments.
+    /// The objects it names: its shards and their segments and chunks.
     pub fn objects(&self) -> Vec<String> {
-        self.shards.iter().chain(&self.segments).cloned().collect()
+        self.shards.iter().chain(&self.segments).chain(&self.chunks).cloned().collect()
     }
 }
 
@@ -272,6 +284,56 @@ pub fn read_segments(store: &Store, parts: &ShardParts) -> Result<BTreeMap<Segme
     Ok(segments)
 }
 
+/// Where a usage chunk is stored.
+pub fn chunk_name(id: ChunkId) -> String {
+    format!("usage/{:020}/{:05}-of-{:05}-{:05}.bin", id.epoch, id.worker, id.workers, id.index)
+}
+
+/// Writes a usage chunk: a header naming it, then its blocks.
+pub fn write_chunk(store: &Store, id: ChunkId, blocks: Pieces) {
+    let header = postcard::to_stdvec(&(FORMAT, id)).expect("plain data");
+    let pieces = std::iter::once(Bytes::from(header)).chain(blocks).collect();
+    store.put_pieces(&chunk_name(id), pieces, Some(Fault::MidChunkWrite));
+}
+
+/// Reads the usage chunks a shard's parts name.
+pub fn read_chunks(store: &Store, parts: &ShardParts) -> Result<BTreeMap<ChunkId, Vec<u8>>, CheckpointError> {
+    let corrupt =
+        |name: &str, message: String| CheckpointError::Corrupt { url: store.url().into(), name: name.into(), message };
+    let named = chunks_named(parts).map_err(|e| corrupt("a shard's usage part", e.to_string()))?;
+    let mut chunks = BTreeMap::new();
+    for id in named {
+        let name = chunk_name(id);
+        let bytes =
+            store.get(&name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.clone() })?;
+        let ((format, found), body): ((u32, ChunkId), &[u8]) =
+            postcard::take_from_bytes(&bytes).map_err(|e| corrupt(&name, e.to_string()))?;
+        if format != FORMAT || found != id {
+            return Err(corrupt(&name, format!("holds chunk {found:?} of format {format}")));
+        }
+        chunks.insert(id, body.to_vec());
+    }
+    Ok(chunks)
+}
+
+/// The store usage snapshots write their chunks to.
+pub struct Chunks {
+    /// The checkpoint store.
+    pub store: Store,
+    /// `checkpoint.chunk_bytes`.
+    pub chunk_bytes: usize,
+}
+
+impl ChunkStore for Chunks {
+    fn chunk_bytes(&self) -> usize {
+        self.chunk_bytes
+    }
+
+    fn write(&self, id: ChunkId, blocks: Pieces) {
+        write_chunk(&self.store, id, blocks);
+    }
+}
+
 fn shard_name(epoch: u64, worker: usize) -> String {
     format!("shards/{epoch:020}/{worker:05}.bin")
 }
@@ -385,7 +447,8 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
                 *bytes = usage_part_as_now(Loaded::from_format_5(bytes))
                     .map_err(|e| corrupt(format!("usage part of format 5: {e}")))?;
             }
-            Part::Usage if format == 6 => *bytes = pieces::joined(&pieces::compress(bytes)),
+            Part::Usage if format == 6 => *bytes = pieces::joined(&usage_part(&[], pieces::compress(bytes))),
+            Part::Usage if format == 7 => *bytes = pieces::joined(&usage_part(&[], vec![Bytes::from(take(bytes))])),
             Part::Dedup if format < SEGMENTS_SINCE => {
                 let converted = dedup_part_of_format_3(bytes);
                 *bytes = converted.map_err(|e| corrupt(format!("dedup part of format {format}: {e}")))?;
@@ -400,7 +463,7 @@ pub fn read_shard(store: &Store, name: &str) -> Result<ShardParts, CheckpointErr
 /// encodes it.
 fn usage_part_as_now(loaded: Result<Loaded, postcard::Error>) -> Result<Vec<u8>, postcard::Error> {
     let Loaded(resources) = loaded?;
-    Ok(pieces::joined(&Stored(&resources.into_iter().collect()).compressed()))
+    Ok(pieces::joined(&usage_part(&[], Stored(&resources.into_iter().collect()).compressed())))
 }
 
 /// The incarnations recorded, if any.
@@ -449,7 +512,7 @@ pub fn collect_garbage(store: &Store, keep: usize, known: &mut BTreeMap<u64, Vec
         };
         referenced.extend(shards.iter().cloned());
     }
-    for kind in ["shards", "segments"] {
+    for kind in ["shards", "segments", "usage"] {
         let (directories, _) = store.list(kind);
         for directory in directories {
             let epoch =
@@ -467,7 +530,7 @@ pub fn collect_garbage(store: &Store, keep: usize, known: &mut BTreeMap<u64, Vec
 
 #[cfg(test)]
 mod tests {
-    use tally_dataflows::checkpoint::DedupPart;
+    use tally_dataflows::checkpoint::{DedupPart, split_usage_part};
     use tally_dataflows::identity::Fingerprint;
 
     use super::*;
@@ -491,6 +554,7 @@ mod tests {
             workers: shards.len(),
             shards,
             segments: Vec::new(),
+            chunks: Vec::new(),
             offsets: BTreeMap::from([(0, 12), (3, 40)]),
             shared: Shared::default(),
             prices: Some(crate::config::DEFAULT_PRICES.into()),
@@ -539,13 +603,16 @@ mod tests {
         assert_eq!(by_key(converted), by_key(original));
         store.put("older.bin", file(1), None);
         let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
-        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6, 7])"), "{refused}");
+        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6, 7, 8])"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// A usage part as a shard read back holds it: compressed.
+    /// A usage part as a shard read back holds it: naming no chunks, then
+    /// compressed.
     fn usage_read_back(bytes: &[u8]) -> Loaded {
-        postcard::from_bytes(&pieces::decompressed(bytes).unwrap()).unwrap()
+        let (chunks, blocks) = split_usage_part(bytes).unwrap();
+        assert_eq!(chunks, [], "a part of an earlier format names no chunks");
+        postcard::from_bytes(&pieces::decompressed(blocks).unwrap()).unwrap()
     }
 
     /// A shard of `format` holding no identities and `usage`, as read back.
@@ -604,9 +671,63 @@ mod tests {
         let resources: tally_dataflows::lifecycle::Resources = original.into_iter().collect();
         let usage = postcard::to_stdvec(&Stored(&resources)).unwrap();
         let parts = read_back(&store, 6, &usage);
-        assert_eq!(pieces::decompressed(&parts[1].1).unwrap(), usage);
         let Loaded(converted) = usage_read_back(&parts[1].1);
         assert_eq!(converted.into_iter().collect::<tally_dataflows::lifecycle::Resources>(), resources);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_shard_of_format_7_reads_with_its_usage_part_naming_no_chunks() {
+        let (store, dir) = scratch();
+        let Loaded(original) =
+            Loaded::from_format_4(include_bytes!("../dataflows/src/lifecycle/format_4_usage.bin")).unwrap();
+        let resources: tally_dataflows::lifecycle::Resources = original.into_iter().collect();
+        let compressed = pieces::joined(&Stored(&resources).compressed());
+        let parts = read_back(&store, 7, &compressed);
+        assert_eq!(parts[1].1, pieces::joined(&usage_part(&[], vec![Bytes::from(compressed)])));
+        let Loaded(converted) = usage_read_back(&parts[1].1);
+        assert_eq!(converted.into_iter().collect::<tally_dataflows::lifecycle::Resources>(), resources);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn chunks_are_read_as_the_usage_part_names_them_and_checked() {
+        let (store, dir) = scratch();
+        let ids = [0, 1].map(|index| ChunkId { epoch: 5, worker: 1, workers: 2, index });
+        let chunks = Chunks { store: store.another(), chunk_bytes: 1 };
+        chunks.write(ids[0], vec![Bytes::from_static(b"fir"), Bytes::from_static(b"st")]);
+        chunks.write(ids[1], vec![Bytes::from_static(b"second")]);
+        let named = |ids: &[ChunkId]| vec![(Part::Usage, pieces::joined(&usage_part(ids, Vec::new())))];
+        let read = read_chunks(&store, &named(&ids)).unwrap();
+        assert_eq!(read, BTreeMap::from([(ids[0], b"first".to_vec()), (ids[1], b"second".to_vec())]));
+        assert_eq!(chunk_name(ids[1]), "usage/00000000000000000005/00001-of-00002-00001.bin");
+        let missing = ChunkId { index: 2, ..ids[0] };
+        let error = read_chunks(&store, &named(&[missing])).unwrap_err().to_string();
+        assert!(error.contains("usage/00000000000000000005/00001-of-00002-00002.bin is missing"), "{error}");
+        store.put(&chunk_name(missing), store.get(&chunk_name(ids[0])).unwrap(), None);
+        let error = read_chunks(&store, &named(&[missing])).unwrap_err().to_string();
+        assert!(error.contains("holds chunk ChunkId { epoch: 5, worker: 1, workers: 2, index: 0 }"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn chunks_no_kept_manifest_names_are_garbage() {
+        let (store, dir) = scratch();
+        let chunk = |epoch, index| {
+            let id = ChunkId { epoch, worker: 0, workers: 1, index };
+            write_chunk(&store, id, vec![Bytes::from_static(b"resources")]);
+            chunk_name(id)
+        };
+        let (old, kept) = ((chunk(2, 0), chunk(2, 1)), chunk(4, 0));
+        let shard = write_shard(&store, 2, 0, 1, Vec::new()).0;
+        commit_manifest(&store, &Manifest { chunks: vec![old.0.clone(), old.1.clone()], ..manifest(2, vec![shard]) });
+        let (orphan, pending) = (chunk(3, 0), chunk(6, 0));
+        let shard = write_shard(&store, 4, 0, 1, Vec::new()).0;
+        commit_manifest(&store, &Manifest { chunks: vec![kept.clone()], ..manifest(4, vec![shard]) });
+        collect_garbage(&store, 1, &mut BTreeMap::new(), "events");
+        assert!(store.get(&old.0).is_none() && store.get(&old.1).is_none(), "named by a dropped manifest only");
+        assert!(store.get(&orphan).is_none(), "left by a crash before its manifest");
+        assert!(store.get(&kept).is_some() && store.get(&pending).is_some());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -167,6 +167,9 @@ pub struct Checkpoint {
     pub epoch_interval: String,
     /// How many committed checkpoints to keep.
     pub keep: usize,
+    /// A usage snapshot leaves for the store in chunks of at least this
+    /// many bytes, as it is encoded.
+    pub chunk_bytes: usize,
 }
 
 /// `[metrics]`
@@ -229,7 +232,13 @@ impl Default for Time {
 
 impl Default for Checkpoint {
     fn default() -> Checkpoint {
-        Checkpoint { url: "file://./state".into(), interval: "10s".into(), epoch_interval: "2s".into(), keep: 3 }
+        Checkpoint {
+            url: "file://./state".into(),
+            interval: "10s".into(),
+            epoch_interval: "2s".into(),
+            keep: 3,
+            chunk_bytes: 8 << 20,
+        }
     }
 }
 
@@ -341,6 +350,9 @@ pub struct Overrides {
     /// Committed checkpoints to keep.
     #[arg(long, env = "TALLY_CHECKPOINT_KEEP")]
     pub checkpoint_keep: Option<usize>,
+    /// Bytes of a usage snapshot's chunk.
+    #[arg(long, env = "TALLY_CHECKPOINT_CHUNK_BYTES")]
+    pub checkpoint_chunk_bytes: Option<usize>,
     /// Metrics listen address.
     #[arg(long, env = "TALLY_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -389,6 +401,12 @@ impl Overrides {
         }
         if config.checkpoint.keep == 0 {
             return Err(ConfigError::Invalid { key: "checkpoint.keep", message: "must be at least 1".into() });
+        }
+        if let Some(bytes) = self.checkpoint_chunk_bytes {
+            config.checkpoint.chunk_bytes = bytes;
+        }
+        if config.checkpoint.chunk_bytes == 0 {
+            return Err(ConfigError::Invalid { key: "checkpoint.chunk_bytes", message: "must be at least 1".into() });
         }
         if let Some(rows) = self.clickhouse_rows_per_insert {
             config.clickhouse.rows_per_insert = rows;

@@ -13,6 +13,8 @@ pub enum Fault {
     BetweenSinkBatches,
     /// After an epoch's rows are written, before its shard.
     AfterSinkWrite,
+    /// Inside a usage chunk's upload, while its snapshot is encoded.
+    MidChunkWrite,
     /// Inside a shard upload: some bytes sent, the object not complete.
     MidShardWrite,
     /// After a shard is written, before the manifest.
@@ -25,9 +27,10 @@ pub enum Fault {
 
 impl Fault {
     /// Every point, with its name.
-    pub const ALL: [(Fault, &'static str); 6] = [
+    pub const ALL: [(Fault, &'static str); 7] = [
         (Fault::BetweenSinkBatches, "between-sink-batches"),
         (Fault::AfterSinkWrite, "after-sink-write"),
+        (Fault::MidChunkWrite, "mid-chunk-write"),
         (Fault::MidShardWrite, "mid-shard-write"),
         (Fault::AfterShardWrite, "after-shard-write"),
         (Fault::MidManifest, "mid-manifest"),

@@ -23,7 +23,7 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 use crate::backoff;
 use crate::checkpoint::store::Store;
-use crate::checkpoint::{self, CheckpointError, Incarnations, Manifest};
+use crate::checkpoint::{self, CheckpointError, Chunks, Incarnations, Manifest};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -167,7 +167,13 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         "state restored"
     );
     let snapshots = SnapshotsHandle::default();
-    let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), cadence: shared.cadence, restored };
+    let chunks = Chunks { store: store.another(), chunk_bytes: config.checkpoint.chunk_bytes };
+    let recovery = Recovery {
+        snapshots: Some(Rc::clone(&snapshots)),
+        cadence: shared.cadence,
+        restored,
+        chunks: Some(Arc::new(chunks)),
+    };
     let first_epoch = recovery.first_epoch();
     let offsets = OffsetsHandle::default();
     let appended = AppendedHandle::default();
@@ -402,10 +408,9 @@ impl Start {
                 for name in shards {
                     let parts = checkpoint::read_shard(store, name)?;
                     let segments = checkpoint::read_segments(store, &parts)?;
-                    restored.add_shard(&parts, &segments, worker, workers).map_err(|e| CheckpointError::Corrupt {
-                        url: store.url().into(),
-                        name: name.clone(),
-                        message: e.to_string(),
+                    let chunks = checkpoint::read_chunks(store, &parts)?;
+                    restored.add_shard(&parts, (&segments, &chunks), worker, workers).map_err(|e| {
+                        CheckpointError::Corrupt { url: store.url().into(), name: name.clone(), message: e.to_string() }
                     })?;
                 }
                 restored

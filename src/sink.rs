@@ -27,7 +27,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{
-    Cadence, Encoded, Part, Pieces, SegmentId, ShardParts, Shared, SnapshotsHandle, release_before,
+    Cadence, ChunkId, Encoded, Part, Pieces, SegmentId, ShardParts, Shared, SnapshotsHandle, release_before,
 };
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
@@ -128,6 +128,8 @@ struct ShardAck {
     bytes: u64,
     /// The dedup segments the shard names, with their sizes in bytes.
     segments: Vec<(SegmentId, u64)>,
+    /// The usage chunks the shard names, with their sizes in bytes.
+    chunks: Vec<(ChunkId, u64)>,
     entries: BTreeMap<Part, usize>,
     offsets: BTreeMap<Partition, Offset>,
     /// Partition clocks and progress as of the epoch, the same on every
@@ -356,6 +358,7 @@ pub fn write<'scope>(
                             capability: held.delayed(&next),
                             shard: last_shard.expect("a shard was handed over"),
                             segments: shard_snapshots.borrow().named_segments_at(next),
+                            chunks: shard_snapshots.borrow().named_chunks_at(next),
                             entries: shard_snapshots.borrow().entries_at(next),
                             // Taken now: the snapshots before `next` go below,
                             // and the commit may come epochs later.
@@ -388,10 +391,10 @@ pub fn write<'scope>(
                         && let Some((epoch, shard, bytes)) = &shard_written
                         && ack.shard == *epoch
                     {
-                        let WaitingAck { capability, segments, entries, offsets, shared, .. } =
+                        let WaitingAck { capability, segments, chunks, entries, offsets, shared, .. } =
                             waiting.pop_front().expect("an acknowledgement waits");
                         let shard = shard.clone();
-                        let ack = ShardAck { worker, shard, bytes: *bytes, segments, entries, offsets, shared };
+                        let ack = ShardAck { worker, shard, bytes: *bytes, segments, chunks, entries, offsets, shared };
                         output.session(&capability).give(ack);
                     }
                     match reports.next() {
@@ -471,6 +474,7 @@ struct WaitingAck {
     /// The epoch of the shard.
     shard: u64,
     segments: Vec<(SegmentId, u64)>,
+    chunks: Vec<(ChunkId, u64)>,
     entries: BTreeMap<Part, usize>,
     offsets: BTreeMap<Partition, Offset>,
     shared: Shared,
@@ -534,15 +538,17 @@ fn manifest(
     remember_acks(acks, latest);
     let mut offsets = restored_offsets.clone();
     let mut shards = Vec::with_capacity(latest.len());
-    let mut segments = Vec::new();
+    let (mut segments, mut chunks) = (Vec::new(), Vec::new());
     let mut state = StateSize::default();
     for (worker, ack) in latest.iter().enumerate() {
         let ack = ack.as_ref().unwrap_or_else(|| panic!("worker {worker} acknowledged no epoch up to {epoch}"));
         offsets.extend(&ack.offsets);
-        let segment_bytes: u64 = ack.segments.iter().map(|(_, bytes)| bytes).sum();
-        state.add(&ack.entries, ack.bytes + segment_bytes);
+        let named_bytes: u64 =
+            ack.segments.iter().map(|(_, bytes)| bytes).chain(ack.chunks.iter().map(|(_, bytes)| bytes)).sum();
+        state.add(&ack.entries, ack.bytes + named_bytes);
         shards.push(ack.shard.clone());
         segments.extend(ack.segments.iter().map(|(id, _)| checkpoint::segment_name(*id)));
+        chunks.extend(ack.chunks.iter().map(|(id, _)| checkpoint::chunk_name(*id)));
     }
     Manifest {
         format: checkpoint::FORMAT,
@@ -553,6 +559,7 @@ fn manifest(
         workers: latest.len(),
         shards,
         segments,
+        chunks,
         offsets,
         shared,
         prices: Some(target.prices.text().to_owned()),

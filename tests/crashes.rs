@@ -68,6 +68,9 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
     let epoch_intervals = ["100ms", "40ms", "25ms"];
     // An epoch's rows in many inserts, in a few, or in one per table.
     let rows_per_insert = ["30", "500", "131072"];
+    // A usage snapshot in chunks of a block each, of a few blocks, or held
+    // whole in the shard.
+    let chunk_bytes = ["1", "4096", "8388608"];
     for kill in 0..random_kills {
         let workers = rng.random_range(1..=3u32).to_string();
         let log = scratch.log(&format!("kill-{kill}"));
@@ -77,6 +80,7 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
                 .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
                 .env("TALLY_CHECKPOINT_EPOCH_INTERVAL", epoch_intervals[kill % epoch_intervals.len()])
                 .env("TALLY_CLICKHOUSE_ROWS_PER_INSERT", rows_per_insert[rng.random_range(0..rows_per_insert.len())])
+                .env("TALLY_CHECKPOINT_CHUNK_BYTES", chunk_bytes[rng.random_range(0..chunk_bytes.len())])
                 .stderr(log.stdio())
                 .spawn()
                 .unwrap(),
@@ -99,6 +103,7 @@ fn kills_at_random_moments_and_at_every_fault_point_lose_and_double_nothing() {
             .env("TALLY_CHECKPOINT_INTERVAL", "100ms")
             .env("TALLY_CHECKPOINT_EPOCH_INTERVAL", epoch_intervals[index % epoch_intervals.len()])
             .env("TALLY_CLICKHOUSE_ROWS_PER_INSERT", rows_per_insert[index % rows_per_insert.len()])
+            .env("TALLY_CHECKPOINT_CHUNK_BYTES", chunk_bytes[index % 2])
             .stderr(log.stdio())
             .spawn()
             .unwrap();
@@ -235,7 +240,9 @@ fn an_s3_checkpoint_store_that_stalls_then_a_kill_lose_nothing() {
     };
     let mut live = with_s3(scratch.tally(&["run", "--workers", "2"]));
     let log = scratch.log("live");
-    let mut run = Running(live.env("TALLY_CHECKPOINT_INTERVAL", "200ms").stderr(log.stdio()).spawn().unwrap());
+    // Chunks too: they are written while the snapshot is encoded.
+    live.env("TALLY_CHECKPOINT_INTERVAL", "200ms").env("TALLY_CHECKPOINT_CHUNK_BYTES", "4096");
+    let mut run = Running(live.stderr(log.stdio()).spawn().unwrap());
     thread::sleep(Duration::from_millis(700));
     s3.freeze(true);
     thread::sleep(Duration::from_secs(4));

@@ -86,6 +86,50 @@ pub struct DedupPart {
 /// What a segment holds: identities by the hour of their event time.
 pub type SegmentHours = Vec<(Millis, Vec<Fingerprint>)>;
 
+/// A chunk of a worker's usage snapshot: the snapshot's compressed blocks
+/// leave for the store a chunk at a time as they are encoded, each chunk an
+/// object of its own, so that a worker never holds its whole encoded state
+/// (some 50 MB a worker with a million running resources). The shard's usage
+/// part names its chunks, then holds the blocks after them
+/// ([`usage_part`]). Named by the checkpoint epoch, the worker and the worker
+/// count, and its place in the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChunkId {
+    /// The checkpoint epoch the snapshot is as of.
+    pub epoch: u64,
+    /// The worker that wrote it.
+    pub worker: usize,
+    /// The worker count then.
+    pub workers: usize,
+    /// Its place in the snapshot, from 0.
+    pub index: u32,
+}
+
+/// Where usage snapshots' chunks are written as they are encoded.
+pub trait ChunkStore: Send + Sync {
+    /// A chunk is cut once its blocks hold this many bytes.
+    fn chunk_bytes(&self) -> usize;
+
+    /// Writes chunk `id`; returns once it is stored.
+    fn write(&self, id: ChunkId, blocks: Pieces);
+}
+
+/// Objects a shard names (segments, chunks), read: each one's bytes by its
+/// id.
+pub type Named<Id> = BTreeMap<Id, Vec<u8>>;
+
+/// A usage part: the chunks written before it, in order, then the blocks
+/// after them.
+pub fn usage_part(chunks: &[ChunkId], blocks: Pieces) -> Pieces {
+    let header = postcard::to_stdvec(chunks).expect("plain data");
+    std::iter::once(bytes::Bytes::from(header)).chain(blocks).collect()
+}
+
+/// The chunks a usage part names, and the blocks it holds after them.
+pub fn split_usage_part(bytes: &[u8]) -> Result<(Vec<ChunkId>, &[u8]), DecodeError> {
+    postcard::take_from_bytes(bytes).map_err(|source| DecodeError::Part { part: Part::Usage, source })
+}
+
 /// An operator's state as recorded after a checkpoint epoch.
 pub(crate) struct Recorded {
     /// The part's encoding.
@@ -96,12 +140,15 @@ pub(crate) struct Recorded {
     pub(crate) segments: Vec<(SegmentId, u64)>,
     /// A segment to write before any shard holding the part.
     pub(crate) new_segment: Option<(SegmentId, Pieces)>,
+    /// The chunks the part names, written already, with their sizes in
+    /// bytes.
+    pub(crate) chunks: Vec<(ChunkId, u64)>,
 }
 
 impl Recorded {
     /// A state recorded whole, in `bytes`, holding `entries`: no segments.
     pub(crate) fn whole(bytes: Pieces, entries: usize) -> Recorded {
-        Recorded { bytes, entries, segments: Vec::new(), new_segment: None }
+        Recorded { bytes, entries, segments: Vec::new(), new_segment: None, chunks: Vec::new() }
     }
 }
 
@@ -120,10 +167,11 @@ impl<T: Serialize> Record for Whole<'_, T> {
     }
 }
 
-/// The resources, as a checkpoint holds them: compressed.
+/// The resources, as a checkpoint holds them: compressed, in a usage part
+/// of no chunks.
 impl Record for Stored<'_> {
     fn record(&mut self, _: u64) -> Recorded {
-        Recorded::whole(self.compressed(), self.0.len())
+        Recorded::whole(usage_part(&[], self.compressed()), self.0.len())
     }
 }
 
@@ -152,6 +200,7 @@ struct Snapshot {
     bytes: Option<Pieces>,
     entries: usize,
     segments: Vec<(SegmentId, u64)>,
+    chunks: Vec<(ChunkId, u64)>,
 }
 
 /// A part's encoded state as of an epoch, as a worker holds it.
@@ -199,6 +248,9 @@ pub enum DecodeError {
     /// A shard names a segment that was not given.
     #[error("dedup segment {0:?} is missing")]
     MissingSegment(SegmentId),
+    /// A shard names a chunk that was not given.
+    #[error("usage chunk {0:?} is missing")]
+    MissingChunk(ChunkId),
 }
 
 impl Snapshots {
@@ -209,11 +261,11 @@ impl Snapshots {
 
     /// Keeps `part`'s state as recorded after working `epoch`.
     pub(crate) fn store(&mut self, part: Part, epoch: u64, recorded: Recorded) {
-        let Recorded { bytes, entries, segments, new_segment } = recorded;
+        let Recorded { bytes, entries, segments, new_segment, chunks } = recorded;
         if let Some((id, bytes)) = new_segment {
             self.segments.insert(id, bytes);
         }
-        let snapshot = Snapshot { bytes: Some(bytes), entries, segments };
+        let snapshot = Snapshot { bytes: Some(bytes), entries, segments, chunks };
         self.parts.entry(part).or_default().insert(epoch, snapshot);
     }
 
@@ -232,6 +284,12 @@ impl Snapshots {
     /// The segments the parts as of `epoch` name, with their sizes in bytes.
     pub fn named_segments_at(&self, epoch: u64) -> Vec<(SegmentId, u64)> {
         Part::ALL.iter().filter_map(|&part| self.latest(part, epoch)).flat_map(|s| s.segments.clone()).collect()
+    }
+
+    /// The usage chunks the parts as of `epoch` name, with their sizes in
+    /// bytes.
+    pub fn named_chunks_at(&self, epoch: u64) -> Vec<(ChunkId, u64)> {
+        Part::ALL.iter().filter_map(|&part| self.latest(part, epoch)).flat_map(|s| s.chunks.clone()).collect()
     }
 
     /// Records the shared state after `epoch`.
@@ -364,12 +422,13 @@ impl Restored {
     }
 
     /// Adds the entries of one checkpointed shard (its parts as
-    /// [`Snapshots::parts_at`] gave them, and the segments its dedup part
-    /// names, see [`segments_named`]) that `worker` of `workers` owns.
+    /// [`Snapshots::parts_at`] gave them, the segments its dedup part names,
+    /// see [`segments_named`], and the chunks its usage part names, see
+    /// [`chunks_named`]) that `worker` of `workers` owns.
     pub fn add_shard(
         &mut self,
         parts: &[(Part, Vec<u8>)],
-        segments: &BTreeMap<SegmentId, Vec<u8>>,
+        (segments, chunks): (&Named<SegmentId>, &Named<ChunkId>),
         worker: usize,
         workers: usize,
     ) -> Result<(), DecodeError> {
@@ -397,7 +456,13 @@ impl Restored {
                     }
                 }
                 Part::Usage => {
-                    let raw = pieces::decompressed(bytes)
+                    let (named, blocks) = split_usage_part(bytes)?;
+                    let mut in_turn = Vec::with_capacity(named.len() + 1);
+                    for id in named {
+                        in_turn.push(chunks.get(&id).ok_or(DecodeError::MissingChunk(id))?.as_slice());
+                    }
+                    in_turn.push(blocks);
+                    let raw = pieces::decompressed_in_turn(in_turn)
                         .map_err(|source| DecodeError::Compressed { part: *part, source })?;
                     let Loaded(resources) = decode(*part, &raw)?;
                     let resources: Vec<_> = resources.into_iter().filter(|(key, _)| mine(route(key))).collect();
@@ -434,7 +499,7 @@ impl Restored {
 pub fn empty(part: Part) -> Vec<u8> {
     match part {
         Part::Dedup => postcard::to_stdvec(&DedupPart::default()).expect("an empty part encodes"),
-        Part::Usage => pieces::joined(&Stored(&Resources::default()).compressed()),
+        Part::Usage => pieces::joined(&usage_part(&[], Stored(&Resources::default()).compressed())),
         Part::Totals => postcard::to_stdvec(&BTreeMap::<TotalKey, Delta>::new()).expect("an empty map encodes"),
     }
 }
@@ -445,6 +510,16 @@ pub fn segments_named(parts: &[(Part, Vec<u8>)]) -> Result<Vec<SegmentId>, Decod
     let mut named = Vec::new();
     for (part, bytes) in parts.iter().filter(|(part, _)| *part == Part::Dedup) {
         named.extend(decode::<DedupPart>(*part, bytes)?.segments);
+    }
+    Ok(named)
+}
+
+/// The chunks a shard's usage part names: to be read before
+/// [`Restored::add_shard`].
+pub fn chunks_named(parts: &[(Part, Vec<u8>)]) -> Result<Vec<ChunkId>, DecodeError> {
+    let mut named = Vec::new();
+    for (_, bytes) in parts.iter().filter(|(part, _)| *part == Part::Usage) {
+        named.extend(split_usage_part(bytes)?.0);
     }
     Ok(named)
 }
@@ -506,6 +581,8 @@ pub struct Recovery {
     pub cadence: Cadence,
     /// The state to start from; `None` for a fresh start.
     pub restored: Option<Restored>,
+    /// Where usage snapshots' chunks go; `None` to hold them whole.
+    pub chunks: Option<Arc<dyn ChunkStore>>,
 }
 
 impl Recovery {
@@ -520,11 +597,17 @@ impl Recovery {
 pub(crate) struct Recorder {
     snapshots: Option<SnapshotsHandle>,
     pub(crate) cadence: Cadence,
+    /// Where usage snapshots' chunks go.
+    pub(crate) chunks: Option<Arc<dyn ChunkStore>>,
 }
 
 impl Recorder {
-    pub(crate) fn new(snapshots: Option<&SnapshotsHandle>, cadence: Cadence) -> Recorder {
-        Recorder { snapshots: snapshots.cloned(), cadence }
+    pub(crate) fn new(
+        snapshots: Option<&SnapshotsHandle>,
+        cadence: Cadence,
+        chunks: Option<Arc<dyn ChunkStore>>,
+    ) -> Recorder {
+        Recorder { snapshots: snapshots.cloned(), cadence, chunks }
     }
 
     pub(crate) fn record(&self, part: Part, epoch: u64, state: &mut impl Record) {
@@ -611,11 +694,11 @@ mod tests {
                 (ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() }, Arc::default())
             })
             .collect();
-        let parts = vec![(Part::Usage, pieces::joined(&Stored(&resources).compressed()))];
+        let parts = vec![(Part::Usage, pieces::joined(&usage_part(&[], Stored(&resources).compressed())))];
         let mut total = 0;
         for worker in 0..3 {
             let mut restored = Restored::new(7, Shared::default());
-            restored.add_shard(&parts, &BTreeMap::new(), worker, 3).unwrap();
+            restored.add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), worker, 3).unwrap();
             assert!(restored.resources.keys().all(|key| owner(route(key), 3) == worker));
             total += restored.resources.len();
         }
@@ -623,11 +706,41 @@ mod tests {
     }
 
     #[test]
+    fn a_usage_part_reads_its_chunks_then_its_blocks_and_names_a_missing_chunk() {
+        let resources: Resources = (0..5_000)
+            .map(|i| {
+                (ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() }, Arc::default())
+            })
+            .collect();
+        let mut chunks = BTreeMap::new();
+        let mut write = |blocks: Pieces| {
+            let id = ChunkId { epoch: 7, worker: 0, workers: 1, index: chunks.len() as u32 };
+            chunks.insert(id, pieces::joined(&blocks));
+        };
+        let spill = pieces::Spill { chunk_bytes: 24 << 10, write: &mut write };
+        let left = pieces::encode_compressed_spilling(&Stored(&resources), spill);
+        assert!(!chunks.is_empty() && !left.is_empty(), "chunks and blocks after them");
+        let named: Vec<ChunkId> = chunks.keys().copied().collect();
+        let parts = vec![(Part::Usage, pieces::joined(&usage_part(&named, left)))];
+        assert_eq!(chunks_named(&parts).unwrap(), named);
+        let mut restored = Restored::new(7, Shared::default());
+        restored.add_shard(&parts, (&BTreeMap::new(), &chunks), 0, 1).unwrap();
+        assert_eq!(restored.resources, resources);
+        chunks.remove(&named[0]);
+        let error = Restored::default().add_shard(&parts, (&BTreeMap::new(), &chunks), 0, 1).unwrap_err().to_string();
+        assert!(
+            error.contains("usage chunk ChunkId { epoch: 7, worker: 0, workers: 1, index: 0 } is missing"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_usage_part_that_does_not_decompress_is_refused_as_such() {
-        let mut compressed = pieces::joined(&Stored(&Resources::default()).compressed());
+        let mut compressed = pieces::joined(&usage_part(&[], Stored(&Resources::default()).compressed()));
         compressed.pop();
         let parts = vec![(Part::Usage, compressed)];
-        let error = Restored::default().add_shard(&parts, &BTreeMap::new(), 0, 1).unwrap_err().to_string();
+        let error =
+            Restored::default().add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), 0, 1).unwrap_err().to_string();
         assert!(error.contains("(Usage) cannot be decompressed: a compressed block is cut short"), "{error}");
     }
 }

@@ -87,7 +87,7 @@ pub fn billing<'scope>(
     recovery: Recovery,
     rows_per_step: usize,
 ) -> Streams<'scope> {
-    let recorder = Recorder::new(recovery.snapshots.as_ref(), recovery.cadence);
+    let recorder = Recorder::new(recovery.snapshots.as_ref(), recovery.cadence, recovery.chunks.clone());
     // A restored worker's state as of the checkpoint is its first snapshot:
     // an operator that never works an epoch still checkpoints what it holds.
     let restored_epoch = recovery.restored.as_ref().map(|r| r.epoch);

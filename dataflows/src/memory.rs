@@ -15,8 +15,8 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
 
 use crate::checkpoint::{
-    self, Cadence, Encoded, Part, Pieces, Recovery, Restored, SegmentId, ShardParts, Shared, SnapshotsHandle, Stale,
-    pieces,
+    self, Cadence, ChunkId, ChunkStore, Encoded, Part, Pieces, Recovery, Restored, SegmentId, ShardParts, Shared,
+    SnapshotsHandle, Stale, pieces,
 };
 use crate::dataflow::billing;
 use crate::event::{Message, Offset, Partition};
@@ -52,6 +52,8 @@ pub struct Checkpoint {
     pub shards: Vec<ShardParts>,
     /// The dedup segments written by then, by every worker.
     pub segments: BTreeMap<SegmentId, Vec<u8>>,
+    /// The usage chunks written by then, by every worker.
+    pub chunks: BTreeMap<ChunkId, Vec<u8>>,
     /// Where each partition resumes.
     pub next_offsets: BTreeMap<Partition, Offset>,
     /// The price list the state's rows were rated with (its text).
@@ -87,6 +89,27 @@ struct Collected {
     shared: BTreeMap<u64, Shared>,
     /// Every worker's dedup segments.
     segments: BTreeMap<SegmentId, Pieces>,
+    /// Every worker's usage chunks.
+    chunks: BTreeMap<ChunkId, Vec<u8>>,
+}
+
+/// Every block of the runner's usage snapshots leaves as a chunk of its
+/// own, so that the small states of tests are restored from chunks as a
+/// large state is.
+const CHUNK_BYTES: usize = 1;
+
+/// A chunk store in memory, shared by a run's workers.
+#[derive(Default)]
+struct MemoryChunks(Mutex<BTreeMap<ChunkId, Vec<u8>>>);
+
+impl ChunkStore for MemoryChunks {
+    fn chunk_bytes(&self) -> usize {
+        CHUNK_BYTES
+    }
+
+    fn write(&self, id: ChunkId, blocks: Pieces) {
+        self.0.lock().expect("no worker panicked holding the lock").insert(id, pieces::joined(&blocks));
+    }
 }
 
 impl Collected {
@@ -185,13 +208,14 @@ fn checkpoint_at(
     let shared = crashed.shared.range(..=epoch).next_back().map(|(_, s)| s.clone()).unwrap_or_default();
     let segments =
         crashed.segments.iter().filter(|(id, _)| id.epoch <= epoch).map(|(id, b)| (*id, pieces::joined(b))).collect();
+    let chunks = crashed.chunks.iter().filter(|(id, _)| id.epoch <= epoch).map(|(id, b)| (*id, b.clone())).collect();
     let mut next_offsets = BTreeMap::new();
     for (message, message_epoch) in messages.iter().zip(epochs(messages.len(), shape, 0)) {
         if message_epoch <= epoch {
             next_offsets.insert(message.partition, message.offset + 1);
         }
     }
-    Checkpoint { epoch, shared, shards, segments, next_offsets, prices: prices.text().to_owned() }
+    Checkpoint { epoch, shared, shards, segments, chunks, next_offsets, prices: prices.text().to_owned() }
 }
 
 /// The epoch of each of `count` messages read from `first` on, cut as `shape` says.
@@ -216,6 +240,8 @@ fn execute(
     restore: Option<Arc<Restore>>,
 ) -> Result<Collected, Overflow> {
     let collected = Arc::new(Mutex::new(Collected::default()));
+    let chunks = Arc::new(MemoryChunks::default());
+    let worker_chunks = Arc::clone(&chunks);
     let messages = Arc::clone(messages);
     let partitions = Arc::new(partitions.to_vec());
     let shape = Arc::new(shape.clone());
@@ -228,6 +254,7 @@ fn execute(
             snapshots: Some(Rc::clone(&snapshots)),
             cadence: shape.cadence,
             restored: restored(restore.as_deref(), index, peers, &prices),
+            chunks: Some(Arc::clone(&worker_chunks) as Arc<dyn ChunkStore>),
         };
         let first_epoch = recovery.first_epoch();
         let resume =
@@ -290,7 +317,8 @@ fn execute(
     .into_iter()
     .for_each(|result| result.expect("a billing worker panicked"));
 
-    let collected = std::mem::take(&mut *collected.lock().expect("no worker panicked holding the lock"));
+    let mut collected = std::mem::take(&mut *collected.lock().expect("no worker panicked holding the lock"));
+    collected.chunks = std::mem::take(&mut *chunks.0.lock().expect("no worker panicked holding the lock"));
     if let Some(error) = collected.errors.first().cloned() {
         return Err(error);
     }
@@ -305,7 +333,7 @@ fn restored(restore: Option<&Restore>, worker: usize, workers: usize, prices: &P
             let mut restored = Restored::new(checkpoint.epoch, checkpoint.shared.clone());
             for shard in &checkpoint.shards {
                 restored
-                    .add_shard(shard, &checkpoint.segments, worker, workers)
+                    .add_shard(shard, (&checkpoint.segments, &checkpoint.chunks), worker, workers)
                     .expect("the runner's own checkpoints decode");
             }
             let earlier = prices.earlier(&checkpoint.prices).expect("a price list the checkpoint's state reads under");

@@ -12,7 +12,9 @@
 //! is full, so the encoding is never held uncompressed, and is written as a
 //! block of its own, its compressed and its raw length first (four bytes
 //! each, little-endian). Their keys, ids and sources repeat from resource
-//! to resource; identities, random fingerprints, are not compressed.
+//! to resource; identities, random fingerprints, are not compressed. A
+//! compressed encoding can also leave as it is made ([`Spill`]): its
+//! blocks, once they add up to a chunk, are handed on and not held.
 
 use bytes::Bytes;
 use postcard::ser_flavors::Flavor;
@@ -30,18 +32,35 @@ const SHORT: usize = 16;
 
 /// Encodes `value` with postcard, in pieces.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Pieces {
-    encode_in(value, None)
+    encode_in(value, None, None)
 }
 
 /// Encodes `value` with postcard, in pieces compressed one at a time (see
 /// the module docs); [`decompressed`] reads them back.
 pub fn encode_compressed<T: Serialize + ?Sized>(value: &T) -> Pieces {
-    encode_in(value, Some(Vec::new()))
+    encode_in(value, Some(Vec::new()), None)
 }
 
-/// Encodes `value` in pieces, compressed if given a scratch buffer.
-fn encode_in<T: Serialize + ?Sized>(value: &T, compressed: Option<Vec<u8>>) -> Pieces {
-    let flavor = InPieces { done: Vec::new(), current: Vec::new(), compressed };
+/// Where a compressed encoding's blocks go as it is made: `write` is given
+/// them, in order, as soon as they add up to `chunk_bytes` or more.
+pub struct Spill<'a> {
+    /// How many bytes of blocks a chunk holds at least.
+    pub chunk_bytes: usize,
+    /// Takes each chunk's blocks.
+    pub write: &'a mut dyn FnMut(Pieces),
+}
+
+/// Encodes `value` as [`encode_compressed`] does, handing its blocks to
+/// `spill` a chunk at a time; returns the blocks after the last chunk.
+/// Chunks and the blocks returned, in that order, are the encoding.
+pub fn encode_compressed_spilling<T: Serialize + ?Sized>(value: &T, spill: Spill<'_>) -> Pieces {
+    encode_in(value, Some(Vec::new()), Some(spill))
+}
+
+/// Encodes `value` in pieces, compressed if given a scratch buffer, and
+/// spilled if given where to.
+fn encode_in<T: Serialize + ?Sized>(value: &T, compressed: Option<Vec<u8>>, spill: Option<Spill<'_>>) -> Pieces {
+    let flavor = InPieces { done: Vec::new(), done_bytes: 0, current: Vec::new(), compressed, spill };
     postcard::serialize_with_flavor(value, flavor).expect("plain data encodes")
 }
 
@@ -54,8 +73,22 @@ pub fn compress(bytes: &[u8]) -> Pieces {
 
 /// The bytes of `compressed`, blocks written by [`encode_compressed`] or
 /// [`compress`], joined.
-pub fn decompressed(mut compressed: &[u8]) -> Result<Vec<u8>, Corrupt> {
+pub fn decompressed(compressed: &[u8]) -> Result<Vec<u8>, Corrupt> {
+    decompressed_in_turn([compressed])
+}
+
+/// The bytes of each of `sequences` of whole blocks in turn, joined: an
+/// encoding's chunks and the blocks after them (see [`Spill`]).
+pub fn decompressed_in_turn<'a>(sequences: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<u8>, Corrupt> {
     let mut raw = Vec::new();
+    for compressed in sequences {
+        decompress_into(compressed, &mut raw)?;
+    }
+    Ok(raw)
+}
+
+/// Appends the bytes of the blocks of `compressed` to `raw`.
+fn decompress_into(mut compressed: &[u8], raw: &mut Vec<u8>) -> Result<(), Corrupt> {
     while !compressed.is_empty() {
         let (length, rest) = header_length(compressed)?;
         let (raw_length, rest) = header_length(rest)?;
@@ -72,7 +105,7 @@ pub fn decompressed(mut compressed: &[u8]) -> Result<Vec<u8>, Corrupt> {
         }
         compressed = &rest[length..];
     }
-    Ok(raw)
+    Ok(())
 }
 
 /// Why compressed bytes cannot be read back.
@@ -127,21 +160,36 @@ pub fn joined(pieces: &[Bytes]) -> Vec<u8> {
     joined
 }
 
-struct InPieces {
+struct InPieces<'a> {
     done: Pieces,
+    /// The bytes of `done`.
+    done_bytes: usize,
     current: Vec<u8>,
     /// Compressing, the scratch buffer blocks are compressed in.
     compressed: Option<Vec<u8>>,
+    spill: Option<Spill<'a>>,
 }
 
-impl InPieces {
+impl InPieces<'_> {
+    fn push_done(&mut self, piece: Bytes) {
+        self.done_bytes += piece.len();
+        self.done.push(piece);
+        if let Some(spill) = self.spill.as_mut()
+            && self.done_bytes >= spill.chunk_bytes
+        {
+            self.done_bytes = 0;
+            (spill.write)(std::mem::take(&mut self.done));
+        }
+    }
+
     /// Starts a new piece, each twice the last up to [`PIECE`].
     fn next_piece(&mut self) {
         let size = (self.current.capacity() * 2).clamp(FIRST_PIECE, PIECE);
         if let Some(scratch) = self.compressed.as_mut() {
             // The piece is copied into its block: its buffer holds the next.
             if !self.current.is_empty() {
-                self.done.push(block(&self.current, scratch));
+                let block = block(&self.current, scratch);
+                self.push_done(block);
             }
             self.current.clear();
             self.current.reserve_exact(size);
@@ -149,12 +197,12 @@ impl InPieces {
         }
         let full = std::mem::replace(&mut self.current, Vec::with_capacity(size));
         if !full.is_empty() {
-            self.done.push(Bytes::from(full));
+            self.push_done(Bytes::from(full));
         }
     }
 }
 
-impl Flavor for InPieces {
+impl Flavor for InPieces<'_> {
     type Output = Pieces;
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
@@ -189,9 +237,9 @@ impl Flavor for InPieces {
         if !self.current.is_empty() {
             let last = match self.compressed.as_mut() {
                 Some(scratch) => block(&self.current, scratch),
-                None => Bytes::from(self.current),
+                None => Bytes::from(std::mem::take(&mut self.current)),
             };
-            self.done.push(last);
+            self.push_done(last);
         }
         Ok(self.done)
     }
@@ -224,6 +272,28 @@ mod tests {
         assert_eq!(decompressed(&joined).unwrap(), plain);
         assert_eq!(decompressed(&super::joined(&compress(&plain))).unwrap(), plain, "compressed after encoding");
         assert_eq!(decompressed(&[]).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_spilled_encoding_is_its_chunks_then_the_blocks_left() {
+        let strings: Vec<String> = (0..200_000).map(|i| format!("resource-{i}")).collect();
+        let whole = joined(&encode_compressed(&strings));
+        let chunk_bytes = 64 << 10;
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let mut write = |chunk: Pieces| chunks.push(joined(&chunk));
+        let left = joined(&encode_compressed_spilling(&strings, Spill { chunk_bytes, write: &mut write }));
+        assert!(chunks.len() > 2, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|chunk| chunk.len() >= chunk_bytes));
+        assert!(left.len() < chunk_bytes, "fewer bytes than a chunk are left: {}", left.len());
+        let in_turn: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).chain([&left[..]]).collect();
+        assert_eq!(in_turn.concat(), whole, "the same blocks, cut between them");
+        let plain = postcard::to_stdvec(&strings).unwrap();
+        assert_eq!(decompressed_in_turn(in_turn).unwrap(), plain);
+        let mut everything = Vec::new();
+        let mut write = |chunk: Pieces| everything.push(joined(&chunk));
+        let left = encode_compressed_spilling(&strings, Spill { chunk_bytes: 1, write: &mut write });
+        assert!(left.is_empty(), "every block a chunk of its own");
+        assert_eq!(everything.concat(), whole);
     }
 
     #[test]

@@ -209,6 +209,7 @@ impl Record for Seen {
             entries: self.len(),
             segments: self.segments.iter().map(|s| (s.id, s.bytes)).collect(),
             new_segment,
+            chunks: Vec::new(),
         }
     }
 }
@@ -331,7 +332,7 @@ mod tests {
         workers: usize,
     ) -> Seen {
         let mut restored = Restored::new(0, Shared::default());
-        restored.add_shard(parts, written, worker, workers).unwrap();
+        restored.add_shard(parts, (written, &BTreeMap::new()), worker, workers).unwrap();
         Seen::restore(restored.seen, worker, workers)
     }
 
@@ -469,7 +470,7 @@ mod tests {
         for worker in 0..3 {
             let mut restored = Restored::new(8, Shared::default());
             for shard in &shards {
-                restored.add_shard(shard, &written, worker, 3).unwrap();
+                restored.add_shard(shard, (&written, &BTreeMap::new()), worker, 3).unwrap();
             }
             let mut seen = Seen::restore(restored.seen, worker, 3);
             assert!(seen.identities.iter().all(|identity| owner(identity.route(), 3) == worker));
@@ -498,7 +499,7 @@ mod tests {
         see(&mut seen, 0..10, 0);
         let parts = checkpoint(&mut seen, 3, &mut BTreeMap::new());
         let mut restored = Restored::new(3, Shared::default());
-        let error = restored.add_shard(&parts, &BTreeMap::new(), 0, 1).unwrap_err().to_string();
+        let error = restored.add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), 0, 1).unwrap_err().to_string();
         assert!(error.contains("is missing"), "{error}");
     }
 }

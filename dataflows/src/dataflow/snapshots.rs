@@ -223,7 +223,7 @@ mod tests {
     fn a_checkpoint_epoch_stays_held_until_its_snapshot_recorded_later_arrives() {
         timely::execute_directly(|worker| {
             let snapshots = SnapshotsHandle::default();
-            let recorder = Recorder::new(Some(&snapshots), Cadence::every(2));
+            let recorder = Recorder::new(Some(&snapshots), Cadence::every(2), None);
             // The operator reports the epoch found due; the test hands it
             // the snapshot when it chooses, as an encoding thread would.
             let due: Rc<Cell<Option<u64>>> = Rc::default();
@@ -281,7 +281,7 @@ mod tests {
     fn with_a_snapshot_in_flight_work_stops_short_of_the_next_checkpoint_epochs_state() {
         timely::execute_directly(|worker| {
             let snapshots = SnapshotsHandle::default();
-            let recorder = Recorder::new(Some(&snapshots), Cadence::every(2));
+            let recorder = Recorder::new(Some(&snapshots), Cadence::every(2), None);
             let mut data = InputHandleVec::<u64, u8>::new();
             let mut progress = InputHandleVec::<u64, Progress>::new();
             worker.dataflow::<u64, _, _>(|scope| {

@@ -27,7 +27,8 @@ use super::outputs::One;
 use super::pending::{Epoch, Pending};
 use super::route;
 use super::snapshots::{Due, stateful};
-use crate::checkpoint::{Part, Recorded, Recorder};
+use crate::checkpoint::pieces::Spill;
+use crate::checkpoint::{ChunkId, ChunkStore, Part, Pieces, Recorded, Recorder, usage_part};
 use crate::event::{Event, ResourceKey};
 use crate::fixed::Overflow;
 use crate::lifecycle::{Copied, Emitted, Resource, Resources, RowChange, copied, encode_letting_go};
@@ -75,9 +76,11 @@ pub(crate) fn usage<'scope>(
 ) -> (StreamVec<'scope, u64, UsageOut>, StreamVec<'scope, u64, ()>) {
     let by_resource = Exchange::new(|e: &Event| route(&e.resource));
     let worker = events.scope().worker();
+    let chunks = recorder.chunks.clone();
     let part = (recorder, Part::Usage);
     stateful::<_, One<_>, _, _, _>(events, progress, by_resource, "Usage", part, move |mut snapshots, info| {
-        let encoder = snapshot_encoder(worker.index(), worker.sync_activator_for(info.address.to_vec()));
+        let activator = worker.sync_activator_for(info.address.to_vec());
+        let encoder = snapshot_encoder((worker.index(), worker.peers()), chunks, activator);
         let activator = worker.activator_for(info.address);
         let mut pending = Pending::<Event, Progress>::default();
         // Epochs complete and not yet worked: they wait when the snapshot in
@@ -145,11 +148,32 @@ pub(crate) fn usage<'scope>(
 /// the checkpoint epoch's rows waited, and on a thread of its own up to
 /// 4 s, longer than an epoch. The thread encodes a copy of the entries, whose
 /// resources it shares with the stage until the stage changes them (see
-/// [`Resources`]), and lets go of each once written.
-fn snapshot_encoder(worker: usize, activator: SyncActivator) -> Offload<(u64, Copied), Recorded> {
-    let encode = |(_, resources): (u64, Copied)| {
+/// [`Resources`]), and lets go of each once written. Given a chunk store,
+/// it writes the encoding there a chunk at a time as it goes (see
+/// [`ChunkId`]), and the snapshot recorded holds only the blocks after the
+/// last chunk.
+fn snapshot_encoder(
+    (worker, workers): (usize, usize),
+    chunks: Option<Arc<dyn ChunkStore>>,
+    activator: SyncActivator,
+) -> Offload<(u64, Copied), Recorded> {
+    let encode = move |(epoch, resources): (u64, Copied)| {
         let entries = resources.len();
-        Recorded::whole(encode_letting_go(resources), entries)
+        let Some(store) = chunks.as_deref() else {
+            return Recorded::whole(usage_part(&[], encode_letting_go(resources, None)), entries);
+        };
+        let mut written: Vec<(ChunkId, u64)> = Vec::new();
+        let mut write = |blocks: Pieces| {
+            let index = u32::try_from(written.len()).expect("fewer than 2^32 chunks");
+            let id = ChunkId { epoch, worker, workers, index };
+            let bytes = blocks.iter().map(|block| block.len() as u64).sum();
+            store.write(id, blocks);
+            written.push((id, bytes));
+        };
+        let spill = Spill { chunk_bytes: store.chunk_bytes(), write: &mut write };
+        let left = encode_letting_go(resources, Some(spill));
+        let ids: Vec<ChunkId> = written.iter().map(|&(id, _)| id).collect();
+        Recorded { chunks: written, ..Recorded::whole(usage_part(&ids, left), entries) }
     };
     Offload::start(format!("tally-usage-snapshot-{worker}"), activator, encode)
 }

@@ -22,7 +22,7 @@ use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};
 
 use super::sorted::SortedMap;
 use super::{Counted, Entry, Resource, Resources};
-use crate::checkpoint::pieces::{self, Pieces};
+use crate::checkpoint::pieces::{self, Pieces, Spill};
 use crate::event::{EventKind, EventOrder, Meta, Quantities, ResourceKey};
 use crate::fixed::{Amount, Quantity};
 use crate::intern::Interner;
@@ -58,14 +58,20 @@ pub fn copied(resources: &Resources) -> Copied {
 }
 
 /// Encodes `resources` as [`Stored::compressed`] encodes the map they were
-/// copied from, letting go of each resource once it is written.
+/// copied from, letting go of each resource once it is written; given a
+/// spill, its blocks leave a chunk at a time and those after the last chunk
+/// are returned.
 ///
 /// The worker copies a resource it changes while a snapshot still holds it.
 /// Let go as soon as written, a resource the snapshot has passed is the
 /// worker's alone again, and one the worker copied meanwhile is freed.
-pub fn encode_letting_go(resources: Copied) -> Pieces {
+pub fn encode_letting_go(resources: Copied, spill: Option<Spill<'_>>) -> Pieces {
     let places = Places::gather(resources.iter().map(|(_, resource)| resource));
-    pieces::encode_compressed(&LettingGo(Cell::new(Some(resources)), &places))
+    let letting_go = LettingGo(Cell::new(Some(resources)), &places);
+    match spill {
+        Some(spill) => pieces::encode_compressed_spilling(&letting_go, spill),
+        None => pieces::encode_compressed(&letting_go),
+    }
 }
 
 struct LettingGo<'p>(Cell<Option<Copied>>, &'p Places);

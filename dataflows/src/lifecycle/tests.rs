@@ -194,7 +194,7 @@ fn a_snapshot_letting_go_writes_what_stored_writes_and_leaves_the_resources_unsh
     let resources = format_2_fixture_resources();
     let copy = copied(&resources);
     assert!(resources.values().all(|r| Arc::strong_count(r) == 2), "the copy shares the resources");
-    let letting_go = pieces::joined(&encode_letting_go(copy));
+    let letting_go = pieces::joined(&encode_letting_go(copy, None));
     assert_eq!(letting_go, pieces::joined(&Stored(&resources).compressed()));
     assert!(resources.values().all(|r| Arc::strong_count(r) == 1), "the snapshot let go of every resource");
     let plain = pieces::decompressed(&letting_go).unwrap();
