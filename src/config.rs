@@ -531,6 +531,10 @@ mod tests {
         assert!(config.cadence().unwrap_err().to_string().contains("checkpoint.epoch_interval"));
         let no_rows = Overrides { clickhouse_rows_per_insert: Some(0), ..Overrides::default() };
         assert!(no_rows.load().unwrap_err().to_string().contains("clickhouse.rows_per_insert"));
+        let no_chunk = Overrides { checkpoint_chunk_bytes: Some(0), ..Overrides::default() };
+        assert!(no_chunk.load().unwrap_err().to_string().contains("checkpoint.chunk_bytes"));
+        let chunk = Overrides { checkpoint_chunk_bytes: Some(4096), ..Overrides::default() };
+        assert_eq!(chunk.load().unwrap().checkpoint.chunk_bytes, 4096);
     }
 
     #[test]
