@@ -91,12 +91,15 @@ pub fn billing<'scope>(
     // A restored worker's state as of the checkpoint is its first snapshot:
     // an operator that never works an epoch still checkpoints what it holds.
     let restored_epoch = recovery.restored.as_ref().map(|r| r.epoch);
-    let Restored { shared, seen, resources, totals: sums, stale, rated_with, .. } =
+    let Restored { shared, seen, resources, totals: sums, stale, rated_with, usage_part, .. } =
         recovery.restored.unwrap_or_default();
     let mut seen = Seen::restore(seen, source.scope().index(), source.scope().peers());
     if let Some(epoch) = restored_epoch {
         recorder.record(Part::Dedup, epoch, &mut seen);
-        recorder.record(Part::Usage, epoch, &mut Stored(&resources));
+        match usage_part {
+            Some(part) => recorder.store(Part::Usage, epoch, part.recorded(resources.len())),
+            None => recorder.record(Part::Usage, epoch, &mut Stored(&resources)),
+        }
         recorder.record(Part::Totals, epoch, &mut Whole(&sums, sums.len()));
         recorder.record_shared(epoch, || shared.clone());
     }
