@@ -417,7 +417,7 @@ pub struct Restored {
     /// resources are every resource of one shard (the same worker count):
     /// the worker records it again as it is, naming the same chunks, rather
     /// than encoding the state anew and holding it whole until its first
-    /// shard (for a million resources, over a second of a restart's three).
+    /// shard (with 1.25 million resources, 1.4 s of a 5.3 s restart).
     pub usage_part: Option<UsagePartAsStored>,
     /// Shards whose usage part was added.
     usage_parts_added: usize,
