@@ -73,13 +73,16 @@ pub mod store;
 use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
 use std::mem::take;
+use std::ops::RangeInclusive;
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{
-    ChunkId, ChunkStore, Part, Pieces, SegmentId, ShardParts, Shared, chunks_named, dedup_part_of_format_3, pieces,
-    segments_named, usage_part,
+    ChunkId, ChunkStore, DecodeError, Part, Pieces, SegmentId, ShardParts, Shared, chunks_named,
+    dedup_part_of_format_3, pieces, segments_named, usage_part,
 };
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::lifecycle::{Loaded, Stored};
@@ -259,29 +262,47 @@ pub fn segment_name(id: SegmentId) -> String {
 
 /// Writes a dedup segment: a header naming it, then its bytes as encoded.
 pub fn write_segment(store: &Store, id: SegmentId, bytes: Pieces) {
-    let header = postcard::to_stdvec(&(FORMAT, id)).expect("plain data");
-    let pieces = std::iter::once(Bytes::from(header)).chain(bytes).collect();
-    store.put_pieces(&segment_name(id), pieces, None);
+    write_named(store, &segment_name(id), id, bytes, None);
 }
 
 /// Reads the dedup segments a shard's parts name.
 pub fn read_segments(store: &Store, parts: &ShardParts) -> Result<BTreeMap<SegmentId, Vec<u8>>, CheckpointError> {
+    read_named(store, segments_named(parts), segment_name, (SEGMENTS_SINCE..=FORMAT, "dedup part", "segment"))
+}
+
+/// Writes an object a shard names (a segment, a chunk): a header of the
+/// format and `id`, then `bytes`.
+fn write_named<Id: Serialize>(store: &Store, name: &str, id: Id, bytes: Pieces, mid_write: Option<Fault>) {
+    let header = postcard::to_stdvec(&(FORMAT, id)).expect("plain data");
+    let pieces = std::iter::once(Bytes::from(header)).chain(bytes).collect();
+    store.put_pieces(name, pieces, mid_write);
+}
+
+/// Reads the objects a shard's `part` names, `named`, each stored under
+/// `name(id)`: their bytes after the header, which must name the same id in
+/// one of `formats`. `kind` names such an object in messages.
+fn read_named<Id: Copy + Ord + Debug + DeserializeOwned>(
+    store: &Store,
+    named: Result<Vec<Id>, DecodeError>,
+    name: fn(Id) -> String,
+    (formats, part, kind): (RangeInclusive<u32>, &str, &str),
+) -> Result<BTreeMap<Id, Vec<u8>>, CheckpointError> {
     let corrupt =
         |name: &str, message: String| CheckpointError::Corrupt { url: store.url().into(), name: name.into(), message };
-    let named = segments_named(parts).map_err(|e| corrupt("a shard's dedup part", e.to_string()))?;
-    let mut segments = BTreeMap::new();
+    let named = named.map_err(|e| corrupt(&format!("a shard's {part}"), e.to_string()))?;
+    let mut read = BTreeMap::new();
     for id in named {
-        let name = segment_name(id);
+        let name = name(id);
         let bytes =
             store.get(&name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.clone() })?;
-        let ((format, found), body): ((u32, SegmentId), &[u8]) =
+        let ((format, found), body): ((u32, Id), &[u8]) =
             postcard::take_from_bytes(&bytes).map_err(|e| corrupt(&name, e.to_string()))?;
-        if !(SEGMENTS_SINCE..=FORMAT).contains(&format) || found != id {
-            return Err(corrupt(&name, format!("holds segment {found:?} of format {format}")));
+        if !formats.contains(&format) || found != id {
+            return Err(corrupt(&name, format!("holds {kind} {found:?} of format {format}")));
         }
-        segments.insert(id, body.to_vec());
+        read.insert(id, body.to_vec());
     }
-    Ok(segments)
+    Ok(read)
 }
 
 /// Where a usage chunk is stored.
@@ -291,29 +312,12 @@ pub fn chunk_name(id: ChunkId) -> String {
 
 /// Writes a usage chunk: a header naming it, then its blocks.
 pub fn write_chunk(store: &Store, id: ChunkId, blocks: Pieces) {
-    let header = postcard::to_stdvec(&(FORMAT, id)).expect("plain data");
-    let pieces = std::iter::once(Bytes::from(header)).chain(blocks).collect();
-    store.put_pieces(&chunk_name(id), pieces, Some(Fault::MidChunkWrite));
+    write_named(store, &chunk_name(id), id, blocks, Some(Fault::MidChunkWrite));
 }
 
 /// Reads the usage chunks a shard's parts name.
 pub fn read_chunks(store: &Store, parts: &ShardParts) -> Result<BTreeMap<ChunkId, Vec<u8>>, CheckpointError> {
-    let corrupt =
-        |name: &str, message: String| CheckpointError::Corrupt { url: store.url().into(), name: name.into(), message };
-    let named = chunks_named(parts).map_err(|e| corrupt("a shard's usage part", e.to_string()))?;
-    let mut chunks = BTreeMap::new();
-    for id in named {
-        let name = chunk_name(id);
-        let bytes =
-            store.get(&name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.clone() })?;
-        let ((format, found), body): ((u32, ChunkId), &[u8]) =
-            postcard::take_from_bytes(&bytes).map_err(|e| corrupt(&name, e.to_string()))?;
-        if format != FORMAT || found != id {
-            return Err(corrupt(&name, format!("holds chunk {found:?} of format {format}")));
-        }
-        chunks.insert(id, body.to_vec());
-    }
-    Ok(chunks)
+    read_named(store, chunks_named(parts), chunk_name, (FORMAT..=FORMAT, "usage part", "chunk"))
 }
 
 /// The store usage snapshots write their chunks to.
