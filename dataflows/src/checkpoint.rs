@@ -717,13 +717,15 @@ mod tests {
         assert_eq!(snapshots.entries_at(8)[&Part::Dedup], 1, "entries are kept with the bytes let go");
     }
 
+    /// `count` resources of as many accounts, with nothing in them.
+    fn empty_resources(count: usize) -> Resources {
+        let key = |i| ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() };
+        (0..count).map(|i| (key(i), Arc::default())).collect()
+    }
+
     #[test]
     fn a_shard_restores_only_the_keys_routed_to_each_worker() {
-        let resources: Resources = (0..50)
-            .map(|i| {
-                (ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() }, Arc::default())
-            })
-            .collect();
+        let resources = empty_resources(50);
         let parts = vec![(Part::Usage, pieces::joined(&usage_part(&[], Stored(&resources).compressed())))];
         let mut total = 0;
         for worker in 0..3 {
@@ -738,11 +740,7 @@ mod tests {
 
     #[test]
     fn a_usage_part_reads_its_chunks_then_its_blocks_and_names_a_missing_chunk() {
-        let resources: Resources = (0..5_000)
-            .map(|i| {
-                (ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() }, Arc::default())
-            })
-            .collect();
+        let resources = empty_resources(5_000);
         let mut chunks = BTreeMap::new();
         let mut write = |blocks: Pieces| {
             let id = ChunkId { epoch: 7, worker: 0, workers: 1, index: chunks.len() as u32 };
