@@ -4,8 +4,8 @@
 # SIGKILL; the restart (`run --drain`: restore, then read what the last
 # checkpoint did not cover) is timed to the moment everything is written and
 # committed again. Also reports how long the live run took to read and
-# checkpoint the backlog, and its resident memory before the kill, per
-# resource held.
+# checkpoint the backlog, its resident memory before the kill, per resource
+# held, and the restart's peak.
 #
 #   benches/recovery.sh FLEET EVENTS     (e.g. benches/recovery.sh 200000 2000000)
 set -euo pipefail
@@ -41,14 +41,17 @@ wait "$live" 2>/dev/null || true
 
 newest=$(ls "$manifests"/*.json | tail -1)
 log=$(mktemp)
+restart_peak=$(mktemp)
 start=$(date +%s%N)
-TALLY_LOG=info "$tally" run --drain --workers "$WORKERS" 2>"$log"
+TALLY_LOG=info /usr/bin/time -f %M -o "$restart_peak" "$tally" run --drain --workers "$WORKERS" 2>"$log"
 elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
-python3 - "$newest" "$log" "$start" "$elapsed_ms" "$live_rss_kb" "$live_peak_kb" "$catch_up_ms" <<'PY'
+restart_peak_kb=$(cat "$restart_peak")
+rm -f "$restart_peak"
+python3 - "$newest" "$log" "$start" "$elapsed_ms" "$live_rss_kb" "$live_peak_kb" "$catch_up_ms" "$restart_peak_kb" <<'PY'
 import json, re, sys, datetime
 manifest, log, start_ns, elapsed_ms = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 catch_up_ms = int(sys.argv[7])
-rss, peak = int(sys.argv[5]) * 1024, int(sys.argv[6]) * 1024
+rss, peak, restart_peak = int(sys.argv[5]) * 1024, int(sys.argv[6]) * 1024, int(sys.argv[8]) * 1024
 state = json.load(open(manifest))["state"]
 restored = [line for line in open(log) if "state restored" in line]
 stamp = re.search(r"\d{4}-\d\d-\d\dT[\d:.]+Z", re.sub(r"\x1b\[[0-9;]*m", "", restored[-1])).group(0)
@@ -60,5 +63,6 @@ print(f'live run: backlog read and checkpointed in {catch_up_ms / 1000:.1f} s (1
 print(f'live run before the kill: {rss / 2**20:,.0f} MiB resident ({rss / state["resources"]:,.0f} bytes per resource held, '
       f'dedup identities included), peak {peak / 2**20:,.0f} MiB')
 print(f'restart to state restored: {restore_ms / 1000:.1f} s; restart to caught up and committed: {elapsed_ms / 1000:.1f} s')
+print(f'restart: peak {restart_peak / 2**20:,.0f} MiB resident ({restart_peak / state["resources"]:,.0f} bytes per resource)')
 PY
 bench_record

@@ -27,11 +27,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use self::pieces::Pieces;
+use self::pieces::Undecodable;
 use crate::dataflow::route;
 use crate::event::{Partition, ResourceKey};
 use crate::identity::Fingerprint;
 use crate::judge::PartitionClock;
-use crate::lifecycle::{Loaded, Resources, Stored};
+use crate::lifecycle::{Loading, Resources, Stored};
 use crate::prices::PriceList;
 use crate::rows::{BreakdownKey, Delta, Progress, TotalKey};
 use crate::time::Millis;
@@ -251,6 +252,11 @@ pub enum DecodeError {
     /// A shard names a chunk that was not given.
     #[error("usage chunk {0:?} is missing")]
     MissingChunk(ChunkId),
+    /// A part decoded a block at a time asked to borrow from its encoding:
+    /// a type it holds reads a string as borrowed (see
+    /// [`pieces::decode_compressed`]).
+    #[error("checkpoint state ({0:?}) asks to borrow from its encoding, which is read a block at a time")]
+    Borrowing(Part),
 }
 
 impl Snapshots {
@@ -486,18 +492,21 @@ impl Restored {
                         in_turn.push(chunks.get(id).ok_or(DecodeError::MissingChunk(*id))?.as_slice());
                     }
                     in_turn.push(blocks);
-                    let raw = pieces::decompressed_in_turn(in_turn.iter().copied())
-                        .map_err(|source| DecodeError::Compressed { part: *part, source })?;
-                    let Loaded(resources) = decode(*part, &raw)?;
-                    let held = resources.len();
-                    let resources: Vec<_> = resources.into_iter().filter(|(key, _)| mine(route(key))).collect();
-                    self.usage_part = (self.usage_parts_added == 0 && resources.len() == held).then(|| {
+                    let before = self.resources.len();
+                    let loading = Loading { keep: |key: &ResourceKey| mine(route(key)), into: &mut self.resources };
+                    let read = pieces::decode_compressed(in_turn.iter().copied(), loading).map_err(|undecodable| {
+                        match undecodable {
+                            Undecodable::Compressed(source) => DecodeError::Compressed { part: *part, source },
+                            Undecodable::Encoding(source) => DecodeError::Part { part: *part, source },
+                            Undecodable::Borrowed => DecodeError::Borrowing(*part),
+                        }
+                    })?;
+                    let kept = self.resources.len() - before;
+                    self.usage_part = (self.usage_parts_added == 0 && kept == read).then(|| {
                         let chunks = in_turn.iter().zip(&named).map(|(chunk, id)| (*id, chunk.len() as u64)).collect();
                         UsagePartAsStored { bytes: bytes.clone(), chunks }
                     });
                     self.usage_parts_added += 1;
-                    self.resources.reserve(resources.len());
-                    self.resources.extend(resources);
                 }
                 Part::Totals => {
                     let totals: BTreeMap<TotalKey, Delta> = decode(*part, bytes)?;

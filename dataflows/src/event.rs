@@ -90,8 +90,10 @@ pub struct Meta {
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ResourceKey {
     /// The billing account.
+    #[serde(deserialize_with = "owned_smol_str")]
     pub account: SmolStr,
     /// The resource id (`subject`).
+    #[serde(deserialize_with = "owned_smol_str")]
     pub resource: SmolStr,
 }
 
@@ -107,7 +109,27 @@ pub struct EventOrder {
     /// carries is eight bytes more for each.
     pub id: Box<str>,
     /// CloudEvents `source`: one of a few, inline when short.
+    #[serde(deserialize_with = "owned_smol_str")]
     pub source: SmolStr,
+}
+
+/// Reads a string that need not outlive its encoding, as a restore decoding
+/// one compressed block at a time reads it (`SmolStr`'s own `Deserialize`
+/// asks to borrow it).
+fn owned_smol_str<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SmolStr, D::Error> {
+    struct Owned;
+    impl serde::de::Visitor<'_> for Owned {
+        type Value = SmolStr;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SmolStr, E> {
+            Ok(SmolStr::new(text))
+        }
+    }
+    deserializer.deserialize_string(Owned)
 }
 
 /// The least order at a time, as a bound: every event at the time sorts

@@ -517,4 +517,4 @@ mod sorted;
 #[cfg(test)]
 mod tests;
 
-pub use snapshot::{Copied, Loaded, Stored, copied, encode_letting_go};
+pub use snapshot::{Copied, Loaded, Loading, Stored, copied, encode_letting_go};

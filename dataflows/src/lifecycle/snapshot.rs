@@ -15,9 +15,10 @@
 
 use std::borrow::Borrow;
 use std::cell::Cell;
+use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{Deserialize, Deserializer, Error as _};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, Error as _, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};
 
 use super::sorted::SortedMap;
@@ -195,48 +196,127 @@ impl<'de> Deserialize<'de> for Loaded {
     }
 }
 
+/// Reads what [`Stored`] wrote as it goes, each resource made as soon as it
+/// is read and put `into` the map if its key passes `keep`; the value is
+/// how many were read. A restore reads a worker's resources so, from one
+/// compressed block at a time, and holds nothing of those it drops.
+pub struct Loading<'r, F> {
+    /// Whether a resource is kept.
+    pub keep: F,
+    /// Where the resources kept go.
+    pub into: &'r mut Resources,
+}
+
+impl<'de, F: Fn(&ResourceKey) -> bool> DeserializeSeed<'de> for Loading<'_, F> {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de, F: Fn(&ResourceKey) -> bool> Visitor<'de> for Loading<'_, F> {
+    type Value = usize;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a metadata table, then resources")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let table: Vec<Meta> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        let table: Vec<Arc<Meta>> = table.into_iter().map(Arc::new).collect();
+        let each = EachResource { table: &table, loading: self };
+        seq.next_element_seed(each)?.ok_or_else(|| A::Error::custom("no resources after the metadata table"))
+    }
+}
+
+/// The resources after the metadata table, made and kept or dropped one
+/// by one.
+struct EachResource<'t, 'r, F> {
+    table: &'t [Arc<Meta>],
+    loading: Loading<'r, F>,
+}
+
+impl<'de, F: Fn(&ResourceKey) -> bool> DeserializeSeed<'de> for EachResource<'_, '_, F> {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: Fn(&ResourceKey) -> bool> Visitor<'de> for EachResource<'_, '_, F> {
+    type Value = usize;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("resources")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let Loading { keep, into } = self.loading;
+        // Room for the count the encoding gives, up to a bound: a garbled
+        // count must not take memory it never fills.
+        into.reserve(seq.size_hint().unwrap_or(0).min(1 << 20));
+        // Gauge quantities read back are shared, as decoding shares them.
+        let mut shapes = Interner::default();
+        let mut read = 0;
+        while let Some((key, resource)) = seq.next_element::<(ResourceKey, Read)>()? {
+            read += 1;
+            if keep(&key) {
+                let resource = made(self.table, &mut shapes, resource).map_err(A::Error::custom)?;
+                into.insert(key, Arc::new(resource));
+            }
+        }
+        Ok(read)
+    }
+}
+
 impl Loaded {
     /// The resources `read` describes, their metadata at places in `table`.
     fn of(table: Vec<Meta>, read: Vec<(ResourceKey, Read)>) -> Result<Loaded, String> {
         let table: Vec<Arc<Meta>> = table.into_iter().map(Arc::new).collect();
-        let meta = |place: u32| {
-            let found = usize::try_from(place).ok().and_then(|p| table.get(p));
-            found.cloned().ok_or_else(|| format!("metadata place {place} of {}", table.len()))
-        };
-        let sorted = |what: &str| format!("{what} not sorted by key");
-        // Gauge quantities read back are shared, as decoding shares them.
         let mut shapes = Interner::default();
         let mut resources = Vec::with_capacity(read.len());
-        for (key, (base, base_meta, events, counted)) in read {
-            let events = events
-                .into_iter()
-                .map(|(order, (kind, quantities, place))| {
-                    if !kind.is_gauge() {
-                        return Err("a counter event among the gauge events".to_string());
-                    }
-                    Ok((order, Entry { kind, quantities: shapes.quantities(&quantities), meta: meta(place)? }))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            let counted = counted
-                .into_iter()
-                .map(|(window, (sums, first, (order, place), at_start))| {
-                    let at_start = match at_start {
-                        Some((order, place)) => Some(Box::new((order, meta(place)?))),
-                        None => None,
-                    };
-                    Ok((window, Counted { sums, first, latest: (order, meta(place)?), at_start }))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            let resource = Resource {
-                base: shapes.quantities(&base),
-                base_meta: base_meta.map(meta).transpose()?,
-                events: SortedMap::from_sorted(events).ok_or_else(|| sorted("events"))?,
-                counted: SortedMap::from_sorted(counted).ok_or_else(|| sorted("windows of counters"))?,
-            };
-            resources.push((key, Arc::new(resource)));
+        for (key, resource) in read {
+            resources.push((key, Arc::new(made(&table, &mut shapes, resource)?)));
         }
         Ok(Loaded(resources))
     }
+}
+
+/// The resource `read` describes, its metadata at places in `table`.
+fn made(table: &[Arc<Meta>], shapes: &mut Interner, read: Read) -> Result<Resource, String> {
+    let (base, base_meta, events, counted) = read;
+    let meta = |place: u32| {
+        let found = usize::try_from(place).ok().and_then(|p| table.get(p));
+        found.cloned().ok_or_else(|| format!("metadata place {place} of {}", table.len()))
+    };
+    let sorted = |what: &str| format!("{what} not sorted by key");
+    let events = events
+        .into_iter()
+        .map(|(order, (kind, quantities, place))| {
+            if !kind.is_gauge() {
+                return Err("a counter event among the gauge events".to_string());
+            }
+            Ok((order, Entry { kind, quantities: shapes.quantities(&quantities), meta: meta(place)? }))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let counted = counted
+        .into_iter()
+        .map(|(window, (sums, first, (order, place), at_start))| {
+            let at_start = match at_start {
+                Some((order, place)) => Some(Box::new((order, meta(place)?))),
+                None => None,
+            };
+            Ok((window, Counted { sums, first, latest: (order, meta(place)?), at_start }))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Resource {
+        base: shapes.quantities(&base),
+        base_meta: base_meta.map(meta).transpose()?,
+        events: SortedMap::from_sorted(events).ok_or_else(|| sorted("events"))?,
+        counted: SortedMap::from_sorted(counted).ok_or_else(|| sorted("windows of counters"))?,
+    })
 }
 
 impl Resource {
