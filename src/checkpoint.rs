@@ -81,8 +81,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tally_dataflows::checkpoint::{
-    ChunkId, ChunkStore, DecodeError, Part, Pieces, SegmentId, ShardParts, Shared, chunks_named,
-    dedup_part_of_format_3, pieces, segments_named, usage_part,
+    ChunkId, ChunkReader, ChunkStore, DecodeError, Part, Pieces, SegmentId, ShardParts, Shared, dedup_part_of_format_3,
+    pieces, segments_named, usage_part,
 };
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::lifecycle::{Loaded, Stored};
@@ -278,31 +278,41 @@ fn write_named<Id: Serialize>(store: &Store, name: &str, id: Id, bytes: Pieces, 
     store.put_pieces(name, pieces, mid_write);
 }
 
-/// Reads the objects a shard's `part` names, `named`, each stored under
-/// `name(id)`: their bytes after the header, which must name the same id in
-/// one of `formats`. `kind` names such an object in messages.
+/// Reads the objects a shard's `part` names, `named`, as [`read_named_one`]
+/// reads each.
 fn read_named<Id: Copy + Ord + Debug + DeserializeOwned>(
     store: &Store,
     named: Result<Vec<Id>, DecodeError>,
     name: fn(Id) -> String,
     (formats, part, kind): (RangeInclusive<u32>, &str, &str),
 ) -> Result<BTreeMap<Id, Vec<u8>>, CheckpointError> {
-    let corrupt =
-        |name: &str, message: String| CheckpointError::Corrupt { url: store.url().into(), name: name.into(), message };
-    let named = named.map_err(|e| corrupt(&format!("a shard's {part}"), e.to_string()))?;
-    let mut read = BTreeMap::new();
-    for id in named {
-        let name = name(id);
-        let bytes =
-            store.get(&name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.clone() })?;
-        let ((format, found), body): ((u32, Id), &[u8]) =
-            postcard::take_from_bytes(&bytes).map_err(|e| corrupt(&name, e.to_string()))?;
-        if !formats.contains(&format) || found != id {
-            return Err(corrupt(&name, format!("holds {kind} {found:?} of format {format}")));
-        }
-        read.insert(id, body.to_vec());
+    let named = named.map_err(|e| CheckpointError::Corrupt {
+        url: store.url().into(),
+        name: format!("a shard's {part}"),
+        message: e.to_string(),
+    })?;
+    named.into_iter().map(|id| Ok((id, read_named_one(store, id, name, (&formats, kind))?))).collect()
+}
+
+/// Reads object `id`, stored under `name(id)`: its bytes after the header,
+/// which must name the same id in one of `formats`. `kind` names such an
+/// object in messages.
+fn read_named_one<Id: Copy + Debug + PartialEq + DeserializeOwned>(
+    store: &Store,
+    id: Id,
+    name: fn(Id) -> String,
+    (formats, kind): (&RangeInclusive<u32>, &str),
+) -> Result<Vec<u8>, CheckpointError> {
+    let name = name(id);
+    let corrupt = |message: String| CheckpointError::Corrupt { url: store.url().into(), name: name.clone(), message };
+    let bytes =
+        store.get(&name).ok_or_else(|| CheckpointError::Missing { url: store.url().into(), name: name.clone() })?;
+    let ((format, found), body): ((u32, Id), &[u8]) =
+        postcard::take_from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if !formats.contains(&format) || found != id {
+        return Err(corrupt(format!("holds {kind} {found:?} of format {format}")));
     }
-    Ok(read)
+    Ok(body.to_vec())
 }
 
 /// Where a usage chunk is stored.
@@ -315,9 +325,13 @@ pub fn write_chunk(store: &Store, id: ChunkId, blocks: Pieces) {
     write_named(store, &chunk_name(id), id, blocks, Some(Fault::MidChunkWrite));
 }
 
-/// Reads the usage chunks a shard's parts name.
-pub fn read_chunks(store: &Store, parts: &ShardParts) -> Result<BTreeMap<ChunkId, Vec<u8>>, CheckpointError> {
-    read_named(store, chunks_named(parts), chunk_name, (FORMAT..=FORMAT, "usage part", "chunk"))
+/// A restore reads the usage chunks a shard names from the store, one at a
+/// time as it decodes them.
+impl ChunkReader for Store {
+    fn read(&self, id: ChunkId) -> Result<Cow<'_, [u8]>, DecodeError> {
+        let read = read_named_one(self, id, chunk_name, (&(FORMAT..=FORMAT), "chunk"));
+        read.map(Cow::Owned).map_err(|unread| DecodeError::UnreadChunk { chunk: id, why: unread.to_string() })
+    }
 }
 
 /// The store usage snapshots write their chunks to.
@@ -695,21 +709,20 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_read_as_the_usage_part_names_them_and_checked() {
+    fn chunks_are_read_by_id_and_checked() {
         let (store, dir) = scratch();
         let ids = [0, 1].map(|index| ChunkId { epoch: 5, worker: 1, workers: 2, index });
         let chunks = Chunks { store: store.another(), chunk_bytes: 1 };
         chunks.write(ids[0], vec![Bytes::from_static(b"fir"), Bytes::from_static(b"st")]);
         chunks.write(ids[1], vec![Bytes::from_static(b"second")]);
-        let named = |ids: &[ChunkId]| vec![(Part::Usage, pieces::joined(&usage_part(ids, Vec::new())))];
-        let read = read_chunks(&store, &named(&ids)).unwrap();
-        assert_eq!(read, BTreeMap::from([(ids[0], b"first".to_vec()), (ids[1], b"second".to_vec())]));
+        assert_eq!(store.read(ids[0]).unwrap(), &b"first"[..]);
+        assert_eq!(store.read(ids[1]).unwrap(), &b"second"[..]);
         assert_eq!(chunk_name(ids[1]), "usage/00000000000000000005/00001-of-00002-00001.bin");
         let missing = ChunkId { index: 2, ..ids[0] };
-        let error = read_chunks(&store, &named(&[missing])).unwrap_err().to_string();
+        let error = store.read(missing).unwrap_err().to_string();
         assert!(error.contains("usage/00000000000000000005/00001-of-00002-00002.bin is missing"), "{error}");
         store.put(&chunk_name(missing), store.get(&chunk_name(ids[0])).unwrap(), None);
-        let error = read_chunks(&store, &named(&[missing])).unwrap_err().to_string();
+        let error = store.read(missing).unwrap_err().to_string();
         assert!(error.contains("holds chunk ChunkId { epoch: 5, worker: 1, workers: 2, index: 0 }"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }

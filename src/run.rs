@@ -408,8 +408,7 @@ impl Start {
                 for name in shards {
                     let parts = checkpoint::read_shard(store, name)?;
                     let segments = checkpoint::read_segments(store, &parts)?;
-                    let chunks = checkpoint::read_chunks(store, &parts)?;
-                    restored.add_shard(&parts, (&segments, &chunks), worker, workers).map_err(|e| {
+                    restored.add_shard(&parts, (&segments, store), worker, workers).map_err(|e| {
                         CheckpointError::Corrupt { url: store.url().into(), name: name.clone(), message: e.to_string() }
                     })?;
                 }

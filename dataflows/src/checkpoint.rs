@@ -17,6 +17,7 @@
 //! written again, from the restored state, in the first epoch the restored run
 //! works, so that no row an abandoned epoch wrote outlives the restore.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -118,6 +119,20 @@ pub trait ChunkStore: Send + Sync {
 /// Objects a shard names (segments, chunks), read: each one's bytes by its
 /// id.
 pub type Named<Id> = BTreeMap<Id, Vec<u8>>;
+
+/// Where a restore reads the usage chunks a shard names: one at a time, as
+/// it decodes them, so that it holds one chunk and not a worker's every
+/// chunk.
+pub trait ChunkReader {
+    /// The blocks chunk `id` holds.
+    fn read(&self, id: ChunkId) -> Result<Cow<'_, [u8]>, DecodeError>;
+}
+
+impl ChunkReader for Named<ChunkId> {
+    fn read(&self, id: ChunkId) -> Result<Cow<'_, [u8]>, DecodeError> {
+        self.get(&id).map(|chunk| Cow::Borrowed(&chunk[..])).ok_or(DecodeError::MissingChunk(id))
+    }
+}
 
 /// A usage part: the chunks written before it, in order, then the blocks
 /// after them.
@@ -252,6 +267,14 @@ pub enum DecodeError {
     /// A shard names a chunk that was not given.
     #[error("usage chunk {0:?} is missing")]
     MissingChunk(ChunkId),
+    /// A chunk a shard names cannot be read.
+    #[error("usage chunk {chunk:?} cannot be read: {why}")]
+    UnreadChunk {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Why.
+        why: String,
+    },
     /// A part decoded a block at a time asked to borrow from its encoding:
     /// a type it holds reads a string as borrowed (see
     /// [`pieces::decode_compressed`]).
@@ -453,12 +476,12 @@ impl Restored {
 
     /// Adds the entries of one checkpointed shard (its parts as
     /// [`Snapshots::parts_at`] gave them, the segments its dedup part names,
-    /// see [`segments_named`], and the chunks its usage part names, see
-    /// [`chunks_named`]) that `worker` of `workers` owns.
+    /// see [`segments_named`], and where to read the chunks its usage part
+    /// names) that `worker` of `workers` owns.
     pub fn add_shard(
         &mut self,
         parts: &[(Part, Vec<u8>)],
-        (segments, chunks): (&Named<SegmentId>, &Named<ChunkId>),
+        (segments, chunks): (&Named<SegmentId>, &dyn ChunkReader),
         worker: usize,
         workers: usize,
     ) -> Result<(), DecodeError> {
@@ -487,23 +510,24 @@ impl Restored {
                 }
                 Part::Usage => {
                     let (named, blocks) = split_usage_part(bytes)?;
-                    let mut in_turn = Vec::with_capacity(named.len() + 1);
-                    for id in &named {
-                        in_turn.push(chunks.get(id).ok_or(DecodeError::MissingChunk(*id))?.as_slice());
-                    }
-                    in_turn.push(blocks);
+                    let mut sizes = Vec::with_capacity(named.len());
+                    let in_turn = named
+                        .iter()
+                        .map(|&id| chunks.read(id))
+                        .inspect(|chunk| sizes.extend(chunk.as_ref().map(|chunk| chunk.len() as u64)))
+                        .chain([Ok(Cow::Borrowed(blocks))]);
                     let before = self.resources.len();
                     let loading = Loading { keep: |key: &ResourceKey| mine(route(key)), into: &mut self.resources };
-                    let read = pieces::decode_compressed(in_turn.iter().copied(), loading).map_err(|undecodable| {
-                        match undecodable {
+                    let read =
+                        pieces::decode_compressed(in_turn, loading).map_err(|undecodable| match undecodable {
+                            Undecodable::Unread(unread) => unread,
                             Undecodable::Compressed(source) => DecodeError::Compressed { part: *part, source },
                             Undecodable::Encoding(source) => DecodeError::Part { part: *part, source },
                             Undecodable::Borrowed => DecodeError::Borrowing(*part),
-                        }
-                    })?;
+                        })?;
                     let kept = self.resources.len() - before;
                     self.usage_part = (self.usage_parts_added == 0 && kept == read).then(|| {
-                        let chunks = in_turn.iter().zip(&named).map(|(chunk, id)| (*id, chunk.len() as u64)).collect();
+                        let chunks = named.iter().copied().zip(sizes).collect();
                         UsagePartAsStored { bytes: bytes.clone(), chunks }
                     });
                     self.usage_parts_added += 1;
@@ -549,16 +573,6 @@ pub fn segments_named(parts: &[(Part, Vec<u8>)]) -> Result<Vec<SegmentId>, Decod
     let mut named = Vec::new();
     for (part, bytes) in parts.iter().filter(|(part, _)| *part == Part::Dedup) {
         named.extend(decode::<DedupPart>(*part, bytes)?.segments);
-    }
-    Ok(named)
-}
-
-/// The chunks a shard's usage part names: to be read before
-/// [`Restored::add_shard`].
-pub fn chunks_named(parts: &[(Part, Vec<u8>)]) -> Result<Vec<ChunkId>, DecodeError> {
-    let mut named = Vec::new();
-    for (_, bytes) in parts.iter().filter(|(part, _)| *part == Part::Usage) {
-        named.extend(split_usage_part(bytes)?.0);
     }
     Ok(named)
 }
@@ -760,7 +774,6 @@ mod tests {
         assert!(!chunks.is_empty() && !left.is_empty(), "chunks and blocks after them");
         let named: Vec<ChunkId> = chunks.keys().copied().collect();
         let parts = vec![(Part::Usage, pieces::joined(&usage_part(&named, left)))];
-        assert_eq!(chunks_named(&parts).unwrap(), named);
         let mut restored = Restored::new(7, Shared::default());
         restored.add_shard(&parts, (&BTreeMap::new(), &chunks), 0, 1).unwrap();
         assert_eq!(restored.resources, resources);

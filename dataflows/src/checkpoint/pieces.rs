@@ -16,6 +16,8 @@
 //! compressed encoding can also leave as it is made ([`Spill`]): its
 //! blocks, once they add up to a chunk, are handed on and not held.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use postcard::ser_flavors::Flavor;
 use serde::Serialize;
@@ -110,21 +112,30 @@ fn decompress_block(compressed: &mut &[u8], raw: &mut Vec<u8>) -> Result<(), Cor
 
 /// Decodes a value with postcard, by `seed`, from `sequences` of whole
 /// compressed blocks in turn (an encoding's chunks and the blocks after
-/// them, see [`Spill`]), decompressing one block at a time.
+/// them, see [`Spill`]), each sequence taken when the one before is read
+/// and decompressed one block at a time.
 ///
-/// A restore that decompressed a worker's resources whole held the raw
-/// encoding and everything read from it beside the resources made: 1,076
-/// bytes per resource at the restart's peak, against 792 read this way
-/// (`benches/recovery.sh 1000000 2500000`). Nothing decoded this way may
-/// borrow from the encoding:
-/// strings are read as owned strings (`deserialize_string`), never as
-/// borrowed ones (`deserialize_str`).
-pub fn decode_compressed<'a, S: DeserializeSeed<'a>>(
-    sequences: impl Iterator<Item = &'a [u8]> + 'a,
+/// A restore that read a worker's chunks first and decompressed its
+/// resources whole held all of them and the raw encoding beside the
+/// resources made: 1,076 bytes per resource at the restart's peak, against
+/// 702 with its chunks read one at a time and decoded a block at a time
+/// (`benches/recovery.sh 1000000 2500000`).
+/// Nothing decoded this way may borrow from the encoding: strings are read
+/// as owned strings (`deserialize_string`), never as borrowed ones
+/// (`deserialize_str`).
+pub fn decode_compressed<'a, S: DeserializeSeed<'a>, E: 'a>(
+    sequences: impl Iterator<Item = Result<Cow<'a, [u8]>, E>> + 'a,
     seed: S,
-) -> Result<S::Value, Undecodable> {
-    let blocks =
-        FromBlocks { sequences, compressed: &[], block: Vec::new(), at: 0, spanning: Vec::new(), failure: None };
+) -> Result<S::Value, Undecodable<E>> {
+    let blocks = FromBlocks {
+        sequences,
+        compressed: Cow::Borrowed(&[]),
+        read: 0,
+        block: Vec::new(),
+        at: 0,
+        spanning: Vec::new(),
+        failure: None,
+    };
     let mut deserializer = postcard::Deserializer::from_flavor(blocks);
     let decoded = seed.deserialize(&mut deserializer);
     let failure = deserializer.finalize().expect("finalizing reads nothing");
@@ -137,10 +148,13 @@ pub fn decode_compressed<'a, S: DeserializeSeed<'a>>(
 
 /// Why [`decode_compressed`] read nothing.
 #[derive(Debug, thiserror::Error)]
-pub enum Undecodable {
+pub enum Undecodable<E> {
+    /// A sequence of blocks cannot be had.
+    #[error(transparent)]
+    Unread(E),
     /// The blocks cannot be decompressed.
     #[error(transparent)]
-    Compressed(#[from] Corrupt),
+    Compressed(Corrupt),
     /// The bytes are not an encoding of the value.
     #[error(transparent)]
     Encoding(postcard::Error),
@@ -152,40 +166,55 @@ pub enum Undecodable {
 
 /// A postcard source reading compressed blocks one at a time: the current
 /// block's bytes, and a scratch copy for a read that spans two blocks.
-struct FromBlocks<'a, I> {
+struct FromBlocks<'a, I, E> {
     sequences: I,
-    /// The rest of the current sequence.
-    compressed: &'a [u8],
+    /// The current sequence, and how much of it is read.
+    compressed: Cow<'a, [u8]>,
+    read: usize,
     block: Vec<u8>,
     /// Where in `block` the next read starts.
     at: usize,
     spanning: Vec<u8>,
     /// Why reading stopped, where postcard's errors cannot say it.
-    failure: Option<Undecodable>,
+    failure: Option<Undecodable<E>>,
 }
 
-impl<'a, I: Iterator<Item = &'a [u8]>> FromBlocks<'a, I> {
+impl<'a, I: Iterator<Item = Result<Cow<'a, [u8]>, E>>, E> FromBlocks<'a, I, E> {
     /// Makes the next block with bytes in it the current one.
     fn next_block(&mut self) -> postcard::Result<()> {
         loop {
-            while self.compressed.is_empty() {
-                self.compressed = self.sequences.next().ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+            while self.read == self.compressed.len() {
+                match self.sequences.next() {
+                    None => return Err(postcard::Error::DeserializeUnexpectedEnd),
+                    Some(Err(unread)) => return Err(self.failed(Undecodable::Unread(unread))),
+                    Some(Ok(sequence)) => (self.compressed, self.read) = (sequence, 0),
+                }
             }
             self.block.clear();
             self.at = 0;
-            if let Err(corrupt) = decompress_block(&mut self.compressed, &mut self.block) {
-                self.failure = Some(Undecodable::Compressed(corrupt));
-                return Err(postcard::Error::DeserializeBadEncoding);
+            let mut rest = &self.compressed[self.read..];
+            if let Err(corrupt) = decompress_block(&mut rest, &mut self.block) {
+                return Err(self.failed(Undecodable::Compressed(corrupt)));
             }
+            self.read = self.compressed.len() - rest.len();
             if !self.block.is_empty() {
                 return Ok(());
             }
         }
     }
+
+    fn failed(&mut self, failure: Undecodable<E>) -> postcard::Error {
+        self.failure = Some(failure);
+        postcard::Error::DeserializeBadEncoding
+    }
 }
 
-impl<'a, I: Iterator<Item = &'a [u8]> + 'a> postcard::de_flavors::Flavor<'a> for FromBlocks<'a, I> {
-    type Remainder = Option<Undecodable>;
+impl<'a, I, E> postcard::de_flavors::Flavor<'a> for FromBlocks<'a, I, E>
+where
+    I: Iterator<Item = Result<Cow<'a, [u8]>, E>> + 'a,
+    E: 'a,
+{
+    type Remainder = Option<Undecodable<E>>;
     type Source = &'a [u8];
 
     fn pop(&mut self) -> postcard::Result<u8> {
@@ -197,8 +226,7 @@ impl<'a, I: Iterator<Item = &'a [u8]> + 'a> postcard::de_flavors::Flavor<'a> for
     }
 
     fn try_take_n(&mut self, _: usize) -> postcard::Result<&'a [u8]> {
-        self.failure = Some(Undecodable::Borrowed);
-        Err(postcard::Error::DeserializeBadEncoding)
+        Err(self.failed(Undecodable::Borrowed))
     }
 
     fn try_take_n_temp<'b>(&'b mut self, count: usize) -> postcard::Result<&'b [u8]>
@@ -223,7 +251,7 @@ impl<'a, I: Iterator<Item = &'a [u8]> + 'a> postcard::de_flavors::Flavor<'a> for
         }
     }
 
-    fn finalize(self) -> postcard::Result<Option<Undecodable>> {
+    fn finalize(self) -> postcard::Result<Option<Undecodable<E>>> {
         Ok(self.failure)
     }
 }
@@ -367,6 +395,7 @@ impl Flavor for InPieces<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
     use std::marker::PhantomData;
 
     use super::*;
@@ -409,7 +438,8 @@ mod tests {
         assert!(left.len() < chunk_bytes, "fewer bytes than a chunk are left: {}", left.len());
         let in_turn: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).chain([&left[..]]).collect();
         assert_eq!(in_turn.concat(), whole, "the same blocks, cut between them");
-        let decoded: Vec<String> = decode_compressed(in_turn.into_iter(), PhantomData).unwrap();
+        let in_turn = in_turn.into_iter().map(|blocks| Ok::<_, Infallible>(Cow::Borrowed(blocks)));
+        let decoded: Vec<String> = decode_compressed(in_turn, PhantomData).unwrap();
         assert_eq!(decoded, strings);
         let mut everything = Vec::new();
         let mut write = |chunk: Pieces| everything.push(joined(&chunk));
@@ -427,23 +457,30 @@ mod tests {
         let mut write = |chunk: Pieces| chunks.push(joined(&chunk));
         let left = joined(&encode_compressed_spilling(&strings, Spill { chunk_bytes: 1, write: &mut write }));
         assert!(chunks.len() > 4, "{} blocks", chunks.len());
-        let in_turn = || chunks.iter().map(Vec::as_slice).chain([&left[..]]);
+        let sequences = || chunks.iter().map(Vec::as_slice).chain([&left[..]]);
+        let in_turn = || sequences().map(|blocks| Ok::<_, Infallible>(Cow::Borrowed(blocks)));
         let decoded: Vec<String> = decode_compressed(in_turn(), PhantomData).unwrap();
         assert_eq!(decoded, strings);
-        let with_empty_sequences = in_turn().flat_map(|blocks| [&[][..], blocks]);
-        let decoded: Vec<String> = decode_compressed(with_empty_sequences, PhantomData).unwrap();
+        let owned_and_empty = sequences().flat_map(|blocks| [Cow::Owned(Vec::new()), Cow::Owned(blocks.to_vec())]);
+        let decoded: Vec<String> = decode_compressed(owned_and_empty.map(Ok::<_, Infallible>), PhantomData).unwrap();
         assert_eq!(decoded, strings);
 
-        let cut = decode_compressed::<PhantomData<Vec<String>>>(in_turn().take(2), PhantomData);
+        type Strings = PhantomData<Vec<String>>;
+        let cut = decode_compressed::<Strings, _>(in_turn().take(2), PhantomData);
         assert!(matches!(cut, Err(Undecodable::Encoding(postcard::Error::DeserializeUnexpectedEnd))), "{cut:?}");
+        let unread =
+            sequences().enumerate().map(|(i, blocks)| if i == 2 { Err("gone") } else { Ok(Cow::Borrowed(blocks)) });
+        let unread = decode_compressed::<Strings, _>(unread, PhantomData);
+        assert!(matches!(unread, Err(Undecodable::Unread("gone"))), "{unread:?}");
         let mut garbled = chunks[1].clone();
         garbled[8..].fill(0xff);
-        let garbled = decode_compressed::<PhantomData<Vec<String>>>(
-            [&chunks[0][..], &garbled[..]].into_iter().chain(in_turn().skip(2)),
+        let garbled_in_turn = [&chunks[0][..], &garbled[..]].into_iter().chain(sequences().skip(2));
+        let garbled = decode_compressed::<Strings, _>(
+            garbled_in_turn.map(|b| Ok::<_, Infallible>(Cow::Borrowed(b))),
             PhantomData,
         );
         assert!(matches!(garbled, Err(Undecodable::Compressed(_))), "{garbled:?}");
-        let borrowing = decode_compressed::<PhantomData<Vec<smol_str::SmolStr>>>(in_turn(), PhantomData);
+        let borrowing = decode_compressed::<PhantomData<Vec<smol_str::SmolStr>>, _>(in_turn(), PhantomData);
         assert!(matches!(borrowing, Err(Undecodable::Borrowed)), "{borrowing:?}");
     }
 
