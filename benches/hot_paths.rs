@@ -7,7 +7,9 @@
 //!
 //! `cargo bench --bench hot_paths`; figures go to BENCHMARKS.md.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
@@ -21,7 +23,7 @@ use tally_dataflows::event::{Event, ResourceKey};
 use tally_dataflows::fixed::Amount;
 use tally_dataflows::identity::Fingerprint;
 use tally_dataflows::intern::Interner;
-use tally_dataflows::lifecycle::{Emitted, Loaded, Resource, Resources, Stored, Windows};
+use tally_dataflows::lifecycle::{Emitted, Loading, Resource, Resources, Stored, Windows};
 use tally_dataflows::oracle;
 use tally_dataflows::prices::{PriceList, SkuKind};
 use tally_dataflows::rows::BreakdownRow;
@@ -192,11 +194,14 @@ fn checkpoint_encoding(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(plain.len() as u64));
     group.bench_function("encode_usage", |b| b.iter(|| pieces::encode(&Stored(&resources))));
     group.bench_function("encode_usage_compressed", |b| b.iter(|| Stored(&resources).compressed()));
-    group.bench_function("read_usage_compressed", |b| {
+    group.bench_function("restore_usage", |b| {
         b.iter(|| {
-            let raw = pieces::decompressed(&compressed).expect("compressed as written");
-            let Loaded(read) = postcard::from_bytes(&raw).expect("encoded as written");
-            read.len()
+            let mut into = Resources::default();
+            let keep = |_: &ResourceKey| true;
+            let blocks = [Ok::<_, Infallible>(Cow::Borrowed(&compressed[..]))];
+            pieces::decode_compressed(blocks.into_iter(), Loading { keep, into: &mut into })
+                .expect("encoded as written");
+            into.len()
         })
     });
     group.finish();
