@@ -254,9 +254,13 @@ impl<'de, F: Fn(&ResourceKey) -> bool> Visitor<'de> for EachResource<'_, '_, F> 
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
         let Loading { keep, into } = self.loading;
-        // Room for the count the encoding gives, up to a bound: a garbled
-        // count must not take memory it never fills.
-        into.reserve(seq.size_hint().unwrap_or(0).min(1 << 20));
+        // Room for the count the encoding gives, up to a bound (a garbled
+        // count must not take memory it never fills), for the first part
+        // read only: a restore under another worker count reads every
+        // worker's part and keeps some of each.
+        if into.is_empty() {
+            into.reserve(seq.size_hint().unwrap_or(0).min(1 << 20));
+        }
         // Gauge quantities read back are shared, as decoding shares them.
         let mut shapes = Interner::default();
         let mut read = 0;
