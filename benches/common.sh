@@ -52,8 +52,9 @@ bench_record() {
   {
     printf '\n### %s: `%s`\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$bench_command"
     printf -- '- commit %s%s; %s\n' "$commit" "$changes" "$("$tally" --version)"
-    printf -- '- machine: %s, %s CPUs, %s MiB, %s, Debian %s, %s\n' \
-      "$(lscpu | sed -n 's/^Model name: *//p' | head -1)" "$(nproc)" \
+    printf -- '- machine: %s (family %s, model %s), %s CPUs, %s MiB, %s, Debian %s, %s\n' \
+      "$(lscpu | sed -n 's/^Model name: *//p' | head -1)" \
+      "$(lscpu | sed -n 's/^CPU family: *//p' | head -1)" "$(lscpu | sed -n 's/^Model: *//p' | head -1)" "$(nproc)" \
       "$(awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo)" "$(uname -sr)" "$(cat /etc/debian_version)" \
       "$(rustc --version 2>/dev/null || echo 'rustc unknown')"
     printf -- '- services: ClickHouse %s, broker nisshi %s (%s storage), on the same machine\n\n' \
