@@ -8,16 +8,20 @@
 //! checkpoint its encoded state. mimalloc keeps memory left free for a
 //! while before giving it back (its purge delay), so that the next epoch
 //! finds the pages the last one left instead of faulting them in again,
-//! zeroed. The delay is one epoch, two seconds, and arenas wait as long as
-//! pages (by default ten times as long). At ten seconds (a hundred for
-//! arenas) and with the huge pages below, a live run catching up with a
-//! backlog over 1.25 million resources peaked at 1,262 to 1,344 MiB; two
-//! seconds after a checkpoint it held 1,075 to 1,185 MiB where glibc's
-//! allocator, doing the same work 40% slower, held 780: memory freed and
-//! not yet given back. With these settings: peaks of 1,159 to 1,200 MiB,
-//! 913 to 1,010 MiB after the checkpoint, and drains as fast on the wall
-//! clock, if with some more user time (BENCHMARKS.md); with no delay at
-//! all, 755 MiB, but a drain a fifth slower, faulting pages in again.
+//! zeroed. The delay is half a second, an epoch or two of a drain, and
+//! arenas wait as long as pages (by default ten times as long). At ten
+//! seconds (a hundred for arenas) and with the huge pages below, a live
+//! run catching up with a backlog over 1.25 million resources peaked at
+//! 1,262 to 1,344 MiB; two seconds after a checkpoint it held 1,075 to
+//! 1,185 MiB where glibc's allocator, doing the same work 40% slower, held
+//! 780: memory freed and not yet given back. At two seconds, a live run's
+//! epoch: peaks of 1,159 to 1,200 MiB and drains as fast on the wall clock;
+//! with no delay at all, 755 MiB at the kill, but a drain a fifth slower,
+//! faulting pages in again. On a machine twice as fast, two seconds held
+//! the memory of several epochs of a catch-up, which peaked at 1,197 to
+//! 1,266 MiB in four runs against 1,159 to 1,194 at half a second,
+//! alternated; 10M drains took 16.9 s on average against 16.7 over six
+//! pairs, with 0.45 s more system time (BENCHMARKS.md).
 //!
 //! mimalloc backs its arenas with transparent huge pages where the system
 //! allows (`madvise`), and a 2 MiB page stays resident while a single
@@ -126,8 +130,8 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
 
-/// Milliseconds memory stays free before it is given back: an epoch.
-const PURGE_DELAY_MS: c_long = 2_000;
+/// Milliseconds memory stays free before it is given back.
+const PURGE_DELAY_MS: c_long = 500;
 
 /// How often glibc is asked to give its free memory back.
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
@@ -315,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_given_back_a_page_at_a_time_an_epoch_after_it_is_freed() {
+    fn memory_is_given_back_a_page_at_a_time_half_a_second_after_it_is_freed() {
         super::configure();
         let mut printed = String::new();
         // SAFETY: `append` writes to `printed` only, during the call.
@@ -325,7 +329,7 @@ mod tests {
             line.and_then(|line| line.split(':').nth(1)).map(str::trim).unwrap_or_default()
         };
         assert_eq!(option("minimal_purge_size"), "0 KiB", "mimalloc's options: {printed}");
-        assert_eq!(option("purge_delay"), "2000", "mimalloc's options: {printed}");
+        assert_eq!(option("purge_delay"), "500", "mimalloc's options: {printed}");
         assert_eq!(option("arena_purge_mult"), "1", "mimalloc's options: {printed}");
         let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
         assert!(status.contains("THP_enabled:\t0"), "no transparent huge pages: {status}");
