@@ -120,6 +120,7 @@ fn decompress_block(compressed: &mut &[u8], raw: &mut Vec<u8>) -> Result<(), Cor
 /// resources made: 1,076 bytes per resource at the restart's peak, against
 /// 702 with its chunks read one at a time and decoded a block at a time
 /// (`benches/recovery.sh 1000000 2500000`).
+///
 /// Nothing decoded this way may borrow from the encoding: strings are read
 /// as owned strings (`deserialize_string`), never as borrowed ones
 /// (`deserialize_str`).
