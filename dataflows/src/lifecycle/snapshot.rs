@@ -44,18 +44,48 @@ impl Stored<'_> {
 impl Serialize for Stored<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let places = Places::gather(self.0.values());
-        write(&places, Entries(Cell::new(Some(self.0.iter())), &places), serializer)
+        write(&places, Entries::new(self.0.iter(), self.0.len(), &places), serializer)
     }
 }
 
 /// A copy of a worker's resources, taken for a snapshot: the entries
 /// without the map's spare room, sharing their resources with the worker's
 /// until the worker changes them.
-pub type Copied = Vec<(ResourceKey, Arc<Resource>)>;
+///
+/// The entries are copied in pieces of [`COPIED_PIECE`], and the encoding
+/// lets go of each piece once it has written it: in one vector, a worker's
+/// 625,000 entries (35 MB) were held until the last of them was written.
+pub struct Copied {
+    pieces: Vec<Vec<(ResourceKey, Arc<Resource>)>>,
+    len: usize,
+}
+
+/// Entries in a piece of a [`Copied`]: under a mebibyte each.
+const COPIED_PIECE: usize = 16_384;
+
+impl Copied {
+    /// How many resources were copied.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether none were.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn resources(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.pieces.iter().flatten().map(|(_, resource)| resource)
+    }
+}
 
 /// The entries of `resources`, copied for a snapshot.
 pub fn copied(resources: &Resources) -> Copied {
-    resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource))).collect()
+    let mut entries = resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource)));
+    let pieces = std::iter::from_fn(|| Some(entries.by_ref().take(COPIED_PIECE).collect::<Vec<_>>()))
+        .take_while(|piece| !piece.is_empty())
+        .collect();
+    Copied { pieces, len: resources.len() }
 }
 
 /// Encodes `resources` as [`Stored::compressed`] encodes the map they were
@@ -67,7 +97,7 @@ pub fn copied(resources: &Resources) -> Copied {
 /// Let go as soon as written, a resource the snapshot has passed is the
 /// worker's alone again, and one the worker copied meanwhile is freed.
 pub fn encode_letting_go(resources: Copied, spill: Option<Spill<'_>>) -> Pieces {
-    let places = Places::gather(resources.iter().map(|(_, resource)| resource));
+    let places = Places::gather(resources.resources());
     let letting_go = LettingGo(Cell::new(Some(resources)), &places);
     match spill {
         Some(spill) => pieces::encode_compressed_spilling(&letting_go, spill),
@@ -79,8 +109,9 @@ struct LettingGo<'p>(Cell<Option<Copied>>, &'p Places);
 
 impl Serialize for LettingGo<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let resources = self.0.take().expect("a snapshot is encoded once");
-        write(self.1, Entries(Cell::new(Some(resources.into_iter())), self.1), serializer)
+        let Copied { pieces, len } = self.0.take().expect("a snapshot is encoded once");
+        // Flattened, a piece is dropped as soon as the next one is begun.
+        write(self.1, Entries::new(pieces.into_iter().flatten(), len, self.1), serializer)
     }
 }
 
@@ -157,20 +188,30 @@ impl Serialize for CountedWritten<'_> {
     }
 }
 
-/// The resources, each with its key, written in the order `I` yields them
-/// and dropped once written.
-struct Entries<'p, I>(Cell<Option<I>>, &'p Places);
+/// The `len` resources `I` yields, each with its key, written in that
+/// order and dropped once written.
+struct Entries<'p, I> {
+    entries: Cell<Option<I>>,
+    len: usize,
+    places: &'p Places,
+}
+
+impl<'p, I> Entries<'p, I> {
+    fn new(entries: I, len: usize, places: &'p Places) -> Self {
+        Entries { entries: Cell::new(Some(entries)), len, places }
+    }
+}
 
 impl<I, K, R> Serialize for Entries<'_, I>
 where
-    I: ExactSizeIterator<Item = (K, R)>,
+    I: Iterator<Item = (K, R)>,
     K: Borrow<ResourceKey>,
     R: Borrow<Arc<Resource>>,
 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let entries = self.0.take().expect("resources are written once");
-        let places = self.1;
-        let mut seq = serializer.serialize_seq(Some(entries.len()))?;
+        let entries = self.entries.take().expect("resources are written once");
+        let places = self.places;
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
         for (key, resource) in entries {
             let (key, r): (&ResourceKey, &Arc<Resource>) = (key.borrow(), resource.borrow());
             let written: Written<'_> = (

@@ -204,6 +204,24 @@ fn a_snapshot_letting_go_writes_what_stored_writes_and_leaves_the_resources_unsh
 }
 
 #[test]
+fn a_snapshot_copied_in_pieces_writes_every_resource_once() {
+    let prices = prices();
+    let resources: Resources = (0..40_000)
+        .map(|i| {
+            let mut resource = Resource::default();
+            resource.insert(event(&prices, &format!("e{i}"), "2026-11-23T10:05:00Z", EventKind::Started, Some("1")));
+            (ResourceKey { account: "acc".into(), resource: format!("vm-{i}").into() }, Arc::new(resource))
+        })
+        .collect();
+    let copy = copied(&resources);
+    assert_eq!(copy.len(), resources.len());
+    let letting_go = pieces::joined(&encode_letting_go(copy, None));
+    assert_eq!(letting_go, pieces::joined(&Stored(&resources).compressed()));
+    assert!(resources.values().all(|r| Arc::strong_count(r) == 1), "the snapshot let go of every resource");
+    assert!(copied(&Resources::default()).is_empty());
+}
+
+#[test]
 fn a_usage_part_of_format_2_reads_as_it_was_written_and_shares_metadata() {
     // Written by the encoding of format 2 from these resources, with their
     // rows, which are dropped.
