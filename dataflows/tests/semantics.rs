@@ -179,6 +179,25 @@ fn duplicates_count_once_wherever_they_land() {
     assert!(ledger.rejections.is_empty());
 }
 
+/// Identity is `(source, id)` alone: a copy naming another resource is
+/// still a copy, though that resource's events are another worker's.
+#[test]
+fn a_repeated_identity_is_a_duplicate_whatever_resource_it_names() {
+    let mut topic = Topic::new(2);
+    topic
+        .send(0, &Ev::new(RECORDED, "e1", "2026-11-23T10:05:00Z", "lb-a").q(EGRESS, "1"))
+        .send(1, &Ev::new(RECORDED, "e2", "2026-11-23T10:06:00Z", "lb-b").q(EGRESS, "4"))
+        .send(1, &Ev::new(RECORDED, "e1", "2026-11-23T10:07:00Z", "lb-b").q(EGRESS, "2"))
+        .send(0, &Ev::new(RECORDED, "e1", "2026-11-23T10:08:00Z", "lb-c").q(EGRESS, "8"));
+    let ledger = check(&topic);
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb-a", EGRESS), pair("1.000000000000", "0.010000000000"));
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb-b", EGRESS), pair("4.000000000000", "0.040000000000"));
+    assert_eq!(row(&ledger, "acc-1", "2026-11-23T10:00:00Z", "lb-c", EGRESS), None);
+    assert_eq!(ledger.outcomes.accepted, 2);
+    assert_eq!(ledger.outcomes.duplicates, 2);
+    assert!(ledger.rejections.is_empty());
+}
+
 #[test]
 fn late_is_more_than_allowed_lateness_behind_the_partition_clock() {
     let mut topic = Topic::new(1);
