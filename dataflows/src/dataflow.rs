@@ -2,14 +2,21 @@
 //! out.
 //!
 //! ```text
-//!  source ─► judge ─┬─ candidates ─► dedup ─► usage ─┬─ breakdown rows
-//!  (per     (per    │  (by source,id)  (by account,  └─ deltas ─► totals ─► total rows
-//!  worker)  part.)  │                   resource)          (by account,day,sku)
-//!                   ├─ rejections ─────────────────────────────────────────► rejections
+//!  source ─► judge ─┬─ events ──────────────────► usage ─┬─ breakdown rows
+//!  (per     (per    │                  ┌ copies ─► (by account,  └─ deltas ─► totals ─► total rows
+//!  worker)  part.)  ├─ claims ─► dedup ┤           resource)           (by account,day,sku)
+//!                   │   (by source,id) └ late ───────────────────────────────────► rejections
+//!                   ├─ rejections ─────────────────────────────────────────────────► rejections
 //!                   └─ clocks ─► (broadcast) watermark ─► progress ─┐
 //!             ▲                                                     │
 //!             └──────────────── progress of epoch e-1 ◄─────────────┘
 //! ```
+//!
+//! An on-time event goes from the partition stage to the usage stage
+//! directly; its claim (identity and place) goes to deduplication, which
+//! tells the usage stage which events are copies of one counted before the
+//! usage stage works their epoch. An event is 128 bytes; through
+//! deduplication and then to usage it was moved across workers twice.
 //!
 //! The timely timestamp is the checkpoint epoch; event time is data. Every
 //! stateful operator handles a whole epoch at once, in epoch order, after the
@@ -45,7 +52,7 @@ mod totals;
 mod usage;
 
 use dedup::Seen;
-use outputs::{ActiveThree, Outputs, Three};
+use outputs::{One, Outputs};
 use usage::UsageOut;
 
 /// The streams a billing dataflow produces on each worker.
@@ -104,18 +111,18 @@ pub fn billing<'scope>(
         recorder.record_shared(epoch, || shared.clone());
     }
     let (loop_handle, previous_progress) = source.scope().feedback::<Vec<Progress>>(1);
-    let (candidates, rejected, clocks) =
+    let (events, claims, rejected, clocks) =
         partitions::judge(source, previous_progress, Arc::clone(&prices), settings, shared.clone());
 
     let restored_progress = shared.progress;
     let progress = partitions::watermark(clocks.broadcast(), settings, shared, recorder.clone());
     progress.clone().connect_loop(loop_handle);
 
-    let ((accepted, late, outcomes), dedup_recorded) =
-        dedup::dedup(candidates, progress.clone(), settings, seen, recorder.clone());
+    let ((duplicates, late, outcomes), dedup_recorded) =
+        dedup::dedup(claims, progress.clone(), settings, seen, recorder.clone());
 
     let (usage, usage_recorded) = usage::usage(
-        accepted,
+        events.concat(duplicates),
         progress.clone(),
         prices,
         usage::Start { resources, progress: restored_progress, stale: stale.breakdowns, rated_with },
@@ -158,10 +165,10 @@ fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
     let mut builder = OperatorBuilder::new("Split".to_owned(), stream.scope());
     let mut input = builder.new_input(stream, Pipeline);
     builder.set_notify_for(0, FrontierInterest::Never);
-    let (mut outputs, streams) = Three::new(&mut builder);
+    let (mut outputs, streams) = <(One<A>, One<B>, One<C>)>::new(&mut builder);
     builder.build(move |_| {
         move |_| {
-            let ActiveThree { mut first, mut second, mut third } = outputs.activate();
+            let (mut first, mut second, mut third) = outputs.activate();
             input.for_each(|cap, data| {
                 let (mut first, mut second, mut third) =
                     (first.session(&cap), second.session(&cap), third.session(&cap));

@@ -240,6 +240,8 @@ fn validate(raw: RawEvent<'_>, prices: &PriceList, interner: &mut Interner) -> R
     Ok(Event {
         order: EventOrder { time, id: id.into_owned().into_boxed_str(), source: interner.source(&source) },
         kind,
+        read_by: 0,
+        read_nth: 0,
         resource: ResourceKey { account: interner.account(&account), resource: SmolStr::new(subject) },
         quantities,
         meta,

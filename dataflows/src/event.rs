@@ -163,6 +163,13 @@ pub struct Event {
     pub order: EventOrder,
     /// Its type.
     pub kind: EventKind,
+    /// The partition stage's worker that read it: with `read_nth`, what
+    /// deduplication names a copy by to the usage stage (see [`ReadAt`]).
+    /// Two fields rather than a struct: they fit in the room `kind`
+    /// leaves, and an event stays 128 bytes.
+    pub read_by: u16,
+    /// How many messages that worker had read in the epoch before it.
+    pub read_nth: u32,
     /// The resource it concerns.
     pub resource: ResourceKey,
     /// SKU quantities, sorted by SKU and unique; empty for `resource.stopped`.
@@ -176,7 +183,17 @@ impl Event {
     pub fn time(&self) -> Millis {
         self.order.time
     }
+
+    /// Where the partition stage read it.
+    pub fn read_at(&self) -> ReadAt {
+        (self.read_by, self.read_nth)
+    }
 }
+
+/// Where the partition stage read an event: the worker, and how many
+/// messages it had read in the epoch before it. No two events of an epoch
+/// share one; 0 and 0 until the partition stage sets it.
+pub type ReadAt = (u16, u32);
 
 /// Why an event was rejected: the contract's reasons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

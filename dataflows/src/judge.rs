@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::route;
 use crate::decode::{Invalid, decode};
-use crate::event::{Event, Message, Offset, Partition, Reason};
+use crate::event::{Event, Message, Offset, Partition, ReadAt, Reason};
 use crate::identity::Fingerprint;
 use crate::intern::Interner;
 use crate::prices::PriceList;
@@ -63,20 +64,39 @@ pub struct ClockReport {
     pub clock: PartitionClock,
 }
 
-/// A well-formed event on its way to deduplication.
+/// A well-formed event's claim to be counted, on its way to deduplication.
+/// An on-time event goes to the usage stage at once, by its own route, and
+/// its claim to deduplication by its identity: the event, 128 bytes, is
+/// exchanged once, and the claim decides whether it counts (see
+/// [`crate::dataflow::dedup`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Candidate {
-    /// The event.
-    pub event: Event,
-    /// Its identity.
+pub struct Claim {
+    /// The event's identity.
     pub identity: Fingerprint,
+    /// Its event time.
+    pub time: Millis,
     /// Where it was read.
     pub partition: Partition,
     /// Its offset there.
     pub offset: Offset,
-    /// Set when the event is more than `allowed_lateness` behind its partition's
-    /// clock: kept for `rejected_events` in case it is not a duplicate.
-    pub late: Option<Box<LateCopy>>,
+    /// On time, and where its event went; or late.
+    pub arrival: Arrival,
+}
+
+/// How a claim's event arrived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arrival {
+    /// An on-time event, sent to the usage stage by this route (that of its
+    /// resource).
+    OnTime {
+        /// The route of the event's resource.
+        route: u64,
+        /// Where the partition stage read it.
+        read_at: ReadAt,
+    },
+    /// An event more than `allowed_lateness` behind its partition's clock:
+    /// kept for `rejected_events` in case it is not a duplicate.
+    Late(Box<LateCopy>),
 }
 
 /// A late message and why it is late, carried until deduplication decides.
@@ -93,8 +113,12 @@ pub struct LateCopy {
 pub enum Verdict {
     /// Rejected here.
     Rejected(Rejection),
-    /// Well-formed; deduplication decides the rest.
-    Candidate(Candidate),
+    /// On time: its event goes to usage, its claim to deduplication, which
+    /// decides whether the event counts.
+    OnTime(Event, Claim),
+    /// Late: its claim goes to deduplication, which decides whether it is a
+    /// duplicate or rejected.
+    Late(Claim),
 }
 
 /// A message with its event decoded and identified, or why it cannot be.
@@ -122,7 +146,7 @@ impl Decoded {
 impl PartitionClock {
     /// Judges the partition's next message and advances the clock.
     ///
-    /// A late event is still a candidate: a repeat of an event already counted
+    /// A late event still claims: a repeat of an event already counted
     /// is a duplicate however late it comes, within the dedup horizon. Beyond
     /// the horizon no copy can be remembered, so it is rejected here.
     ///
@@ -130,9 +154,15 @@ impl PartitionClock {
     /// on time for its own partition can still be aimed at a final window when
     /// its partition was idle while the others moved on (a live run only): that
     /// is late too, since final rows never change.
-    pub fn judge(&mut self, decoded: Decoded, settings: &Settings, final_before: Option<Millis>) -> Verdict {
+    pub fn judge(
+        &mut self,
+        decoded: Decoded,
+        read_at: ReadAt,
+        settings: &Settings,
+        final_before: Option<Millis>,
+    ) -> Verdict {
         let Decoded { message, event } = decoded;
-        let (event, identity) = match event {
+        let (mut event, identity) = match event {
             Ok(event) => event,
             Err(invalid) => {
                 return Verdict::Rejected(Rejection::of(message, invalid.reason, invalid.detail));
@@ -159,11 +189,14 @@ impl PartitionClock {
             return Verdict::Rejected(Rejection::of(message, Reason::Late, detail));
         }
         let (partition, offset) = (message.partition, message.offset);
-        let late = late.then(|| {
+        if late {
             let detail = behind_clock(time, self.clock, "allowed_lateness");
-            Box::new(LateCopy { message, detail })
-        });
-        Verdict::Candidate(Candidate { event, identity, partition, offset, late })
+            let arrival = Arrival::Late(Box::new(LateCopy { message, detail }));
+            return Verdict::Late(Claim { identity, time, partition, offset, arrival });
+        }
+        (event.read_by, event.read_nth) = read_at;
+        let arrival = Arrival::OnTime { route: route(&event.resource), read_at };
+        Verdict::OnTime(event, Claim { identity, time, partition, offset, arrival })
     }
 }
 

@@ -1,9 +1,12 @@
-//! Deduplication by `(source, id)`, exchanged by that identity.
+//! Deduplication by `(source, id)`, of claims exchanged by that identity.
 //!
-//! An epoch's on-time candidates are taken first, in `(partition, offset)`
-//! order, then its late ones. The first on-time copy of an identity is
-//! accepted; any other copy, late ones included, is a duplicate. A late copy of
-//! an identity not accepted by the end of its epoch is rejected as `late`.
+//! The events themselves go from the partition stage to the usage stage; a
+//! claim is their identity and where they were read. An epoch's on-time
+//! claims are taken first, in `(partition, offset)` order, then its late
+//! ones. The first on-time copy of an identity is accepted; any other copy,
+//! late ones included, is a duplicate, and the usage stage is told to leave
+//! an on-time duplicate's event out. A late copy of an identity not
+//! accepted by the end of its epoch is rejected as `late`.
 //! Copies of one identity are expected to be the same event; a late copy and an
 //! on-time copy on different partitions in different epochs are judged in
 //! epoch order (only that late copy's `rejected_events` entry can differ
@@ -21,13 +24,14 @@ use std::ops::Range;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 
-use super::outputs::Three;
+use super::outputs::{One, Ports};
 use super::pending::{Batches, Pending};
 use super::snapshots::stateful;
+use super::usage::UsageIn;
 use crate::checkpoint::{DedupPart, Part, Pieces, Record, Recorded, Recorder, RestoredSeen, SegmentId, pieces};
-use crate::event::{Event, Reason};
+use crate::event::Reason;
 use crate::identity::{BuildFingerprintHasher, Fingerprint};
-use crate::judge::Candidate;
+use crate::judge::{Arrival, Claim};
 use crate::rows::{Outcomes, Progress, Rejection};
 use crate::settings::Settings;
 use crate::time::{HOUR, Millis, window_start};
@@ -214,89 +218,84 @@ impl Record for Seen {
     }
 }
 
-/// What deduplication emits: the events counted from here on, the late
-/// copies of nothing counted, and the epoch's counts on this worker.
+/// What deduplication emits: the on-time events that do not count, for
+/// the usage stage, the late copies of nothing counted, and the epoch's
+/// counts on this worker.
 pub(crate) type Deduped<'scope> =
-    (StreamVec<'scope, u64, Event>, StreamVec<'scope, u64, Rejection>, StreamVec<'scope, u64, Outcomes>);
+    (StreamVec<'scope, u64, UsageIn>, StreamVec<'scope, u64, Rejection>, StreamVec<'scope, u64, Outcomes>);
 
-/// Deduplicates candidates; `progress` is this worker's copy of the progress.
+/// Deduplicates claims; `progress` is this worker's copy of the progress.
 /// Starts from the identities `seen`, and records its state with `recorder`.
 /// The second stream holds back each checkpoint epoch until its snapshot is
 /// recorded.
 pub(crate) fn dedup<'scope>(
-    candidates: StreamVec<'scope, u64, Candidate>,
+    claims: StreamVec<'scope, u64, Claim>,
     progress: StreamVec<'scope, u64, Progress>,
     settings: Settings,
     mut seen: Seen,
     recorder: Recorder,
 ) -> (Deduped<'scope>, StreamVec<'scope, u64, ()>) {
-    let by_identity = Exchange::new(|c: &Candidate| c.identity.route());
+    let by_identity = Exchange::new(|c: &Claim| c.identity.route());
     let part = (recorder, Part::Dedup);
-    stateful::<_, Three<_, _, _>, _, _, _>(candidates, progress, by_identity, "Dedup", part, move |mut snapshots, _| {
-        let mut pending = Pending::<Candidate, Progress, 3>::default();
-        move |(candidates, candidates_frontier), (progress, progress_frontier), output| {
+    type Outputs = (One<UsageIn>, One<Rejection>, One<Outcomes>);
+    stateful::<_, Outputs, _, _, _>(claims, progress, by_identity, "Dedup", part, move |mut snapshots, _| {
+        let mut pending = Pending::<Claim, Progress, 3>::default();
+        move |(claims, claims_frontier), (progress, progress_frontier), output| {
             let ports = output.ports();
-            candidates.for_each(|cap, data| pending.first(&cap, ports, data));
+            claims.for_each(|cap, data| pending.first(&cap, ports, data));
             progress.for_each(|cap, data| pending.second(&cap, ports, data));
-            for (time, epoch) in pending.complete(&[candidates_frontier, progress_frontier]) {
+            for (time, epoch) in pending.complete(&[claims_frontier, progress_frontier]) {
                 snapshots.before(time, &mut seen);
-                let [accepted_at, rejected_at, outcomes_at] = &epoch.capabilities;
-                let mut accepted = output.first.session(accepted_at);
-                let mut rejected = output.second.session(rejected_at);
+                let [duplicates_at, rejected_at, outcomes_at] = &epoch.capabilities;
+                let mut duplicates = output.0.session(duplicates_at);
+                let mut rejected = output.1.session(rejected_at);
                 let mut outcomes = Outcomes::default();
-                for candidate in in_dedup_order(epoch.first) {
-                    // An on-time candidate is looked up by inserting it: the
+                for claim in in_dedup_order(epoch.first) {
+                    // An on-time claim is looked up by inserting it: the
                     // set holds every identity of the horizon, and each
                     // probe of it is a miss in the cache.
-                    match candidate.late {
-                        None if seen.insert(candidate.identity, candidate.event.time()) => {
-                            outcomes.accepted += 1;
-                            accepted.give(candidate.event);
+                    match claim.arrival {
+                        Arrival::OnTime { .. } if seen.insert(claim.identity, claim.time) => outcomes.accepted += 1,
+                        Arrival::OnTime { route, read_at } => {
+                            outcomes.duplicates += 1;
+                            duplicates.give(UsageIn::Duplicate { route, at: read_at });
                         }
-                        Some(late) if !seen.contains(&candidate.identity) => {
+                        Arrival::Late(late) if !seen.contains(&claim.identity) => {
                             let late = *late;
                             rejected.give(Rejection::of(late.message, Reason::Late, late.detail));
                         }
-                        _ => outcomes.duplicates += 1,
+                        Arrival::Late(_) => outcomes.duplicates += 1,
                     }
                 }
                 if outcomes != Outcomes::default() {
-                    output.third.session(outcomes_at).give(outcomes);
+                    output.2.session(outcomes_at).give(outcomes);
                 }
                 if let Some(watermark) = epoch.second.last().and_then(|p| p.watermark) {
                     seen.forget_before(watermark.saturating_sub(settings.dedup_horizon));
                 }
                 snapshots.worked(time);
             }
-            snapshots.after(&[candidates_frontier, progress_frontier], &mut seen);
+            snapshots.after(&[claims_frontier, progress_frontier], &mut seen);
         }
     })
 }
 
-/// An epoch's candidates on time first, each part in `(partition, offset)`
-/// order. Their keys are sorted rather than the candidates themselves,
-/// which are large: sorting moved each a dozen times or more. A key is
-/// one integer, compared in two instructions where a tuple of its parts
-/// took a comparison per part (sorting was 360 instructions a candidate).
-fn in_dedup_order(candidates: Batches<Candidate>) -> impl Iterator<Item = Candidate> {
-    // Made at its size: collected from the batches, it grew by doubling.
-    let mut order = Vec::with_capacity(candidates.batches().iter().map(Vec::len).sum());
-    order.extend((candidates.batches().iter().enumerate()).flat_map(|(batch, candidates)| {
-        let at = move |(index, c): (usize, &Candidate)| (dedup_order(c), (batch, index));
-        candidates.iter().enumerate().map(at)
-    }));
-    order.sort_unstable_by_key(|&(key, _)| key);
-    let mut candidates: Vec<Vec<Option<Candidate>>> =
-        candidates.into_batches().into_iter().map(|batch| batch.into_iter().map(Some).collect()).collect();
-    order.into_iter().map(move |(_, (batch, index))| candidates[batch][index].take().expect("each candidate once"))
+/// An epoch's claims on time first, each part in `(partition, offset)`
+/// order. A claim's key is computed once: it is one integer, compared in
+/// two instructions where a tuple of its parts took a comparison per part.
+fn in_dedup_order(claims: Batches<Claim>) -> Vec<Claim> {
+    let mut claims: Vec<Claim> = claims.into_iter().collect();
+    claims.sort_by_cached_key(dedup_order);
+    claims
 }
 
 /// Orders as `(late, partition, offset)` does: a message is read once, so
-/// no two candidates of an epoch share a key.
-fn dedup_order(candidate: &Candidate) -> u128 {
+/// no two claims of an epoch share a key.
+fn dedup_order(claim: &Claim) -> u128 {
     // Flipping the sign bit maps offsets to unsigned integers in order.
-    let offset = candidate.offset.cast_unsigned() ^ (1 << 63);
-    u128::from(candidate.late.is_some()) << 96 | u128::from(candidate.partition) << 64 | u128::from(offset)
+    let offset = claim.offset.cast_unsigned() ^ (1 << 63);
+    let late = matches!(claim.arrival, Arrival::Late(_));
+    u128::from(late) << 96 | u128::from(claim.partition) << 64 | u128::from(offset)
 }
 
 #[cfg(test)]
@@ -340,35 +339,27 @@ mod tests {
         seen.by_hour.clone()
     }
 
-    fn candidate(partition: Partition, offset: Offset, late: bool) -> Candidate {
-        use crate::event::{EventKind, EventOrder, Message, ResourceKey};
+    fn claim(partition: Partition, offset: Offset, late: bool) -> Claim {
+        use crate::event::Message;
         use crate::judge::LateCopy;
-        Candidate {
-            event: Event {
-                order: EventOrder { time: 0, id: Box::default(), source: Default::default() },
-                kind: EventKind::Stopped,
-                resource: ResourceKey::default(),
-                quantities: Default::default(),
-                meta: Default::default(),
-            },
-            identity: identity(offset as u64),
-            partition,
-            offset,
-            late: late.then(|| {
-                let message = Message { partition, offset, timestamp: 0, payload: Vec::new() };
-                Box::new(LateCopy { message, detail: String::new() })
-            }),
-        }
+        let arrival = if late {
+            let message = Message { partition, offset, timestamp: 0, payload: Vec::new() };
+            Arrival::Late(Box::new(LateCopy { message, detail: String::new() }))
+        } else {
+            Arrival::OnTime { route: 0, read_at: (0, 0) }
+        };
+        Claim { identity: identity(offset as u64), time: 0, partition, offset, arrival }
     }
 
     #[test]
-    fn candidates_come_on_time_first_each_in_partition_and_offset_order() {
+    fn claims_come_on_time_first_each_in_partition_and_offset_order() {
         let arrived =
             [(1, 7, false), (0, 9, true), (0, 3, false), (1, 2, false), (0, 1, true), (0, 5, false), (1, 4, true)];
-        let mut earlier: Vec<_> = arrived.iter().map(|&(p, o, l)| candidate(p, o, l)).collect();
+        let mut earlier: Vec<_> = arrived.iter().map(|&(p, o, l)| claim(p, o, l)).collect();
         let later = earlier.split_off(3);
         let ordered: Vec<_> = in_dedup_order(Batches::from(vec![earlier, later]))
-            .map(|c| (c.partition, c.offset, c.late.is_some()))
+            .into_iter()
+            .map(|c| (c.partition, c.offset, matches!(c.arrival, Arrival::Late(_))))
             .collect();
         let expected =
             [(0, 3, false), (0, 5, false), (1, 2, false), (1, 7, false), (0, 1, true), (0, 9, true), (1, 4, true)];
@@ -381,7 +372,7 @@ mod tests {
             a in (proptest::bool::ANY, proptest::num::u32::ANY, proptest::num::i64::ANY),
             b in (proptest::bool::ANY, proptest::num::u32::ANY, proptest::num::i64::ANY),
         ) {
-            let key = |(late, partition, offset)| dedup_order(&candidate(partition, offset, late));
+            let key = |(late, partition, offset)| dedup_order(&claim(partition, offset, late));
             proptest::prop_assert_eq!(key(a).cmp(&key(b)), a.cmp(&b));
         }
     }

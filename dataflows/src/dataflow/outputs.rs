@@ -1,5 +1,5 @@
-//! An operator's data outputs: one stream, or three that each record goes
-//! to one of.
+//! An operator's data outputs: one stream, or several that each record
+//! goes to one of.
 //!
 //! An operator whose records go three ways once emitted an enum of them on
 //! one stream, which an operator after it split: each record was written
@@ -48,43 +48,38 @@ impl<O: 'static> Outputs for One<O> {
     }
 }
 
-/// Three outputs, of `A`s, `B`s and `C`s.
-pub(crate) struct Three<A: 'static, B: 'static, C: 'static> {
-    first: One<A>,
-    second: One<B>,
-    third: One<C>,
+/// Outputs that each record goes to one of: a tuple of [`One`]s, active as
+/// the tuple of their sessions.
+macro_rules! outputs_of_a_tuple {
+    ($count:literal; $($record:ident $index:tt),+) => {
+        impl<$($record: 'static),+> Outputs for ($(One<$record>,)+) {
+            type Streams<'scope> = ($(StreamVec<'scope, u64, $record>,)+);
+            type Active<'a> = ($(ActiveOne<'a, $record>,)+);
+
+            fn new<'scope>(builder: &mut OperatorBuilder<'scope, u64>) -> (Self, Self::Streams<'scope>) {
+                let made = ($(<One<$record>>::new(builder),)+);
+                (($(made.$index.0,)+), ($(made.$index.1,)+))
+            }
+
+            fn activate(&mut self) -> Self::Active<'_> {
+                ($(self.$index.activate(),)+)
+            }
+        }
+
+        impl<$($record: 'static),+> Ports<$count> for ($(ActiveOne<'_, $record>,)+) {
+            fn ports(&self) -> [usize; $count] {
+                [$(self.$index.output_index()),+]
+            }
+        }
+    };
 }
 
-/// Three outputs, active.
-pub(crate) struct ActiveThree<'a, A: 'static, B: 'static, C: 'static> {
-    /// The first.
-    pub first: ActiveOne<'a, A>,
-    /// The second.
-    pub second: ActiveOne<'a, B>,
-    /// The third.
-    pub third: ActiveOne<'a, C>,
+/// The ports of active outputs, in order: what [`super::pending::Pending`]
+/// makes an epoch's capabilities for.
+pub(crate) trait Ports<const N: usize> {
+    /// Their ports.
+    fn ports(&self) -> [usize; N];
 }
 
-impl<A: 'static, B: 'static, C: 'static> ActiveThree<'_, A, B, C> {
-    /// Their ports, in order: what [`super::pending::Pending`] makes an
-    /// epoch's capabilities for.
-    pub fn ports(&self) -> [usize; 3] {
-        [self.first.output_index(), self.second.output_index(), self.third.output_index()]
-    }
-}
-
-impl<A: 'static, B: 'static, C: 'static> Outputs for Three<A, B, C> {
-    type Streams<'scope> = (StreamVec<'scope, u64, A>, StreamVec<'scope, u64, B>, StreamVec<'scope, u64, C>);
-    type Active<'a> = ActiveThree<'a, A, B, C>;
-
-    fn new<'scope>(builder: &mut OperatorBuilder<'scope, u64>) -> (Self, Self::Streams<'scope>) {
-        let (first, first_stream) = One::new(builder);
-        let (second, second_stream) = One::new(builder);
-        let (third, third_stream) = One::new(builder);
-        (Three { first, second, third }, (first_stream, second_stream, third_stream))
-    }
-
-    fn activate(&mut self) -> Self::Active<'_> {
-        ActiveThree { first: self.first.activate(), second: self.second.activate(), third: self.third.activate() }
-    }
-}
+outputs_of_a_tuple!(3; A 0, B 1, C 2);
+outputs_of_a_tuple!(4; A 0, B 1, C 2, D 3);

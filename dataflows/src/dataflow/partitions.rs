@@ -18,22 +18,28 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::{Capability, Operator};
 
-use super::outputs::{ActiveThree, Outputs, Three};
+use super::outputs::{One, Outputs, Ports};
 use super::pending::Pending;
+use super::usage::UsageIn;
 use crate::checkpoint::{Cadence, Recorder, Shared};
 use crate::event::Partition;
 use crate::intern::Interner;
-use crate::judge::{Candidate, ClockReport, Decoded, PartitionClock, PartitionState, SourceItem, Verdict};
+use crate::judge::{Claim, ClockReport, Decoded, PartitionClock, PartitionState, SourceItem, Verdict};
 use crate::prices::PriceList;
 use crate::rows::{Progress, Rejection};
 use crate::settings::Settings;
 use crate::time::{Millis, window_start};
 
-/// What the partition stage emits: well-formed events for deduplication,
-/// messages rejected on their partition, and each partition's clock after
-/// an epoch that moved it.
-pub(crate) type Judged<'scope> =
-    (StreamVec<'scope, u64, Candidate>, StreamVec<'scope, u64, Rejection>, StreamVec<'scope, u64, ClockReport>);
+/// What the partition stage emits: on-time events for the usage stage, the
+/// claims of well-formed events for deduplication, messages rejected on
+/// their partition, and each partition's clock after an epoch that moved
+/// it.
+pub(crate) type Judged<'scope> = (
+    StreamVec<'scope, u64, UsageIn>,
+    StreamVec<'scope, u64, Claim>,
+    StreamVec<'scope, u64, Rejection>,
+    StreamVec<'scope, u64, ClockReport>,
+);
 
 /// A source item held until its epoch's turn, its message already decoded.
 enum Arrived {
@@ -50,18 +56,20 @@ pub(crate) fn judge<'scope>(
     settings: Settings,
     restored: Shared,
 ) -> Judged<'scope> {
+    // This worker, as `ReadAt` names where an event was read.
+    let reader = u16::try_from(source.scope().index()).expect("fewer than 65,536 workers");
     let mut builder = OperatorBuilder::new("JudgePartitions".to_owned(), source.scope());
     let mut source = builder.new_input(source, Pipeline);
     let mut previous = builder.new_input(previous, Pipeline);
-    let (mut outputs, streams) = Three::new(&mut builder);
+    let (mut outputs, streams) = <(One<_>, One<_>, One<_>, One<_>)>::new(&mut builder);
     builder.build(move |_| {
-        let mut pending = Pending::<Arrived, Progress, 3>::default();
+        let mut pending = Pending::<Arrived, Progress, 4>::default();
         let Shared { mut clocks, mut progress } = restored;
         let mut interner = Interner::default();
         move |frontiers| {
             let output = outputs.activate();
             let ports = output.ports();
-            let ActiveThree { first: mut candidates, second: mut rejections, third: mut reports } = output;
+            let (mut events, mut claims, mut rejections, mut reports) = output;
             source.for_each(|cap, data| {
                 let mut arrived = data
                     .drain(..)
@@ -77,10 +85,11 @@ pub(crate) fn judge<'scope>(
                 if let Some(&last) = epoch.second.last() {
                     progress = last;
                 }
-                let [candidates_at, rejections_at, reports_at] = &epoch.capabilities;
-                let (mut candidates, mut rejections) =
-                    (candidates.session(candidates_at), rejections.session(rejections_at));
+                let [events_at, claims_at, rejections_at, reports_at] = &epoch.capabilities;
+                let (mut events, mut claims, mut rejections) =
+                    (events.session(events_at), claims.session(claims_at), rejections.session(rejections_at));
                 let mut touched = Vec::new();
+                let mut read: u32 = 0;
                 for item in epoch.first {
                     match item {
                         Arrived::Status { partition, state } => {
@@ -93,9 +102,15 @@ pub(crate) fn judge<'scope>(
                             if clock.state == PartitionState::Idle {
                                 clock.state = PartitionState::Active;
                             }
-                            match clock.judge(decoded, &settings, progress.final_before) {
+                            let read_at = (reader, read);
+                            read = read.checked_add(1).expect("fewer than 2^32 messages an epoch on a worker");
+                            match clock.judge(decoded, read_at, &settings, progress.final_before) {
                                 Verdict::Rejected(rejection) => rejections.give(rejection),
-                                Verdict::Candidate(candidate) => candidates.give(candidate),
+                                Verdict::OnTime(event, claim) => {
+                                    events.give(UsageIn::Event(event));
+                                    claims.give(claim);
+                                }
+                                Verdict::Late(claim) => claims.give(claim),
                             }
                             touched.push(partition);
                         }

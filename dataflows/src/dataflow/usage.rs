@@ -1,5 +1,6 @@
-//! Usage per resource: accepted events, exchanged by `(account, resource)`,
-//! become breakdown row changes.
+//! Usage per resource: on-time events, exchanged by `(account, resource)`,
+//! less those deduplication finds to be copies, become breakdown row
+//! changes.
 //!
 //! Per epoch, in this order: insert the epoch's events; move accrual to the
 //! epoch's watermark; recompute the rows those two can have changed (from the
@@ -18,6 +19,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
@@ -29,13 +31,28 @@ use super::route;
 use super::snapshots::{Due, stateful};
 use crate::checkpoint::pieces::Spill;
 use crate::checkpoint::{ChunkId, ChunkStore, Part, Pieces, Recorded, Recorder, usage_part};
-use crate::event::{Event, ResourceKey};
+use crate::event::{Event, ReadAt, ResourceKey};
 use crate::fixed::Overflow;
 use crate::lifecycle::{Copied, Emitted, Resource, Resources, RowChange, copied, encode_letting_go};
 use crate::offload::Offload;
 use crate::prices::PriceList;
 use crate::rows::{BreakdownKey, BreakdownRow, Delta, Progress, TotalKey};
 use crate::time::{Millis, window_start};
+
+/// What the usage stage reads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum UsageIn {
+    /// An on-time event from the partition stage.
+    Event(Event),
+    /// From deduplication: the event read at `at` is a copy of one counted,
+    /// and does not count. Its route is its resource's.
+    Duplicate {
+        /// The route of the event's resource.
+        route: u64,
+        /// Where the event was read.
+        at: ReadAt,
+    },
+}
 
 /// What the usage stage emits.
 #[derive(Clone, Debug)]
@@ -68,13 +85,16 @@ pub(crate) struct Start {
 /// [`Working`]). The second stream holds back each checkpoint epoch until
 /// its snapshot is recorded.
 pub(crate) fn usage<'scope>(
-    events: StreamVec<'scope, u64, Event>,
+    events: StreamVec<'scope, u64, UsageIn>,
     progress: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
     start: Start,
     (recorder, rows_per_step): (Recorder, usize),
 ) -> (StreamVec<'scope, u64, UsageOut>, StreamVec<'scope, u64, ()>) {
-    let by_resource = Exchange::new(|e: &Event| route(&e.resource));
+    let by_resource = Exchange::new(|item: &UsageIn| match item {
+        UsageIn::Event(event) => route(&event.resource),
+        UsageIn::Duplicate { route, .. } => *route,
+    });
     let worker = events.scope().worker();
     let chunks = recorder.chunks.clone();
     let part = (recorder, Part::Usage);
@@ -82,7 +102,7 @@ pub(crate) fn usage<'scope>(
         let activator = worker.sync_activator_for(info.address.to_vec());
         let encoder = snapshot_encoder((worker.index(), worker.peers()), chunks, activator);
         let activator = worker.activator_for(info.address);
-        let mut pending = Pending::<Event, Progress>::default();
+        let mut pending = Pending::<UsageIn, Progress>::default();
         // Epochs complete and not yet worked: they wait when the snapshot in
         // flight is needed before the next one can be taken.
         let mut ready = VecDeque::new();
@@ -226,18 +246,30 @@ impl Working {
     /// rated with `emitted_prices`, and plans the walk. Rows are queued in
     /// `queue`, empty.
     fn begin(
-        epoch: Epoch<Event, Progress>,
+        epoch: Epoch<UsageIn, Progress>,
         resources: &mut Resources,
         (previous, emitted_prices): (Progress, Arc<PriceList>),
         prices: &Arc<PriceList>,
         (stale, queue): (Vec<BreakdownKey>, Vec<UsageOut>),
     ) -> Working {
         let next = epoch.second.last().copied().unwrap_or(previous);
+        // The events deduplication found to be copies of one counted: a
+        // few in an epoch.
+        let duplicates: foldhash::HashSet<ReadAt> = (epoch.first.batches().iter().flatten())
+            .filter_map(|item| match item {
+                UsageIn::Duplicate { at, .. } => Some(*at),
+                UsageIn::Event(_) => None,
+            })
+            .collect();
         // Events are filed under their own keys, looked up by reference: a
         // key is copied, and the map of resources looked up, once per
         // resource an epoch.
         let mut touched: foldhash::HashMap<ResourceKey, Vec<Event>> = foldhash::HashMap::default();
-        for event in epoch.first {
+        for item in epoch.first {
+            let UsageIn::Event(event) = item else { continue };
+            if duplicates.contains(&event.read_at()) {
+                continue;
+            }
             match touched.get_mut(&event.resource) {
                 Some(events) => events.push(event),
                 None => {

@@ -20,6 +20,8 @@ fn event(prices: &PriceList, id: &str, time: &str, kind: EventKind, vcpu: Option
     Event {
         order: EventOrder { time: at(time), id: id.into(), source: "s".into() },
         kind,
+        read_by: 0,
+        read_nth: 0,
         resource: key(),
         quantities: vcpu.map(|q| vec![(sku, Quantity::parse(q).unwrap())]).unwrap_or_default().into(),
         meta: Arc::new(Meta { project_id: id.into(), ..Meta::default() }),
