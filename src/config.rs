@@ -214,7 +214,11 @@ impl Default for ClickHouse {
             database: "tally".into(),
             user: "default".into(),
             password: String::new(),
-            rows_per_insert: 1 << 17,
+            // A worker's chunk waits in the writer while it makes the next:
+            // at 131,072 rows, the two workers' chunks were 64 MB of a live
+            // catch-up's 1.2 GB peak with 1.25M running resources. Smaller
+            // inserts cost a drain a few percent (see BENCHMARKS.md).
+            rows_per_insert: 1 << 16,
         }
     }
 }
