@@ -15,8 +15,9 @@
 //! An on-time event goes from the partition stage to the usage stage
 //! directly; its claim (identity and place) goes to deduplication, which
 //! tells the usage stage which events are copies of one counted before the
-//! usage stage works their epoch. An event is 128 bytes; through
-//! deduplication and then to usage it was moved across workers twice.
+//! usage stage works their epoch. An event is 128 bytes and a claim 64:
+//! sent through deduplication and on to usage, each event would cross
+//! between workers, and between the processes of a cluster, twice.
 //!
 //! The timely timestamp is the checkpoint epoch; event time is data. Every
 //! stateful operator handles a whole epoch at once, in epoch order, after the
