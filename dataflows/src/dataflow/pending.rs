@@ -41,11 +41,6 @@ impl<A> Batches<A> {
     pub fn batches(&self) -> &[Vec<A>] {
         &self.0
     }
-
-    /// The batches, to take apart.
-    pub fn into_batches(self) -> Vec<Vec<A>> {
-        self.0
-    }
 }
 
 impl<A> From<Vec<Vec<A>>> for Batches<A> {
