@@ -86,6 +86,7 @@ use tally_dataflows::checkpoint::{
 };
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::lifecycle::{Loaded, Stored};
+use tally_dataflows::routing::Routing;
 
 use self::store::Store;
 use crate::fault::Fault;
@@ -98,13 +99,19 @@ use crate::fault::Fault;
 /// 6: a usage part holds no rows last emitted (resources recompute them).
 /// 7: a usage part is compressed, piece by piece, with LZ4.
 /// 8: a usage part names the chunks written before it.
-pub const FORMAT: u32 = 8;
-/// The formats read: this one, and formats 2 to 7, whose shards differ in
-/// how a dedup part (2 and 3) and a usage part (all six) are encoded;
+/// 9: a manifest names how its run routed resources. Format 8 routed them
+/// by hash; a tally of format 8 would restore each worker from its own
+/// shard alone, which under another routing no longer holds all of the
+/// worker's resources, and so refuses format 9.
+pub const FORMAT: u32 = 9;
+/// The formats read: this one, and formats 2 to 8, whose shards differ in
+/// how a dedup part (2 and 3) and a usage part (2 to 7) are encoded;
 /// those are converted as the shard is read.
-const READS: [u32; 7] = [2, 3, 4, 5, 6, 7, FORMAT];
+const READS: [u32; 8] = [2, 3, 4, 5, 6, 7, 8, FORMAT];
 /// The first format with dedup segments, which later formats write alike.
 const SEGMENTS_SINCE: u32 = 4;
+/// The first format with usage chunks, which later formats write alike.
+const CHUNKS_SINCE: u32 = 8;
 
 /// A committed checkpoint: everything a restore needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +128,10 @@ pub struct Manifest {
     pub version: u64,
     /// Worker count of the cluster that wrote it.
     pub workers: usize,
+    /// How that cluster routed resources to its workers (by hash before
+    /// format 9).
+    #[serde(default)]
+    pub routing: Routing,
     /// Each worker's shard, by worker index.
     pub shards: Vec<String>,
     /// The dedup segments the shards name.
@@ -145,6 +156,18 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The shards that hold keys `worker` owns in a run of `workers` routing
+    /// resources by `routing`: its own alone when the run that wrote them had
+    /// as many workers and routed alike, which sent every key to the same
+    /// worker; every shard otherwise.
+    pub fn shards_holding(&self, worker: usize, (workers, routing): (usize, Routing)) -> &[String] {
+        if (self.workers, self.routing) == (workers, routing) {
+            self.shards.get(worker..=worker).unwrap_or_default()
+        } else {
+            &self.shards
+        }
+    }
+
     /// The objects it names: its shards and their segments and chunks.
     pub fn objects(&self) -> Vec<String> {
         self.shards.iter().chain(&self.segments).chain(&self.chunks).cloned().collect()
@@ -329,7 +352,7 @@ pub fn write_chunk(store: &Store, id: ChunkId, blocks: Pieces) {
 /// time as it decodes them.
 impl ChunkReader for Store {
     fn read(&self, id: ChunkId) -> Result<Cow<'_, [u8]>, DecodeError> {
-        let read = read_named_one(self, id, chunk_name, (&(FORMAT..=FORMAT), "chunk"));
+        let read = read_named_one(self, id, chunk_name, (&(CHUNKS_SINCE..=FORMAT), "chunk"));
         read.map(Cow::Owned).map_err(|unread| DecodeError::UnreadChunk { chunk: id, why: unread.to_string() })
     }
 }
@@ -570,6 +593,7 @@ mod tests {
             incarnation: 7,
             version: (7 << 20) + epoch,
             workers: shards.len(),
+            routing: Routing::default(),
             shards,
             segments: Vec::new(),
             chunks: Vec::new(),
@@ -599,6 +623,31 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_restores_from_its_own_shard_only_under_the_routing_that_wrote_it() {
+        let by_partition = Routing::ByPartition { partitions: 4 };
+        let shards = vec![shard_name(4, 0), shard_name(4, 1)];
+        let written = Manifest { routing: by_partition, ..manifest(4, shards.clone()) };
+        assert_eq!(written.shards_holding(1, (2, by_partition)), &shards[1..]);
+        assert_eq!(written.shards_holding(1, (2, Routing::Hashed)), &shards[..], "routed otherwise");
+        assert_eq!(
+            written.shards_holding(1, (2, Routing::ByPartition { partitions: 8 })),
+            &shards[..],
+            "the topic grew"
+        );
+        assert_eq!(written.shards_holding(1, (3, by_partition)), &shards[..], "more workers");
+        assert_eq!(written.shards_holding(2, (3, by_partition)), &shards[..], "a worker the run did not have");
+    }
+
+    #[test]
+    fn a_manifest_of_format_8_routed_by_hash() {
+        let mut json = serde_json::to_value(manifest(4, vec![shard_name(4, 0)])).unwrap();
+        json.as_object_mut().unwrap().remove("routing");
+        json["format"] = 8.into();
+        let read: Manifest = serde_json::from_value(json).unwrap();
+        assert_eq!(read.routing, Routing::Hashed);
+    }
+
+    #[test]
     fn a_shard_of_format_2_reads_with_its_parts_converted_and_format_1_is_refused() {
         let (store, dir) = scratch();
         let usage = include_bytes!("../dataflows/src/lifecycle/format_2_usage.bin");
@@ -621,7 +670,7 @@ mod tests {
         assert_eq!(by_key(converted), by_key(original));
         store.put("older.bin", file(1), None);
         let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
-        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6, 7, 8])"), "{refused}");
+        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6, 7, 8, 9])"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tally_dataflows::checkpoint::{Cadence, Recovery, Restored, SnapshotsHandle, Stale};
 use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
 use tally_dataflows::prices::PriceList;
+use tally_dataflows::routing::Routing;
 use tally_dataflows::settings::Settings;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Input, Inspect, Probe};
@@ -29,7 +30,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::sink::clickhouse::{Warehouse, await_earlier_inserts, has_progress, stale_rows};
 use crate::sink::{self, AppendedHandle, Checkpointing, OffsetsHandle, ProcessRows, Target, Versions};
-use crate::source::kafka::{PartitionReader, SourceError};
+use crate::source::kafka::{self, PartitionReader, SourceError};
 
 /// Epochs the source may run ahead of the last one fully written.
 pub const EPOCHS_IN_FLIGHT: u64 = 2;
@@ -145,7 +146,9 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     // No worker of this run writes before every worker has agreed on where
     // to start, so an insert running now is an earlier run's.
     await_earlier_inserts(&warehouse, &config.kafka.topic);
-    let start = Start::agree(worker, &store, &warehouse, &config.kafka.topic, shared.started_millis)
+    let partitions =
+        backoff::retry("Kafka", "count the topic's partitions", "", || kafka::count_partitions(&config.kafka));
+    let start = Start::agree(worker, &store, &warehouse, (&config.kafka.topic, partitions), shared.started_millis)
         .map_err(|e| e.to_string())?;
     if index == 0 {
         if start.manifest.is_none() {
@@ -158,9 +161,11 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         Some(version) => stale_rows(&warehouse, version, &shared.prices),
         None => Stale::default(),
     };
-    let restored = start.restore(&store, &stale, (index, peers), &shared.prices).map_err(|e| e.to_string())?;
+    let restored = start.restore(&store, &stale, index, &shared.prices).map_err(|e| e.to_string())?;
+    let routing = start.routing;
     tracing::info!(
         worker = index,
+        ?routing,
         incarnation = versions.incarnation(),
         checkpoint = ?start.manifest.as_ref().map(|m| m.epoch),
         stale_rows = stale.breakdowns.len() + stale.totals.len(),
@@ -197,12 +202,18 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         prices: Arc::clone(&shared.prices),
         versions,
         metrics: Arc::clone(&shared.metrics),
+        routing,
     });
     let overflow: Arc<Mutex<Option<String>>> = Arc::default();
     let seen_overflow = Arc::clone(&overflow);
     worker.dataflow::<u64, _, _>(|scope| {
-        let streams =
-            billing(scope.input_from(&mut input), Arc::clone(&shared.prices), shared.settings, recovery, ROWS_PER_STEP);
+        let streams = billing(
+            scope.input_from(&mut input),
+            Arc::clone(&shared.prices),
+            (shared.settings, routing),
+            recovery,
+            ROWS_PER_STEP,
+        );
         streams.errors.clone().inspect(move |error| {
             seen_overflow.lock().expect("no panic holding the lock").get_or_insert_with(|| error.to_string());
         });
@@ -317,24 +328,29 @@ impl EpochTimes {
     }
 }
 
-/// Where a start begins: the newest committed manifest and the incarnation,
-/// agreed by every worker of the cluster.
+/// Where a start begins: the newest committed manifest, the incarnation and
+/// how resources are routed, agreed by every worker of the cluster.
 struct Start {
     manifest: Option<Manifest>,
     previous: Option<Incarnations>,
     incarnations: Incarnations,
+    routing: Routing,
+    workers: usize,
 }
 
 impl Start {
     /// Reads the store and agrees with the other workers on the newest
-    /// manifest (the newest any of them saw: it is committed) and on an
-    /// incarnation above every earlier one and above the start time. A store
-    /// whose rows the warehouse has never seen is not restored from.
+    /// manifest (the newest any of them saw: it is committed), on an
+    /// incarnation above every earlier one and above the start time, and on
+    /// the routing of the most partitions any of them saw the topic with (a
+    /// topic may grow while they look: routing must be the same on every
+    /// worker, and any routing is correct). A store whose rows the warehouse
+    /// has never seen is not restored from.
     fn agree(
         worker: &mut timely::worker::Worker,
         store: &Store,
         warehouse: &Warehouse,
-        pipeline: &str,
+        (pipeline, partitions): (&str, u32),
         started_millis: u64,
     ) -> Result<Start, CheckpointError> {
         let mut newest = checkpoint::committed_epochs(store).last().copied();
@@ -359,14 +375,18 @@ impl Start {
                 .flatten()
                 .max()
                 .unwrap_or(started_millis),
+            u64::from(partitions),
         ];
-        let [newest_plus_one, incarnation] = agree_on_maxima(worker, proposal);
+        let [newest_plus_one, incarnation, partitions] = agree_on_maxima(worker, proposal);
         let manifest = match (newest_plus_one.checked_sub(1), seen) {
             (None, _) => None,
             (Some(epoch), Some(seen)) if seen.epoch == epoch => Some(seen),
             (Some(epoch), _) => Some(checkpoint::read_manifest(store, epoch, pipeline)?),
         };
-        Ok(Start { manifest, previous, incarnations: checkpoint::next_incarnations(previous, incarnation) })
+        let workers = worker.peers();
+        let routing = Routing::for_run(u32::try_from(partitions).expect("agreed from u32 counts"), workers);
+        let incarnations = checkpoint::next_incarnations(previous, incarnation);
+        Ok(Start { manifest, previous, incarnations, routing, workers })
     }
 
     /// Rows with a version above this one are stale: the manifest's version,
@@ -385,9 +405,10 @@ impl Start {
         &self,
         store: &Store,
         stale: &Stale,
-        (worker, workers): (usize, usize),
+        worker: usize,
         prices: &PriceList,
     ) -> Result<Option<Restored>, CheckpointError> {
+        let owned = (self.workers, self.routing);
         let mut restored = match &self.manifest {
             None if stale.breakdowns.is_empty() && stale.totals.is_empty() => return Ok(None),
             None => Restored::new(0, Default::default()),
@@ -398,30 +419,23 @@ impl Start {
                         |source| CheckpointError::Prices { url: store.url().into(), epoch: manifest.epoch, source };
                     restored.rated_with = prices.earlier(text).map_err(refused)?.map(Arc::new);
                 }
-                // The same worker count routes every key to the same worker:
-                // only its own shard holds its keys.
-                let shards: Vec<&String> = if manifest.workers == workers {
-                    manifest.shards.get(worker).into_iter().collect()
-                } else {
-                    manifest.shards.iter().collect()
-                };
-                for name in shards {
+                for name in manifest.shards_holding(worker, owned) {
                     let parts = checkpoint::read_shard(store, name)?;
                     let segments = checkpoint::read_segments(store, &parts)?;
-                    restored.add_shard(&parts, (&segments, store), worker, workers).map_err(|e| {
+                    restored.add_shard(&parts, (&segments, store), worker, owned).map_err(|e| {
                         CheckpointError::Corrupt { url: store.url().into(), name: name.clone(), message: e.to_string() }
                     })?;
                 }
                 restored
             }
         };
-        restored.add_stale(stale, worker, workers);
+        restored.add_stale(stale, worker, owned);
         Ok(Some(restored))
     }
 }
 
 /// The maxima of every worker's values, known to every worker.
-fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 2]) -> [u64; 2] {
+fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 3]) -> [u64; 3] {
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let agreed = Rc::new(Cell::new(values));
@@ -430,9 +444,9 @@ fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 2]) -> [u6
         scope
             .input_from(&mut input)
             .broadcast()
-            .inspect(move |other: &[u64; 2]| {
+            .inspect(move |other: &[u64; 3]| {
                 let mine = seen.get();
-                seen.set([mine[0].max(other[0]), mine[1].max(other[1])]);
+                seen.set(std::array::from_fn(|i| mine[i].max(other[i])));
             })
             .probe_with(&probe);
     });

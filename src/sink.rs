@@ -34,6 +34,7 @@ use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
 use tally_dataflows::offload::Offload;
 use tally_dataflows::prices::PriceList;
+use tally_dataflows::routing::Routing;
 use tally_dataflows::rows::{BreakdownRow, Progress, Rejection, TotalRow};
 use tally_dataflows::time::Millis;
 use timely::container::CapacityContainerBuilder;
@@ -90,6 +91,8 @@ pub struct Target {
     pub versions: Versions,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// How the run routes resources, which its manifests record.
+    pub routing: Routing,
 }
 
 /// Each epoch's next offsets of a worker's partitions, recorded by the source
@@ -557,6 +560,7 @@ fn manifest(
         incarnation: target.versions.incarnation(),
         version: target.versions.of(epoch),
         workers: latest.len(),
+        routing: target.routing,
         shards,
         segments,
         chunks,

@@ -14,6 +14,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tally_dataflows::event::Partition;
+use tally_dataflows::routing::kafka_partition;
 use tally_dataflows::time::{HOUR, MINUTE, Millis, Rfc3339, SECOND};
 
 /// What to generate.
@@ -70,7 +71,8 @@ impl Default for Workload {
 /// One message for the topic.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Produced {
-    /// Target partition (the resource's, as a producer keying by resource id would pick).
+    /// Target partition: the resource's, as Kafka's default partitioner picks it
+    /// for the resource id as the key.
     pub partition: Partition,
     /// Message key: the resource id.
     pub key: String,
@@ -254,7 +256,7 @@ impl Generator {
         let resource = &self.resources[slot];
         let (account, serial) = (resource.account, resource.serial);
         let subject = format!("vm-{serial:08x}");
-        let partition = (fnv(subject.as_bytes()) % u64::from(self.config.partitions.max(1))) as Partition;
+        let partition = kafka_partition(subject.as_bytes(), self.config.partitions);
         let id = format!("{:016x}{:08x}", self.rng.next_u64(), self.sequence);
         let region = ["eu-central-1", "eu-west-1", "us-east-1"][(account % 3) as usize];
         let project = account % 7;
@@ -377,11 +379,6 @@ impl Deliveries {
         }
         self.released.len() > before
     }
-}
-
-/// FNV-1a: a stable hash for picking a resource's partition.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

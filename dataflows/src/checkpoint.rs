@@ -29,12 +29,12 @@ use serde::{Deserialize, Serialize};
 
 pub use self::pieces::Pieces;
 use self::pieces::Undecodable;
-use crate::dataflow::route;
 use crate::event::{Partition, ResourceKey};
 use crate::identity::Fingerprint;
 use crate::judge::PartitionClock;
 use crate::lifecycle::{Loading, Resources, Stored};
 use crate::prices::PriceList;
+use crate::routing::{Routing, route};
 use crate::rows::{BreakdownKey, Delta, Progress, TotalKey};
 use crate::time::Millis;
 
@@ -477,13 +477,14 @@ impl Restored {
     /// Adds the entries of one checkpointed shard (its parts as
     /// [`Snapshots::parts_at`] gave them, the segments its dedup part names,
     /// see [`segments_named`], and where to read the chunks its usage part
-    /// names) that `worker` of `workers` owns.
+    /// names) that `worker` of `workers` owns, resources routed by `routing`
+    /// (whatever the routing of the run that checkpointed them).
     pub fn add_shard(
         &mut self,
         parts: &[(Part, Vec<u8>)],
         (segments, chunks): (&Named<SegmentId>, &dyn ChunkReader),
         worker: usize,
-        workers: usize,
+        (workers, routing): (usize, Routing),
     ) -> Result<(), DecodeError> {
         let mine = |hash: u64| owner(hash, workers) == worker;
         for (part, bytes) in parts {
@@ -517,7 +518,8 @@ impl Restored {
                         .inspect(|chunk| sizes.extend(chunk.as_ref().map(|chunk| chunk.len() as u64)))
                         .chain([Ok(Cow::Borrowed(blocks))]);
                     let before = self.resources.len();
-                    let loading = Loading { keep: |key: &ResourceKey| mine(route(key)), into: &mut self.resources };
+                    let loading =
+                        Loading { keep: |key: &ResourceKey| mine(routing.route(key)), into: &mut self.resources };
                     let read =
                         pieces::decode_compressed(in_turn, loading).map_err(|undecodable| match undecodable {
                             Undecodable::Unread(unread) => unread,
@@ -541,15 +543,16 @@ impl Restored {
         Ok(())
     }
 
-    /// Adds the stale rows that `worker` of `workers` owns.
-    pub fn add_stale(&mut self, stale: &Stale, worker: usize, workers: usize) {
+    /// Adds the stale rows that `worker` of `workers` owns, resources routed
+    /// by `routing`.
+    pub fn add_stale(&mut self, stale: &Stale, worker: usize, (workers, routing): (usize, Routing)) {
         let mine = |hash: u64| owner(hash, workers) == worker;
         self.stale.breakdowns.extend(
             stale
                 .breakdowns
                 .iter()
                 .filter(|key| {
-                    mine(route(&ResourceKey { account: key.account.clone(), resource: key.resource.clone() }))
+                    mine(routing.route(&ResourceKey { account: key.account.clone(), resource: key.resource.clone() }))
                 })
                 .cloned(),
         );
@@ -753,7 +756,7 @@ mod tests {
         let mut total = 0;
         for worker in 0..3 {
             let mut restored = Restored::new(7, Shared::default());
-            restored.add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), worker, 3).unwrap();
+            restored.add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), worker, (3, Routing::Hashed)).unwrap();
             assert!(restored.resources.keys().all(|key| owner(route(key), 3) == worker));
             assert_eq!(restored.usage_part, None, "a part of which the worker keeps some keys is encoded anew");
             total += restored.resources.len();
@@ -775,15 +778,18 @@ mod tests {
         let named: Vec<ChunkId> = chunks.keys().copied().collect();
         let parts = vec![(Part::Usage, pieces::joined(&usage_part(&named, left)))];
         let mut restored = Restored::new(7, Shared::default());
-        restored.add_shard(&parts, (&BTreeMap::new(), &chunks), 0, 1).unwrap();
+        restored.add_shard(&parts, (&BTreeMap::new(), &chunks), 0, (1, Routing::Hashed)).unwrap();
         assert_eq!(restored.resources, resources);
         let sizes = chunks.iter().map(|(id, chunk)| (*id, chunk.len() as u64)).collect();
         let as_stored = UsagePartAsStored { bytes: parts[0].1.clone(), chunks: sizes };
         assert_eq!(restored.usage_part, Some(as_stored), "the worker's every key: recorded again as stored");
-        restored.add_shard(&parts, (&BTreeMap::new(), &chunks), 0, 1).unwrap();
+        restored.add_shard(&parts, (&BTreeMap::new(), &chunks), 0, (1, Routing::Hashed)).unwrap();
         assert_eq!(restored.usage_part, None, "the keys of two shards are encoded anew");
         chunks.remove(&named[0]);
-        let error = Restored::default().add_shard(&parts, (&BTreeMap::new(), &chunks), 0, 1).unwrap_err().to_string();
+        let error = Restored::default()
+            .add_shard(&parts, (&BTreeMap::new(), &chunks), 0, (1, Routing::Hashed))
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("usage chunk ChunkId { epoch: 7, worker: 0, workers: 1, index: 0 } is missing"),
             "{error}"
@@ -795,8 +801,10 @@ mod tests {
         let mut compressed = pieces::joined(&usage_part(&[], Stored(&Resources::default()).compressed()));
         compressed.pop();
         let parts = vec![(Part::Usage, compressed)];
-        let error =
-            Restored::default().add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), 0, 1).unwrap_err().to_string();
+        let error = Restored::default()
+            .add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), 0, (1, Routing::Hashed))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("(Usage) cannot be decompressed: a compressed block is cut short"), "{error}");
     }
 }

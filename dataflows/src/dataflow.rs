@@ -26,7 +26,6 @@
 //! values: at most one per key per epoch, the last one per key is the current
 //! value, and at the end of the input they equal what the oracle computes.
 
-use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
@@ -41,6 +40,7 @@ use crate::fixed::Overflow;
 use crate::judge::SourceItem;
 use crate::lifecycle::Stored;
 use crate::prices::PriceList;
+use crate::routing::Routing;
 use crate::rows::{BreakdownRow, Outcomes, Progress, Rejection, TotalRow};
 use crate::settings::Settings;
 
@@ -84,14 +84,15 @@ pub const ROWS_PER_STEP: usize = 1 << 16;
 
 /// Builds the billing dataflow over each worker's source items, starting from
 /// the state `recovery` restores (if any) and recording snapshots into it.
-/// The source must start at [`Recovery::first_epoch`]. The usage stage
+/// The source must start at [`Recovery::first_epoch`]; resources go to
+/// workers by `routing`, the same on every worker. The usage stage
 /// sends an epoch's rows about `rows_per_step` at a time, each step in an
 /// activation of its own ([`ROWS_PER_STEP`] unless a test wants the steps
 /// small).
 pub fn billing<'scope>(
     source: StreamVec<'scope, u64, SourceItem>,
     prices: Arc<PriceList>,
-    settings: Settings,
+    (settings, routing): (Settings, Routing),
     recovery: Recovery,
     rows_per_step: usize,
 ) -> Streams<'scope> {
@@ -113,7 +114,7 @@ pub fn billing<'scope>(
     }
     let (loop_handle, previous_progress) = source.scope().feedback::<Vec<Progress>>(1);
     let (events, claims, rejected, clocks) =
-        partitions::judge(source, previous_progress, Arc::clone(&prices), settings, shared.clone());
+        partitions::judge(source, previous_progress, Arc::clone(&prices), (settings, routing), shared.clone());
 
     let restored_progress = shared.progress;
     let progress = partitions::watermark(clocks.broadcast(), settings, shared, recorder.clone());
@@ -125,7 +126,7 @@ pub fn billing<'scope>(
     let (usage, usage_recorded) = usage::usage(
         events.concat(duplicates),
         progress.clone(),
-        prices,
+        (prices, routing),
         usage::Start { resources, progress: restored_progress, stale: stale.breakdowns, rated_with },
         (recorder.clone(), rows_per_step),
     );
@@ -185,14 +186,3 @@ fn split<'scope, T: 'static, A: 'static, B: 'static, C: 'static>(
     });
     streams
 }
-
-/// The worker a key is exchanged to: a hash that every process of a cluster
-/// computes the same way (a fixed seed, not one per process). foldhash
-/// rather than the standard SipHash, which was 1.5% of a drain's samples:
-/// every event and every day total is routed by its key strings.
-pub(crate) fn route<K: Hash + ?Sized>(key: &K) -> u64 {
-    foldhash::quality::FixedState::with_seed(ROUTE_SEED).hash_one(key)
-}
-
-/// Any constant does; it must only be the same in every process.
-const ROUTE_SEED: u64 = 0x7a11_7a11_7a11_7a11;

@@ -6,12 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataflow::route;
 use crate::decode::{Invalid, decode};
 use crate::event::{Event, Message, Offset, Partition, ReadAt, Reason};
 use crate::identity::Fingerprint;
 use crate::intern::Interner;
 use crate::prices::PriceList;
+use crate::routing::Routing;
 use crate::rows::Rejection;
 use crate::settings::Settings;
 use crate::time::{Millis, Rfc3339};
@@ -154,10 +154,13 @@ impl PartitionClock {
     /// on time for its own partition can still be aimed at a final window when
     /// its partition was idle while the others moved on (a live run only): that
     /// is late too, since final rows never change.
+    ///
+    /// An on-time event is marked as read at `read_at`, and its claim names
+    /// the route of its resource under `routing`.
     pub fn judge(
         &mut self,
         decoded: Decoded,
-        read_at: ReadAt,
+        (read_at, routing): (ReadAt, Routing),
         settings: &Settings,
         final_before: Option<Millis>,
     ) -> Verdict {
@@ -195,7 +198,7 @@ impl PartitionClock {
             return Verdict::Late(Claim { identity, time, partition, offset, arrival });
         }
         (event.read_by, event.read_nth) = read_at;
-        let arrival = Arrival::OnTime { route: route(&event.resource), read_at };
+        let arrival = Arrival::OnTime { route: routing.route(&event.resource), read_at };
         Verdict::OnTime(event, Claim { identity, time, partition, offset, arrival })
     }
 }

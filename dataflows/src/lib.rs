@@ -24,6 +24,7 @@ pub mod offload;
 pub mod oracle;
 pub mod prices;
 pub mod rate;
+pub mod routing;
 pub mod rows;
 pub mod settings;
 pub mod time;

@@ -23,6 +23,7 @@ use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
 use crate::judge::{PartitionState, SourceItem};
 use crate::prices::PriceList;
+use crate::routing::Routing;
 use crate::rows::{BreakdownRow, Ledger, Outcomes, Progress, Rejection, TotalRow};
 use crate::settings::Settings;
 
@@ -246,6 +247,9 @@ fn execute(
     let partitions = Arc::new(partitions.to_vec());
     let shape = Arc::new(shape.clone());
     let sink = Arc::clone(&collected);
+    // As a producer keying by resource id would have spread the resources
+    // over the partitions: each run routes by its own partitions and workers.
+    let routing = Routing::for_run(u32::try_from(partitions.len()).expect("fewer than 2^32 partitions"), shape.workers);
     timely::execute(timely::Config::process(shape.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let mine = |p: Partition| p as usize % peers == index;
@@ -253,7 +257,7 @@ fn execute(
         let recovery = Recovery {
             snapshots: Some(Rc::clone(&snapshots)),
             cadence: shape.cadence,
-            restored: restored(restore.as_deref(), index, peers, &prices),
+            restored: restored(restore.as_deref(), index, (peers, routing), &prices),
             chunks: Some(Arc::clone(&worker_chunks) as Arc<dyn ChunkStore>),
         };
         let first_epoch = recovery.first_epoch();
@@ -261,8 +265,13 @@ fn execute(
             restore.as_ref().and_then(|r| r.checkpoint.as_ref()).map(|c| c.next_offsets.clone()).unwrap_or_default();
         let mut input = InputHandleVec::<u64, SourceItem>::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let streams =
-                billing(scope.input_from(&mut input), Arc::clone(&prices), settings, recovery, shape.rows_per_step);
+            let streams = billing(
+                scope.input_from(&mut input),
+                Arc::clone(&prices),
+                (settings, routing),
+                recovery,
+                shape.rows_per_step,
+            );
             collect(streams.breakdowns, &sink, |c, t, rows| c.breakdowns.extend(rows.iter().map(|r| (t, r.clone()))));
             collect(streams.totals, &sink, |c, t, rows| c.totals.extend(rows.iter().map(|r| (t, r.clone()))));
             collect(streams.rejections, &sink, |c, t, rows| c.rejections.extend(rows.iter().map(|r| (t, r.clone()))));
@@ -326,14 +335,19 @@ fn execute(
 }
 
 /// One worker's share of what a restored run starts from.
-fn restored(restore: Option<&Restore>, worker: usize, workers: usize, prices: &PriceList) -> Option<Restored> {
+fn restored(
+    restore: Option<&Restore>,
+    worker: usize,
+    (workers, routing): (usize, Routing),
+    prices: &PriceList,
+) -> Option<Restored> {
     let restore = restore?;
     let mut restored = match &restore.checkpoint {
         Some(checkpoint) => {
             let mut restored = Restored::new(checkpoint.epoch, checkpoint.shared.clone());
             for shard in &checkpoint.shards {
                 restored
-                    .add_shard(shard, (&checkpoint.segments, &checkpoint.chunks), worker, workers)
+                    .add_shard(shard, (&checkpoint.segments, &checkpoint.chunks), worker, (workers, routing))
                     .expect("the runner's own checkpoints decode");
             }
             let earlier = prices.earlier(&checkpoint.prices).expect("a price list the checkpoint's state reads under");
@@ -342,7 +356,7 @@ fn restored(restore: Option<&Restore>, worker: usize, workers: usize, prices: &P
         }
         None => Restored::new(0, Shared::default()),
     };
-    restored.add_stale(&restore.stale, worker, workers);
+    restored.add_stale(&restore.stale, worker, (workers, routing));
     Some(restored)
 }
 

@@ -12,6 +12,7 @@ use tally_dataflows::checkpoint::Recovery;
 use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
 use tally_dataflows::event::{Message, Reason};
 use tally_dataflows::judge::{PartitionState, SourceItem};
+use tally_dataflows::routing::Routing;
 use tally_dataflows::rows::{Progress, Rejection};
 use tally_dataflows::settings::Settings;
 use timely::dataflow::InputHandleVec;
@@ -33,7 +34,7 @@ fn an_idle_partition_waking_up_cannot_touch_final_windows() {
             let streams = billing(
                 scope.input_from(&mut input),
                 prices(),
-                Settings::default(),
+                (Settings::default(), Routing::default()),
                 Recovery::default(),
                 ROWS_PER_STEP,
             );

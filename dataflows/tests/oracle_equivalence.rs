@@ -2,8 +2,10 @@
 //! workers and random epoch cuts, and after a crash restored from its last
 //! checkpoint under another worker count.
 //!
-//! Streams have lifecycles with resizes, stops and restarts, counters,
-//! duplicates (also across partitions), disorder within and beyond the
+//! Streams have lifecycles with resizes, stops and restarts, counters, a
+//! resource's events on the partition a producer keying by resource id
+//! picks (so that routing by partition bills them where they are read) or
+//! on any, duplicates (also across partitions), disorder within and beyond the
 //! lateness bound, future events, every class of bad input, same-millisecond
 //! ties, events on hour boundaries and quantities near 10^12, across a day
 //! boundary and a price change. Settings vary too.
@@ -24,6 +26,7 @@ use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::dataflow::ROWS_PER_STEP;
 use tally_dataflows::memory::Crash;
 use tally_dataflows::memory::RunShape;
+use tally_dataflows::routing::kafka_partition;
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::{DAY, HOUR, MINUTE, Millis, SECOND};
 
@@ -88,11 +91,12 @@ fn scenario(seed: &[u8; 32]) -> (Topic, Settings) {
         settings.dedup_horizon = lateness + 10 * MINUTE;
     }
     let partitions = rng.random_range(1..=4u32);
+    let keyed = rng.random_bool(0.5);
     let start = at("2026-11-30T21:00:00Z");
     let span = 6 * HOUR;
 
     let mut emissions: Vec<Emission> = Vec::new();
-    let emit = |emissions: &mut Vec<Emission>, rng: &mut TestRng, time: Millis, payload: Vec<u8>| {
+    let emit = |emissions: &mut Vec<Emission>, rng: &mut TestRng, time: Millis, payload: Vec<u8>, key: Option<&str>| {
         // Mostly sent soon after the event; some within the lateness bound;
         // a few beyond it.
         let delay = match rng.random_range(0..10) {
@@ -100,7 +104,9 @@ fn scenario(seed: &[u8; 32]) -> (Topic, Settings) {
             6..=8 => rng.random_range(0..lateness),
             _ => rng.random_range(lateness..3 * lateness),
         };
-        let partition = rng.random_range(0..partitions);
+        let drawn = rng.random_range(0..partitions);
+        let keyed_by = key.filter(|_| keyed);
+        let partition = keyed_by.map_or(drawn, |key| kafka_partition(key.as_bytes(), partitions));
         emissions.push(Emission { emit_at: time + delay, partition, payload, copy_of: None });
     };
 
@@ -122,13 +128,13 @@ fn scenario(seed: &[u8; 32]) -> (Topic, Settings) {
             if rng.random_bool(0.5) {
                 event = event.project(&format!("prj-{}", rng.random_range(0..3)));
             }
-            emit(&mut emissions, &mut rng, time, event.json());
+            emit(&mut emissions, &mut rng, time, event.json(), Some(&subject));
         }
     }
     for _ in 0..rng.random_range(0..4) {
         let time = event_time(&mut rng, start, span);
         let payload = bad_payload(&mut rng, time);
-        emit(&mut emissions, &mut rng, time, payload);
+        emit(&mut emissions, &mut rng, time, payload, None);
     }
     // Events from a clock running ahead: more than max_future past their append.
     for i in 0..rng.random_range(0..2) {

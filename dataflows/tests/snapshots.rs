@@ -12,6 +12,7 @@ use tally_dataflows::checkpoint::{Cadence, Encoded, Part, Recovery, SnapshotsHan
 use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
 use tally_dataflows::event::Message;
 use tally_dataflows::judge::{PartitionState, SourceItem};
+use tally_dataflows::routing::Routing;
 use tally_dataflows::settings::Settings;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
@@ -31,7 +32,13 @@ fn a_checkpoint_epoch_is_done_only_once_its_snapshots_are_recorded_for_good() {
         let rows = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), cadence, restored: None, chunks: None };
-            let streams = billing(scope.input_from(&mut input), prices(), Settings::default(), recovery, ROWS_PER_STEP);
+            let streams = billing(
+                scope.input_from(&mut input),
+                prices(),
+                (Settings::default(), Routing::default()),
+                recovery,
+                ROWS_PER_STEP,
+            );
             streams.recorded.probe_with(&recorded);
             streams.breakdowns.probe_with(&rows);
         });

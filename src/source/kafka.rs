@@ -97,6 +97,19 @@ pub fn watch_end_offsets(kafka: &crate::config::Kafka, metrics: Arc<Metrics>) ->
     })
 }
 
+/// How many partitions the topic has now; none when it does not exist yet.
+pub fn count_partitions(kafka: &crate::config::Kafka) -> Result<u32, SourceError> {
+    let fail = |what: &str| {
+        let (brokers, what) = (kafka.brokers.clone(), what.to_owned());
+        move |source| SourceError::Kafka { brokers, what, source: Box::new(source) }
+    };
+    let consumer: BaseConsumer = kafka.client_config(&[]).create().map_err(fail("create the metadata client"))?;
+    let metadata = consumer.fetch_metadata(Some(&kafka.topic), REQUEST_TIMEOUT).map_err(fail("fetch metadata"))?;
+    let partitions =
+        metadata.topics().iter().filter(|t| t.name() == kafka.topic).map(|t| t.partitions().len()).sum::<usize>();
+    Ok(u32::try_from(partitions).unwrap_or(u32::MAX))
+}
+
 /// Why Kafka could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

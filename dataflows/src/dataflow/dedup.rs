@@ -303,6 +303,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::{Restored, SegmentHours, Shared, dedup_part_of_format_3, owner};
     use crate::event::{Offset, Partition};
+    use crate::routing::Routing;
     use crate::time::DAY;
 
     fn identity(n: u64) -> Fingerprint {
@@ -331,7 +332,7 @@ mod tests {
         workers: usize,
     ) -> Seen {
         let mut restored = Restored::new(0, Shared::default());
-        restored.add_shard(parts, (written, &BTreeMap::new()), worker, workers).unwrap();
+        restored.add_shard(parts, (written, &BTreeMap::new()), worker, (workers, Routing::Hashed)).unwrap();
         Seen::restore(restored.seen, worker, workers)
     }
 
@@ -461,7 +462,7 @@ mod tests {
         for worker in 0..3 {
             let mut restored = Restored::new(8, Shared::default());
             for shard in &shards {
-                restored.add_shard(shard, (&written, &BTreeMap::new()), worker, 3).unwrap();
+                restored.add_shard(shard, (&written, &BTreeMap::new()), worker, (3, Routing::Hashed)).unwrap();
             }
             let mut seen = Seen::restore(restored.seen, worker, 3);
             assert!(seen.identities.iter().all(|identity| owner(identity.route(), 3) == worker));
@@ -490,7 +491,10 @@ mod tests {
         see(&mut seen, 0..10, 0);
         let parts = checkpoint(&mut seen, 3, &mut BTreeMap::new());
         let mut restored = Restored::new(3, Shared::default());
-        let error = restored.add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), 0, 1).unwrap_err().to_string();
+        let error = restored
+            .add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), 0, (1, Routing::Hashed))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("is missing"), "{error}");
     }
 }

@@ -26,6 +26,7 @@ use crate::event::Partition;
 use crate::intern::Interner;
 use crate::judge::{Claim, ClockReport, Decoded, PartitionClock, PartitionState, SourceItem, Verdict};
 use crate::prices::PriceList;
+use crate::routing::Routing;
 use crate::rows::{Progress, Rejection};
 use crate::settings::Settings;
 use crate::time::{Millis, window_start};
@@ -48,12 +49,13 @@ enum Arrived {
 }
 
 /// Judges each worker's partitions in offset order; `previous` is the progress
-/// of the epoch before, fed back. Starts from the clocks and progress `restored`.
+/// of the epoch before, fed back. On-time events go to their resources'
+/// workers by `routing`. Starts from the clocks and progress `restored`.
 pub(crate) fn judge<'scope>(
     source: StreamVec<'scope, u64, SourceItem>,
     previous: StreamVec<'scope, u64, Progress>,
     prices: Arc<PriceList>,
-    settings: Settings,
+    (settings, routing): (Settings, Routing),
     restored: Shared,
 ) -> Judged<'scope> {
     // This worker, as `ReadAt` names where an event was read.
@@ -104,7 +106,7 @@ pub(crate) fn judge<'scope>(
                             }
                             let read_at = (reader, read);
                             read = read.checked_add(1).expect("fewer than 2^32 messages an epoch on a worker");
-                            match clock.judge(decoded, read_at, &settings, progress.final_before) {
+                            match clock.judge(decoded, (read_at, routing), &settings, progress.final_before) {
                                 Verdict::Rejected(rejection) => rejections.give(rejection),
                                 Verdict::OnTime(event, claim) => {
                                     events.give(UsageIn::Event(event));

@@ -12,10 +12,10 @@ use timely::dataflow::channels::pact::Exchange;
 
 use super::outputs::One;
 use super::pending::Pending;
-use super::route;
 use super::snapshots::stateful;
 use crate::checkpoint::{Part, Recorder, Whole};
 use crate::fixed::Overflow;
+use crate::routing::route;
 use crate::rows::{Delta, Progress, TotalKey, TotalRow};
 use crate::time::DAY;
 

@@ -27,7 +27,6 @@ use timely::scheduling::SyncActivator;
 
 use super::outputs::One;
 use super::pending::{Epoch, Pending};
-use super::route;
 use super::snapshots::{Due, stateful};
 use crate::checkpoint::pieces::Spill;
 use crate::checkpoint::{ChunkId, ChunkStore, Part, Pieces, Recorded, Recorder, usage_part};
@@ -36,6 +35,7 @@ use crate::fixed::Overflow;
 use crate::lifecycle::{Copied, Emitted, Resource, Resources, RowChange, copied, encode_letting_go};
 use crate::offload::Offload;
 use crate::prices::PriceList;
+use crate::routing::Routing;
 use crate::rows::{BreakdownKey, BreakdownRow, Delta, Progress, TotalKey};
 use crate::time::{Millis, window_start};
 
@@ -87,12 +87,12 @@ pub(crate) struct Start {
 pub(crate) fn usage<'scope>(
     events: StreamVec<'scope, u64, UsageIn>,
     progress: StreamVec<'scope, u64, Progress>,
-    prices: Arc<PriceList>,
+    (prices, routing): (Arc<PriceList>, Routing),
     start: Start,
     (recorder, rows_per_step): (Recorder, usize),
 ) -> (StreamVec<'scope, u64, UsageOut>, StreamVec<'scope, u64, ()>) {
-    let by_resource = Exchange::new(|item: &UsageIn| match item {
-        UsageIn::Event(event) => route(&event.resource),
+    let by_resource = Exchange::new(move |item: &UsageIn| match item {
+        UsageIn::Event(event) => routing.route(&event.resource),
         UsageIn::Duplicate { route, .. } => *route,
     });
     let worker = events.scope().worker();
