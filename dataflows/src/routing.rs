@@ -6,8 +6,8 @@
 //! other worker count all agree on it.
 //!
 //! Resources are routed by [`Routing`]: the contract asks producers to key
-//! messages by resource id, and Kafka's producers then put all of a
-//! resource's events on one partition, which one worker reads. Routed to
+//! messages by resource id, and Kafka's default partitioner then puts all
+//! of a resource's events on one partition, which one worker reads. Routed to
 //! that worker, an event is billed where it was read and does not cross
 //! to another core, or between the processes of a cluster. Where a resource's
 //! events arrive on other partitions, as the contract allows, they cross
@@ -32,7 +32,7 @@ const ROUTE_SEED: u64 = 0x7a11_7a11_7a11_7a11;
 
 /// How one run routes resources. Every worker of a run must route the same
 /// way; a run restored from a checkpoint taken under another routing files
-/// the state by its own (see `Restored::add_shard`).
+/// the state by its own (see [`crate::checkpoint::Restored::add_shard`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Routing {
     /// By a hash of `(account, resource)`.
