@@ -5,14 +5,12 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use support::{Ev, at, prices};
+use support::{Ev, at, billing_by_default};
 use tally_dataflows::checkpoint::{Cadence, Recovery};
-use tally_dataflows::dataflow::{ROWS_PER_STEP, Streams, billing};
+use tally_dataflows::dataflow::{ROWS_PER_STEP, Streams};
 use tally_dataflows::event::Message;
 use tally_dataflows::judge::{PartitionState, SourceItem};
-use tally_dataflows::routing::Routing;
 use tally_dataflows::rows::{BreakdownRow, Progress};
-use tally_dataflows::settings::Settings;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
@@ -36,13 +34,7 @@ fn quiet_live_run(
         let probe = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let recovery = Recovery { cadence: Cadence::every(5), ..Recovery::default() };
-            let streams = billing(
-                scope.input_from(&mut input),
-                prices(),
-                (Settings::default(), Routing::default()),
-                recovery,
-                rows_per_step,
-            );
+            let streams = billing_by_default(scope.input_from(&mut input), recovery, rows_per_step);
             attach(streams, &probe);
         });
         input.send(SourceItem::Status { partition: 0, state: PartitionState::Active });

@@ -7,14 +7,12 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use support::{Ev, at, prices};
+use support::{Ev, at, billing_by_default};
 use tally_dataflows::checkpoint::Recovery;
-use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
+use tally_dataflows::dataflow::ROWS_PER_STEP;
 use tally_dataflows::event::{Message, Reason};
 use tally_dataflows::judge::{PartitionState, SourceItem};
-use tally_dataflows::routing::Routing;
 use tally_dataflows::rows::{Progress, Rejection};
-use tally_dataflows::settings::Settings;
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Input, Operator};
@@ -31,13 +29,7 @@ fn an_idle_partition_waking_up_cannot_touch_final_windows() {
     timely::execute_directly(move |worker| {
         let mut input = InputHandleVec::<u64, SourceItem>::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let streams = billing(
-                scope.input_from(&mut input),
-                prices(),
-                (Settings::default(), Routing::default()),
-                Recovery::default(),
-                ROWS_PER_STEP,
-            );
+            let streams = billing_by_default(scope.input_from(&mut input), Recovery::default(), ROWS_PER_STEP);
             streams.rejections.sink(Pipeline, "Rejections", move |(input, _)| {
                 input.for_each(|_, data| seen_rejections.lock().unwrap().extend(data.drain(..)));
             });

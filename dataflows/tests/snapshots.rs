@@ -7,13 +7,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use support::{Ev, prices};
+use support::{Ev, billing_by_default};
 use tally_dataflows::checkpoint::{Cadence, Encoded, Part, Recovery, SnapshotsHandle};
-use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
+use tally_dataflows::dataflow::ROWS_PER_STEP;
 use tally_dataflows::event::Message;
 use tally_dataflows::judge::{PartitionState, SourceItem};
-use tally_dataflows::routing::Routing;
-use tally_dataflows::settings::Settings;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
@@ -32,13 +30,7 @@ fn a_checkpoint_epoch_is_done_only_once_its_snapshots_are_recorded_for_good() {
         let rows = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), cadence, restored: None, chunks: None };
-            let streams = billing(
-                scope.input_from(&mut input),
-                prices(),
-                (Settings::default(), Routing::default()),
-                recovery,
-                ROWS_PER_STEP,
-            );
+            let streams = billing_by_default(scope.input_from(&mut input), recovery, ROWS_PER_STEP);
             streams.recorded.probe_with(&recorded);
             streams.breakdowns.probe_with(&rows);
         });

@@ -6,20 +6,34 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::json;
-use tally_dataflows::checkpoint::Cadence;
-use tally_dataflows::dataflow::ROWS_PER_STEP;
+use tally_dataflows::checkpoint::{Cadence, Recovery};
+use tally_dataflows::dataflow::{ROWS_PER_STEP, Streams, billing};
 use tally_dataflows::event::{Message, Partition, Reason};
 use tally_dataflows::fixed::Amount;
+use tally_dataflows::judge::SourceItem;
 use tally_dataflows::memory::{self, Crash, RunShape};
 use tally_dataflows::oracle;
 use tally_dataflows::prices::PriceList;
+use tally_dataflows::routing::Routing;
 use tally_dataflows::rows::{Ledger, TotalKey};
 use tally_dataflows::settings::Settings;
 use tally_dataflows::time::{Millis, parse_rfc3339};
+use timely::dataflow::StreamVec;
 
 /// The default price list shipped under `schemas/`.
 pub fn prices() -> Arc<PriceList> {
     Arc::new(PriceList::parse(include_str!("../../../schemas/prices.toml")).expect("the shipped price list is valid"))
+}
+
+/// The billing dataflow over `source` under the shipped prices and the
+/// default settings, routing resources by hash as a run of one worker
+/// does.
+pub fn billing_by_default(
+    source: StreamVec<'_, u64, SourceItem>,
+    recovery: Recovery,
+    rows_per_step: usize,
+) -> Streams<'_> {
+    billing(source, prices(), (Settings::default(), Routing::default()), recovery, rows_per_step)
 }
 
 /// Milliseconds of an RFC 3339 time.
