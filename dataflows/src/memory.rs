@@ -247,8 +247,8 @@ fn execute(
     let partitions = Arc::new(partitions.to_vec());
     let shape = Arc::new(shape.clone());
     let sink = Arc::clone(&collected);
-    // As a producer keying by resource id would have spread the resources
-    // over the partitions: each run routes by its own partitions and workers.
+    // As `tally run` routes over a topic of these partitions: a restored run
+    // of another worker count may route otherwise.
     let routing = Routing::for_run(u32::try_from(partitions.len()).expect("fewer than 2^32 partitions"), shape.workers);
     timely::execute(timely::Config::process(shape.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
