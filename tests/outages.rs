@@ -1,5 +1,6 @@
 //! Outages and topology changes on real services: ClickHouse unreachable, the
-//! broker frozen, partitions added to a live topic. Results stay exact.
+//! broker frozen, partitions added to a live topic, a restart that routes
+//! resources otherwise. Results stay exact.
 
 mod support;
 
@@ -7,7 +8,7 @@ use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{PrivateBroker, Running, Scratch, Switch, expected, wait};
+use support::{PrivateBroker, Running, Scratch, Switch, as_read, expected, wait};
 use tally::workload::{Generator, Produced, Workload};
 
 fn generated(seed: u64, events: u64, partitions: u32) -> Vec<Produced> {
@@ -100,4 +101,46 @@ fn a_live_run_picks_up_partitions_that_appear() {
         }
         thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// A topic that appears under a live run was routed by hash (there were no
+/// partitions to route by); restarted with as many workers, the run routes
+/// by partition, and every worker must restore its resources from every
+/// shard, not from its own alone.
+#[test]
+fn a_restart_that_routes_otherwise_restores_every_resource() {
+    let scratch = Scratch::new("reroute");
+    scratch.run_ok(&["migrate"]);
+    let log = scratch.log("live");
+    let mut live = Running(
+        scratch
+            .tally(&["run", "--workers", "2"])
+            .env("TALLY_CHECKPOINT_INTERVAL", "500ms")
+            .env("TALLY_LOG", "info")
+            .stderr(log.stdio())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while log.tail().matches("state restored").count() < 2 {
+        assert!(live.alive() && Instant::now() < deadline, "the live run did not start: {}", log.tail());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let produced = generated(29, 12_000, 4);
+    let (first, second) = produced.split_at(produced.len() / 2);
+    scratch.produce(4, first.to_vec());
+    let checkpointed = |manifest: &serde_json::Value| -> i64 {
+        manifest["offsets"].as_object().map_or(0, |offsets| offsets.values().filter_map(|o| o.as_i64()).sum())
+    };
+    while scratch.newest_manifest().map_or(0, |m| checkpointed(&m)) < first.len() as i64 {
+        assert!(live.alive() && Instant::now() < deadline, "the first half was not checkpointed: {}", log.tail());
+        thread::sleep(Duration::from_millis(200));
+    }
+    drop(live);
+    assert_eq!(scratch.newest_manifest().unwrap()["routing"], serde_json::json!("Hashed"));
+    scratch.produce_more(second);
+    scratch.run_ok(&["run", "--drain", "--workers", "2"]);
+    let routed = serde_json::json!({ "ByPartition": { "partitions": 4 } });
+    assert_eq!(scratch.newest_manifest().unwrap()["routing"], routed);
+    scratch.tables().assert_same(&expected(4, &as_read(&produced)));
 }
