@@ -26,11 +26,12 @@
 //!
 //! # Restore
 //!
-//! On start the workers agree on the newest manifest and on a new incarnation
+//! On start the workers agree on the newest manifest, on a new incarnation
 //! number (greater than any recorded, and than the previous start time), which
-//! is recorded in the store before anything is written. Every worker loads the
-//! manifest's shards (its own shard when the worker count is unchanged, every
-//! shard re-sharded otherwise), seeks its partitions to the stored offsets
+//! is recorded in the store before anything is written, and on how resources
+//! are routed (`tally_dataflows::routing`). Every worker loads the manifest's
+//! shards (its own shard when the worker count and the routing are unchanged,
+//! every shard re-sharded otherwise), seeks its partitions to the stored offsets
 //! (partitions the manifest does not know start at offset 0) and resumes at
 //! `e + 1`. Rows with a version above the manifest's are *stale*: an abandoned
 //! incarnation wrote them, and the restored run may never produce them again
