@@ -20,10 +20,10 @@ use smallvec::SmallVec;
 
 use super::{Quantities, RawData, RawEvent, Text};
 
-/// The fields of `text` if it is an event of the usual shape, else `None`.
-pub(super) fn event(text: &str) -> Option<RawEvent<'_>> {
+/// Reads the fields of `text` into `event` (its default) if it is an event
+/// of the usual shape; `None` otherwise, leaving `event` partly read.
+pub(super) fn event<'a>(text: &'a str, event: &mut RawEvent<'a>) -> Option<()> {
     let mut cursor = Cursor { text, at: 0 };
-    let mut event = RawEvent::default();
     cursor.members(
         |cursor| cursor.key(&EVENT_KEYS),
         |cursor, key| {
@@ -47,7 +47,7 @@ pub(super) fn event(text: &str) -> Option<RawEvent<'_>> {
         },
     )?;
     cursor.skip_whitespace();
-    (cursor.at == text.len()).then_some(event)
+    (cursor.at == text.len()).then_some(())
 }
 
 /// The members of an event the fast path reads.
