@@ -28,8 +28,10 @@
 //!
 //! On start the workers agree on the newest manifest, on a new incarnation
 //! number (greater than any recorded, and than the previous start time), which
-//! is recorded in the store before anything is written, and on how resources
-//! are routed (`tally_dataflows::routing`). Every worker loads the manifest's
+//! is recorded in the store before anything is written, on how resources
+//! are routed (`tally_dataflows::routing`), and on how identities are
+//! fingerprinted (the manifest's way, or under a key drawn for a store
+//! without one: `tally_dataflows::identity`). Every worker loads the manifest's
 //! shards (its own shard when the worker count and the routing are unchanged,
 //! every shard re-sharded otherwise), seeks its partitions to the stored offsets
 //! (partitions the manifest does not know start at offset 0) and resumes at
@@ -86,6 +88,7 @@ use tally_dataflows::checkpoint::{
     pieces, segments_named, usage_part,
 };
 use tally_dataflows::event::{Offset, Partition};
+use tally_dataflows::identity::IdentityHash;
 use tally_dataflows::lifecycle::{Loaded, Stored};
 use tally_dataflows::routing::Routing;
 
@@ -104,11 +107,15 @@ use crate::fault::Fault;
 /// by hash; a tally of format 8 would restore each worker from its own
 /// shard alone, which under another routing no longer holds all of the
 /// worker's resources, and so refuses format 9.
-pub const FORMAT: u32 = 9;
-/// The formats read: this one, and formats 2 to 8, whose shards differ in
+/// 10: a manifest names how its state's identities were fingerprinted.
+/// Formats 2 to 9 hold BLAKE3 fingerprints; a tally of format 9 would
+/// fingerprint new events with BLAKE3 against remembered SipHash ones,
+/// and count their copies again, and so refuses format 10.
+pub const FORMAT: u32 = 10;
+/// The formats read: this one, and formats 2 to 9, whose shards differ in
 /// how a dedup part (2 and 3) and a usage part (2 to 7) are encoded;
 /// those are converted as the shard is read.
-const READS: [u32; 8] = [2, 3, 4, 5, 6, 7, 8, FORMAT];
+const READS: [u32; 9] = [2, 3, 4, 5, 6, 7, 8, 9, FORMAT];
 /// The first format with dedup segments, which later formats write alike.
 const SEGMENTS_SINCE: u32 = 4;
 /// The first format with usage chunks, which later formats write alike.
@@ -133,6 +140,11 @@ pub struct Manifest {
     /// format 9).
     #[serde(default)]
     pub routing: Routing,
+    /// How the state's identities were fingerprinted (with BLAKE3 before
+    /// format 10): a restored run goes on alike, or the identities it
+    /// remembers would not match the copies it reads.
+    #[serde(default)]
+    pub identities: IdentityHash,
     /// Each worker's shard, by worker index.
     pub shards: Vec<String>,
     /// The dedup segments the shards name.
@@ -573,7 +585,6 @@ pub fn collect_garbage(store: &Store, keep: usize, known: &mut BTreeMap<u64, Vec
 #[cfg(test)]
 mod tests {
     use tally_dataflows::checkpoint::{DedupPart, split_usage_part};
-    use tally_dataflows::identity::Fingerprint;
 
     use super::*;
 
@@ -595,6 +606,7 @@ mod tests {
             version: (7 << 20) + epoch,
             workers: shards.len(),
             routing: Routing::default(),
+            identities: IdentityHash::SipHash([3, 4]),
             shards,
             segments: Vec::new(),
             chunks: Vec::new(),
@@ -640,6 +652,18 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_of_format_9_fingerprinted_identities_with_blake3() {
+        let written = manifest(4, vec![shard_name(4, 0)]);
+        let json = serde_json::to_value(&written).unwrap();
+        assert_eq!(serde_json::from_value::<Manifest>(json.clone()).unwrap().identities, written.identities);
+        let mut json = json;
+        json.as_object_mut().unwrap().remove("identities");
+        json["format"] = 9.into();
+        let read: Manifest = serde_json::from_value(json).unwrap();
+        assert_eq!(read.identities, IdentityHash::Blake3);
+    }
+
+    #[test]
     fn a_manifest_of_format_8_routed_by_hash() {
         let mut json = serde_json::to_value(manifest(4, vec![shard_name(4, 0)])).unwrap();
         json.as_object_mut().unwrap().remove("routing");
@@ -652,7 +676,7 @@ mod tests {
     fn a_shard_of_format_2_reads_with_its_parts_converted_and_format_1_is_refused() {
         let (store, dir) = scratch();
         let usage = include_bytes!("../dataflows/src/lifecycle/format_2_usage.bin");
-        let inline = vec![(Fingerprint::of("//compute", "evt-1"), 1_795_392_000_000)];
+        let inline = vec![(IdentityHash::Blake3.fingerprint("//compute", "evt-1"), 1_795_392_000_000)];
         let dedup = postcard::to_stdvec(&inline).unwrap();
         let file = |format| {
             let parts = [(Part::Dedup, &dedup[..]), (Part::Usage, &usage[..])]
@@ -671,7 +695,7 @@ mod tests {
         assert_eq!(by_key(converted), by_key(original));
         store.put("older.bin", file(1), None);
         let refused = read_shard(&store, "older.bin").unwrap_err().to_string();
-        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6, 7, 8, 9])"), "{refused}");
+        assert!(refused.contains("format 1 (this tally reads [2, 3, 4, 5, 6, 7, 8, 9, 10])"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

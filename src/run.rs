@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tally_dataflows::checkpoint::{Cadence, Recovery, Restored, SnapshotsHandle, Stale};
 use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
+use tally_dataflows::identity::{self, IdentityHash};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::routing::Routing;
 use tally_dataflows::settings::Settings;
@@ -148,8 +149,14 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
     await_earlier_inserts(&warehouse, &config.kafka.topic);
     let partitions =
         backoff::retry("Kafka", "count the topic's partitions", "", || kafka::count_partitions(&config.kafka));
-    let start = Start::agree(worker, &store, &warehouse, (&config.kafka.topic, partitions), shared.started_millis)
-        .map_err(|e| e.to_string())?;
+    // Worker 0's draw, which the others' zeros leave as the maximum.
+    let key = match index {
+        0 => identity::draw_key().map_err(|e| format!("drawing a key for identities: {e}"))?,
+        _ => [0, 0],
+    };
+    let start =
+        Start::agree(worker, &store, &warehouse, (&config.kafka.topic, partitions), (shared.started_millis, key))
+            .map_err(|e| e.to_string())?;
     if index == 0 {
         if start.manifest.is_none() {
             checkpoint::abandon(&store);
@@ -162,10 +169,11 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         None => Stale::default(),
     };
     let restored = start.restore(&store, &stale, index, &shared.prices).map_err(|e| e.to_string())?;
-    let routing = start.routing;
+    let (routing, identities) = (start.routing, start.identities);
     tracing::info!(
         worker = index,
         ?routing,
+        ?identities,
         incarnation = versions.incarnation(),
         checkpoint = ?start.manifest.as_ref().map(|m| m.epoch),
         stale_rows = stale.breakdowns.len() + stale.totals.len(),
@@ -178,6 +186,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         cadence: shared.cadence,
         restored,
         chunks: Some(Arc::new(chunks)),
+        identities,
     };
     let first_epoch = recovery.first_epoch();
     let offsets = OffsetsHandle::default();
@@ -203,6 +212,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         versions,
         metrics: Arc::clone(&shared.metrics),
         routing,
+        identities,
     });
     let overflow: Arc<Mutex<Option<String>>> = Arc::default();
     let seen_overflow = Arc::clone(&overflow);
@@ -336,6 +346,7 @@ struct Start {
     incarnations: Incarnations,
     routing: Routing,
     workers: usize,
+    identities: IdentityHash,
 }
 
 impl Start {
@@ -344,14 +355,16 @@ impl Start {
     /// incarnation above every earlier one and above the start time, and on
     /// the routing of the most partitions any of them saw the topic with (a
     /// topic may grow while they look: routing must be the same on every
-    /// worker, and any routing is correct). A store whose rows the warehouse
-    /// has never seen is not restored from.
+    /// worker, and any routing is correct); and on how identities are
+    /// fingerprinted: as the manifest's state was, or under the key worker 0
+    /// drew (`key`: the other workers give zeros). A store whose rows the
+    /// warehouse has never seen is not restored from.
     fn agree(
         worker: &mut timely::worker::Worker,
         store: &Store,
         warehouse: &Warehouse,
         (pipeline, partitions): (&str, u32),
-        started_millis: u64,
+        (started_millis, key): (u64, [u64; 2]),
     ) -> Result<Start, CheckpointError> {
         let mut newest = checkpoint::committed_epochs(store).last().copied();
         if newest.is_some() && !has_progress(warehouse, pipeline) {
@@ -376,8 +389,10 @@ impl Start {
                 .max()
                 .unwrap_or(started_millis),
             u64::from(partitions),
+            key[0],
+            key[1],
         ];
-        let [newest_plus_one, incarnation, partitions] = agree_on_maxima(worker, proposal);
+        let [newest_plus_one, incarnation, partitions, key0, key1] = agree_on_maxima(worker, proposal);
         let manifest = match (newest_plus_one.checked_sub(1), seen) {
             (None, _) => None,
             (Some(epoch), Some(seen)) if seen.epoch == epoch => Some(seen),
@@ -386,7 +401,8 @@ impl Start {
         let workers = worker.peers();
         let routing = Routing::for_run(u32::try_from(partitions).expect("agreed from u32 counts"), workers);
         let incarnations = checkpoint::next_incarnations(previous, incarnation);
-        Ok(Start { manifest, previous, incarnations, routing, workers })
+        let identities = manifest.as_ref().map_or(IdentityHash::SipHash([key0, key1]), |m| m.identities);
+        Ok(Start { manifest, previous, incarnations, routing, workers, identities })
     }
 
     /// Rows with a version above this one are stale: the manifest's version,
@@ -435,7 +451,7 @@ impl Start {
 }
 
 /// The maxima of every worker's values, known to every worker.
-fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 3]) -> [u64; 3] {
+fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 5]) -> [u64; 5] {
     let mut input = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let agreed = Rc::new(Cell::new(values));
@@ -444,7 +460,7 @@ fn agree_on_maxima(worker: &mut timely::worker::Worker, values: [u64; 3]) -> [u6
         scope
             .input_from(&mut input)
             .broadcast()
-            .inspect(move |other: &[u64; 3]| {
+            .inspect(move |other: &[u64; 5]| {
                 let mine = seen.get();
                 seen.set(std::array::from_fn(|i| mine[i].max(other[i])));
             })

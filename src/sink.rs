@@ -32,6 +32,7 @@ use tally_dataflows::checkpoint::{
 use tally_dataflows::dataflow::Streams;
 use tally_dataflows::dataflow::pending::Pending;
 use tally_dataflows::event::{Offset, Partition};
+use tally_dataflows::identity::IdentityHash;
 use tally_dataflows::offload::Offload;
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::routing::Routing;
@@ -93,6 +94,8 @@ pub struct Target {
     pub metrics: Arc<Metrics>,
     /// How the run routes resources, which its manifests record.
     pub routing: Routing,
+    /// How the run fingerprints identities, which its manifests record.
+    pub identities: IdentityHash,
 }
 
 /// Each epoch's next offsets of a worker's partitions, recorded by the source
@@ -561,6 +564,7 @@ fn manifest(
         version: target.versions.of(epoch),
         workers: latest.len(),
         routing: target.routing,
+        identities: target.identities,
         shards,
         segments,
         chunks,

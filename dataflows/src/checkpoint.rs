@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use self::pieces::Pieces;
 use self::pieces::Undecodable;
 use crate::event::{Partition, ResourceKey};
-use crate::identity::Fingerprint;
+use crate::identity::{Fingerprint, IdentityHash};
 use crate::judge::PartitionClock;
 use crate::lifecycle::{Loading, Resources, Stored};
 use crate::prices::PriceList;
@@ -639,6 +639,9 @@ pub struct Recovery {
     pub restored: Option<Restored>,
     /// Where usage snapshots' chunks go; `None` to hold them whole.
     pub chunks: Option<Arc<dyn ChunkStore>>,
+    /// How identities are fingerprinted: as in the state restored, which
+    /// remembers fingerprints.
+    pub identities: IdentityHash,
 }
 
 impl Recovery {

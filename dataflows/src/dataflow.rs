@@ -100,6 +100,7 @@ pub fn billing<'scope>(
     // A restored worker's state as of the checkpoint is its first snapshot:
     // an operator that never works an epoch still checkpoints what it holds.
     let restored_epoch = recovery.restored.as_ref().map(|r| r.epoch);
+    let identities = recovery.identities;
     let Restored { shared, seen, resources, totals: sums, stale, rated_with, usage_part, .. } =
         recovery.restored.unwrap_or_default();
     let mut seen = Seen::restore(seen, source.scope().index(), source.scope().peers());
@@ -113,8 +114,13 @@ pub fn billing<'scope>(
         recorder.record_shared(epoch, || shared.clone());
     }
     let (loop_handle, previous_progress) = source.scope().feedback::<Vec<Progress>>(1);
-    let (events, claims, rejected, clocks) =
-        partitions::judge(source, previous_progress, Arc::clone(&prices), (settings, routing), shared.clone());
+    let (events, claims, rejected, clocks) = partitions::judge(
+        source,
+        previous_progress,
+        (Arc::clone(&prices), identities),
+        (settings, routing),
+        shared.clone(),
+    );
 
     let restored_progress = shared.progress;
     let progress = partitions::watermark(clocks.broadcast(), settings, shared, recorder.clone());

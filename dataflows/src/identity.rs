@@ -1,38 +1,93 @@
 //! The identity deduplication goes by: `(source, id)`, held as a 128-bit
-//! BLAKE3 fingerprint.
+//! fingerprint.
 //!
 //! Remembering every identity of the dedup horizon as two owned strings cost
 //! more memory and time than anything else the pipeline keeps. A fingerprint
 //! is 16 bytes, compares in one step, and routes without hashing again. Two
 //! identities sharing a fingerprint would make one look like a copy of the
-//! other: with a cryptographic hash that takes about 2^64 identities or that
-//! much work to find, far beyond any horizon's worth of events.
+//! other, so the hash must make that practically impossible, by chance or on
+//! purpose:
+//!
+//! - [`IdentityHash::SipHash`], SipHash-2-4 with 128-bit output under a key
+//!   drawn at random when a deployment starts without a checkpoint and kept
+//!   in its checkpoints: by chance two identities share a fingerprint with
+//!   odds of 2^-128, and finding two that do takes knowing the key. It costs
+//!   18 ns an identity where BLAKE3 costs 100 (one compression of a block),
+//!   which was 7% of the time an event took a worker (BENCHMARKS.md).
+//! - [`IdentityHash::Blake3`], unkeyed: what checkpoints before format 10
+//!   hold, and what a deployment restored from one keeps using, since its
+//!   remembered identities are BLAKE3 fingerprints.
 
+use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128, SipHasher24};
 
 /// A fingerprint of `(source, id)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Fingerprint([u8; 16]);
 
-impl Fingerprint {
+/// How a deployment's identities become fingerprints: fixed for as long as
+/// its checkpoints hold fingerprints made so.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdentityHash {
+    /// BLAKE3 truncated to 128 bits: the identities of checkpoints before
+    /// format 10.
+    #[default]
+    Blake3,
+    /// SipHash-2-4, 128 bits, under this key.
+    SipHash([u64; 2]),
+}
+
+impl IdentityHash {
     /// The fingerprint of the identity `(source, id)`. The source's length
     /// comes first, so no two pairs hash the same bytes.
-    pub fn of(source: &str, id: &str) -> Fingerprint {
+    pub fn fingerprint(&self, source: &str, id: &str) -> Fingerprint {
         let length = (source.len() as u64).to_le_bytes();
-        let hash = match Block::of(&[&length, source.as_bytes(), id.as_bytes()]) {
-            Some(block) => blake3::hash(block.bytes()),
-            None => {
-                let mut hasher = blake3::Hasher::new();
-                hasher.update(&length).update(source.as_bytes()).update(id.as_bytes());
-                hasher.finalize()
+        match self {
+            IdentityHash::Blake3 => blake3_fingerprint(&length, source, id),
+            IdentityHash::SipHash([key0, key1]) => {
+                let mut hasher = SipHasher24::new_with_keys(*key0, *key1);
+                hasher.write(&length);
+                hasher.write(source.as_bytes());
+                hasher.write(id.as_bytes());
+                Fingerprint(hasher.finish128().as_bytes())
             }
-        };
-        let (fingerprint, _) = hash.as_bytes().split_first_chunk::<16>().expect("a hash is 32 bytes");
-        Fingerprint(*fingerprint)
+        }
     }
+}
 
+/// Names the hash without its key, which is the state's secret.
+impl fmt::Debug for IdentityHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentityHash::Blake3 => f.write_str("Blake3"),
+            IdentityHash::SipHash(_) => f.write_str("SipHash(keyed)"),
+        }
+    }
+}
+
+/// A key for [`IdentityHash::SipHash`], drawn from the operating system: a
+/// deployment's at its first start.
+pub fn draw_key() -> Result<[u64; 2], getrandom::Error> {
+    Ok([getrandom::u64()?, getrandom::u64()?])
+}
+
+fn blake3_fingerprint(length: &[u8; 8], source: &str, id: &str) -> Fingerprint {
+    let hash = match Block::of(&[length, source.as_bytes(), id.as_bytes()]) {
+        Some(block) => blake3::hash(block.bytes()),
+        None => {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(length).update(source.as_bytes()).update(id.as_bytes());
+            hasher.finalize()
+        }
+    };
+    let (fingerprint, _) = hash.as_bytes().split_first_chunk::<16>().expect("a hash is 32 bytes");
+    Fingerprint(*fingerprint)
+}
+
+impl Fingerprint {
     /// Where the identity is exchanged to: already uniform, so its first
     /// eight bytes serve as they are.
     pub fn route(&self) -> u64 {
@@ -100,16 +155,34 @@ pub type BuildFingerprintHasher = BuildHasherDefault<FingerprintHasher>;
 mod tests {
     use super::*;
 
+    const KEYED: IdentityHash = IdentityHash::SipHash([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210]);
+
     #[test]
     fn the_boundary_between_source_and_id_counts() {
-        assert_ne!(Fingerprint::of("ab", "c"), Fingerprint::of("a", "bc"));
-        assert_eq!(Fingerprint::of("a", "bc"), Fingerprint::of("a", "bc"));
+        for hash in [IdentityHash::Blake3, KEYED] {
+            assert_ne!(hash.fingerprint("ab", "c"), hash.fingerprint("a", "bc"), "{hash:?}");
+            assert_eq!(hash.fingerprint("a", "bc"), hash.fingerprint("a", "bc"), "{hash:?}");
+        }
     }
 
     #[test]
     fn fingerprints_are_stable_across_builds() {
-        // A checkpoint holds fingerprints: the function must never change.
-        assert_eq!(Fingerprint::of("//compute/eu-west", "evt-1").route(), 0x803d_9f20_d866_969b);
+        // A checkpoint holds fingerprints: the functions must never change.
+        assert_eq!(IdentityHash::Blake3.fingerprint("//compute/eu-west", "evt-1").route(), 0x803d_9f20_d866_969b);
+        assert_eq!(KEYED.fingerprint("//compute/eu-west", "evt-1").route(), 0xc725_5d02_a759_9467);
+    }
+
+    #[test]
+    fn another_key_makes_other_fingerprints() {
+        let other = IdentityHash::SipHash([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3211]);
+        let identity = ("//compute/eu-west", "evt-1");
+        let prints = [IdentityHash::Blake3, KEYED, other].map(|hash| hash.fingerprint(identity.0, identity.1));
+        assert!(prints[0] != prints[1] && prints[1] != prints[2] && prints[0] != prints[2]);
+    }
+
+    #[test]
+    fn the_key_stays_out_of_logs() {
+        assert_eq!(format!("{KEYED:?}"), "SipHash(keyed)");
     }
 
     #[test]
@@ -127,7 +200,11 @@ mod tests {
         // Around the block's 64 bytes: 8 for the length, 20 for the source.
         for id_length in [0, 1, 24, 35, 36, 37, 64, 200] {
             let id = "e".repeat(id_length);
-            assert_eq!(Fingerprint::of(source, &id), streamed(source, &id), "an id of {id_length} bytes");
+            assert_eq!(
+                IdentityHash::Blake3.fingerprint(source, &id),
+                streamed(source, &id),
+                "an id of {id_length} bytes"
+            );
         }
     }
 }

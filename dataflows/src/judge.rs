@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{Invalid, decode};
 use crate::event::{Event, Message, Offset, Partition, ReadAt, Reason};
-use crate::identity::Fingerprint;
+use crate::identity::{Fingerprint, IdentityHash};
 use crate::intern::Interner;
 use crate::prices::PriceList;
 use crate::routing::Routing;
@@ -133,10 +133,10 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    /// Decodes `message`.
-    pub fn of(message: Message, prices: &PriceList, interner: &mut Interner) -> Decoded {
+    /// Decodes `message`, fingerprinting its identity with `identities`.
+    pub fn of(message: Message, (prices, identities): (&PriceList, IdentityHash), interner: &mut Interner) -> Decoded {
         let event = decode(&message.payload, prices, interner).map(|event| {
-            let identity = Fingerprint::of(&event.order.source, &event.order.id);
+            let identity = identities.fingerprint(&event.order.source, &event.order.id);
             (event, identity)
         });
         Decoded { message, event }

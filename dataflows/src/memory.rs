@@ -21,6 +21,7 @@ use crate::checkpoint::{
 use crate::dataflow::billing;
 use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
+use crate::identity::{self, IdentityHash};
 use crate::judge::{PartitionState, SourceItem};
 use crate::prices::PriceList;
 use crate::routing::Routing;
@@ -59,6 +60,8 @@ pub struct Checkpoint {
     pub next_offsets: BTreeMap<Partition, Offset>,
     /// The price list the state's rows were rated with (its text).
     pub prices: String,
+    /// How the state's identities were fingerprinted.
+    pub identities: IdentityHash,
 }
 
 /// Where a simulated crash happens: after the rows of `written_through` (an
@@ -92,6 +95,8 @@ struct Collected {
     segments: BTreeMap<SegmentId, Pieces>,
     /// Every worker's usage chunks.
     chunks: BTreeMap<ChunkId, Vec<u8>>,
+    /// How the run fingerprinted identities.
+    identities: IdentityHash,
 }
 
 /// Every block of the runner's usage snapshots leaves as a chunk of its
@@ -216,7 +221,8 @@ fn checkpoint_at(
             next_offsets.insert(message.partition, message.offset + 1);
         }
     }
-    Checkpoint { epoch, shared, shards, segments, chunks, next_offsets, prices: prices.text().to_owned() }
+    let (prices, identities) = (prices.text().to_owned(), crashed.identities);
+    Checkpoint { epoch, shared, shards, segments, chunks, next_offsets, prices, identities }
 }
 
 /// The epoch of each of `count` messages read from `first` on, cut as `shape` says.
@@ -240,16 +246,23 @@ fn execute(
     shape: &RunShape,
     restore: Option<Arc<Restore>>,
 ) -> Result<Collected, Overflow> {
-    let collected = Arc::new(Mutex::new(Collected::default()));
     let chunks = Arc::new(MemoryChunks::default());
     let worker_chunks = Arc::clone(&chunks);
     let messages = Arc::clone(messages);
     let partitions = Arc::new(partitions.to_vec());
     let shape = Arc::new(shape.clone());
-    let sink = Arc::clone(&collected);
     // As `tally run` routes over a topic of these partitions: a restored run
     // of another worker count may route otherwise.
     let routing = Routing::for_run(u32::try_from(partitions.len()).expect("fewer than 2^32 partitions"), shape.workers);
+    // As `tally run` fingerprints identities: as the checkpoint did, or
+    // under a key of the run's own, which a restore that ignored the
+    // checkpoint's would not share.
+    let identities = match restore.as_ref().and_then(|r| r.checkpoint.as_ref()) {
+        Some(checkpoint) => checkpoint.identities,
+        None => IdentityHash::SipHash(identity::draw_key().expect("the operating system gives random numbers")),
+    };
+    let collected = Arc::new(Mutex::new(Collected { identities, ..Collected::default() }));
+    let sink = Arc::clone(&collected);
     timely::execute(timely::Config::process(shape.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let mine = |p: Partition| p as usize % peers == index;
@@ -259,6 +272,7 @@ fn execute(
             cadence: shape.cadence,
             restored: restored(restore.as_deref(), index, (peers, routing), &prices),
             chunks: Some(Arc::clone(&worker_chunks) as Arc<dyn ChunkStore>),
+            identities,
         };
         let first_epoch = recovery.first_epoch();
         let resume =

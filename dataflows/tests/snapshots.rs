@@ -29,7 +29,7 @@ fn a_checkpoint_epoch_is_done_only_once_its_snapshots_are_recorded_for_good() {
         let recorded = ProbeHandle::new();
         let rows = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
-            let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), cadence, restored: None, chunks: None };
+            let recovery = Recovery { snapshots: Some(Rc::clone(&snapshots)), cadence, ..Recovery::default() };
             let streams = billing_by_default(scope.input_from(&mut input), recovery, ROWS_PER_STEP);
             streams.recorded.probe_with(&recorded);
             streams.breakdowns.probe_with(&rows);

@@ -303,11 +303,12 @@ mod tests {
     use super::*;
     use crate::checkpoint::{Restored, SegmentHours, Shared, dedup_part_of_format_3, owner};
     use crate::event::{Offset, Partition};
+    use crate::identity::IdentityHash;
     use crate::routing::Routing;
     use crate::time::DAY;
 
     fn identity(n: u64) -> Fingerprint {
-        Fingerprint::of("test", &n.to_string())
+        IdentityHash::SipHash([1, 2]).fingerprint("test", &n.to_string())
     }
 
     /// Remembers identities `range`, one a minute from `start`.

@@ -23,6 +23,7 @@ use super::pending::Pending;
 use super::usage::UsageIn;
 use crate::checkpoint::{Cadence, Recorder, Shared};
 use crate::event::Partition;
+use crate::identity::IdentityHash;
 use crate::intern::Interner;
 use crate::judge::{Claim, ClockReport, Decoded, PartitionClock, PartitionState, SourceItem, Verdict};
 use crate::prices::PriceList;
@@ -50,11 +51,12 @@ enum Arrived {
 
 /// Judges each worker's partitions in offset order; `previous` is the progress
 /// of the epoch before, fed back. On-time events go to their resources'
-/// workers by `routing`. Starts from the clocks and progress `restored`.
+/// workers by `routing`; identities are fingerprinted with `identities`.
+/// Starts from the clocks and progress `restored`.
 pub(crate) fn judge<'scope>(
     source: StreamVec<'scope, u64, SourceItem>,
     previous: StreamVec<'scope, u64, Progress>,
-    prices: Arc<PriceList>,
+    (prices, identities): (Arc<PriceList>, IdentityHash),
     (settings, routing): (Settings, Routing),
     restored: Shared,
 ) -> Judged<'scope> {
@@ -76,7 +78,9 @@ pub(crate) fn judge<'scope>(
                 let mut arrived = data
                     .drain(..)
                     .map(|item| match item {
-                        SourceItem::Message(message) => Arrived::Message(Decoded::of(message, &prices, &mut interner)),
+                        SourceItem::Message(message) => {
+                            Arrived::Message(Decoded::of(message, (&prices, identities), &mut interner))
+                        }
                         SourceItem::Status { partition, state } => Arrived::Status { partition, state },
                     })
                     .collect();
