@@ -66,7 +66,8 @@ pub struct Checkpoint {
 
 /// Where a simulated crash happens: after the rows of `written_through` (an
 /// epoch at or after the checkpoint's) reached the tables, with the last
-/// committed checkpoint taken after `checkpoint`, or none at all.
+/// committed checkpoint taken after `checkpoint`, or none at all; and what
+/// the crashed run's identities were fingerprinted with.
 #[derive(Clone, Copy, Debug)]
 pub struct Crash {
     /// The last committed checkpoint's epoch: one the first run's cadence
@@ -74,6 +75,9 @@ pub struct Crash {
     pub checkpoint: Option<u64>,
     /// The last epoch whose rows were written.
     pub written_through: u64,
+    /// How the crashed run fingerprinted identities, which its checkpoint
+    /// records: BLAKE3 for a store of a format before 10.
+    pub identities: IdentityHash,
 }
 
 /// A worker's encoded parts as of an epoch (`None`: never recorded).
@@ -139,7 +143,7 @@ pub fn run(
     settings: Settings,
     shape: &RunShape,
 ) -> Result<Ledger, Overflow> {
-    let collected = execute(partitions, &Arc::new(messages), prices, settings, shape, None)?;
+    let collected = execute(partitions, &Arc::new(messages), prices, settings, shape, (None, drawn()))?;
     Ok(materialize(vec![collected]))
 }
 
@@ -154,7 +158,7 @@ pub fn rows_emitted(
     settings: Settings,
     shape: &RunShape,
 ) -> Result<usize, Overflow> {
-    let collected = execute(partitions, messages, prices, settings, shape, None)?;
+    let collected = execute(partitions, messages, prices, settings, shape, (None, drawn()))?;
     Ok(collected.breakdowns.len() + collected.totals.len())
 }
 
@@ -173,8 +177,9 @@ pub fn run_with_crash(
     second: &RunShape,
 ) -> Result<Ledger, Overflow> {
     let messages = Arc::new(messages);
-    let mut crashed =
-        execute(partitions, &messages, prices.clone(), settings, first, None)?.written_through(crash.written_through);
+    let first_run = (None, crash.identities);
+    let mut crashed = execute(partitions, &messages, prices.clone(), settings, first, first_run)?
+        .written_through(crash.written_through);
     let checkpoint = crash.checkpoint.map(|epoch| checkpoint_at(&crashed, &messages, first, epoch, &prices));
     let after = checkpoint.as_ref().map(|c| c.epoch);
     // Counts are metrics of committed epochs: the restored run counts the rest.
@@ -184,8 +189,16 @@ pub fn run_with_crash(
         totals: crashed.totals.iter().filter(|(e, _)| after < Some(*e)).map(|(_, r)| r.key.clone()).collect(),
     };
     let restore = Restore { checkpoint, stale };
-    let restored = execute(partitions, &messages, restored_prices, settings, second, Some(Arc::new(restore)))?;
+    let restored =
+        execute(partitions, &messages, restored_prices, settings, second, (Some(Arc::new(restore)), drawn()))?;
     Ok(materialize(vec![crashed, restored]))
+}
+
+/// A keyed hash under a key of its own, as a deployment starting without a
+/// checkpoint draws: a restore that ignored its checkpoint's would not
+/// share it.
+fn drawn() -> IdentityHash {
+    IdentityHash::SipHash(identity::draw_key().expect("the operating system gives random numbers"))
 }
 
 /// What a restored run starts from.
@@ -244,7 +257,7 @@ fn execute(
     prices: Arc<PriceList>,
     settings: Settings,
     shape: &RunShape,
-    restore: Option<Arc<Restore>>,
+    (restore, fresh): (Option<Arc<Restore>>, IdentityHash),
 ) -> Result<Collected, Overflow> {
     let chunks = Arc::new(MemoryChunks::default());
     let worker_chunks = Arc::clone(&chunks);
@@ -255,12 +268,8 @@ fn execute(
     // of another worker count may route otherwise.
     let routing = Routing::for_run(u32::try_from(partitions.len()).expect("fewer than 2^32 partitions"), shape.workers);
     // As `tally run` fingerprints identities: as the checkpoint did, or
-    // under a key of the run's own, which a restore that ignored the
-    // checkpoint's would not share.
-    let identities = match restore.as_ref().and_then(|r| r.checkpoint.as_ref()) {
-        Some(checkpoint) => checkpoint.identities,
-        None => IdentityHash::SipHash(identity::draw_key().expect("the operating system gives random numbers")),
-    };
+    // as `fresh` says for a run with none.
+    let identities = restore.as_ref().and_then(|r| r.checkpoint.as_ref()).map_or(fresh, |c| c.identities);
     let collected = Arc::new(Mutex::new(Collected { identities, ..Collected::default() }));
     let sink = Arc::clone(&collected);
     timely::execute(timely::Config::process(shape.workers), move |worker| {

@@ -24,6 +24,7 @@ use proptest::test_runner::{RngAlgorithm, TestRng};
 use support::{Ev, Topic, agree, at};
 use tally_dataflows::checkpoint::Cadence;
 use tally_dataflows::dataflow::ROWS_PER_STEP;
+use tally_dataflows::identity::IdentityHash;
 use tally_dataflows::memory::Crash;
 use tally_dataflows::memory::RunShape;
 use tally_dataflows::routing::kafka_partition;
@@ -214,6 +215,12 @@ fn cadence(rng: &mut TestRng) -> Cadence {
     Cadence::every(*pick(rng, &[1, 2, 3]))
 }
 
+/// How the crashed run fingerprinted identities: under a key of its
+/// store's, or with BLAKE3, as a store of a format before 10 did.
+fn identities(rng: &mut TestRng) -> IdentityHash {
+    if rng.random_bool(0.5) { IdentityHash::SipHash(rng.random()) } else { IdentityHash::Blake3 }
+}
+
 /// Rows per step of the usage stage: an epoch's rows in many steps, in a
 /// few, or in one.
 fn step(rng: &mut TestRng) -> usize {
@@ -258,7 +265,8 @@ proptest! {
         let written_through = rng.random_range(checkpoint.unwrap_or(0)..=last_epoch);
         let second =
             RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng), rows_per_step: step(&mut rng) };
-        support::agree_after_crash(&topic, settings, &first, Crash { checkpoint, written_through }, &second);
+        let crash = Crash { checkpoint, written_through, identities: identities(&mut rng) };
+        support::agree_after_crash(&topic, settings, &first, crash, &second);
     }
 
     /// A run restored under raised prices rates every row open at its
@@ -274,7 +282,8 @@ proptest! {
         let first = RunShape { workers: *pick(&mut rng, &[1, 2, 4]), epoch_starts: cuts(&mut rng, n), cadence: Cadence::every(1), rows_per_step: step(&mut rng) };
         let last_epoch = first.epoch_starts.iter().filter(|&&i| i > 0 && i < n).count() as u64 + 1;
         let checkpoint = rng.random_range(0..=last_epoch);
-        let crash = Crash { checkpoint: Some(checkpoint), written_through: rng.random_range(checkpoint..=last_epoch) };
+        let written_through = rng.random_range(checkpoint..=last_epoch);
+        let crash = Crash { checkpoint: Some(checkpoint), written_through, identities: identities(&mut rng) };
         let second = RunShape { workers: *pick(&mut rng, &[1, 2, 3, 4]), epoch_starts: cuts(&mut rng, n), cadence: cadence(&mut rng), rows_per_step: step(&mut rng) };
         let ledger = support::run_repriced(&topic, settings, &first, crash, &second, support::raised_prices());
         support::assert_totals_sum_rows(&ledger);
