@@ -651,25 +651,26 @@ mod tests {
         assert_eq!(written.shards_holding(2, (3, by_partition)), &shards[..], "a worker the run did not have");
     }
 
+    /// The test manifest as a tally of `format` wrote it: without `field`,
+    /// which that format did not have.
+    fn written_by_format(format: u32, field: &str) -> Manifest {
+        let mut json = serde_json::to_value(manifest(4, vec![shard_name(4, 0)])).unwrap();
+        json.as_object_mut().unwrap().remove(field).expect("a field of the current format");
+        json["format"] = format.into();
+        serde_json::from_value(json).unwrap()
+    }
+
     #[test]
     fn a_manifest_of_format_9_fingerprinted_identities_with_blake3() {
         let written = manifest(4, vec![shard_name(4, 0)]);
         let json = serde_json::to_value(&written).unwrap();
-        assert_eq!(serde_json::from_value::<Manifest>(json.clone()).unwrap().identities, written.identities);
-        let mut json = json;
-        json.as_object_mut().unwrap().remove("identities");
-        json["format"] = 9.into();
-        let read: Manifest = serde_json::from_value(json).unwrap();
-        assert_eq!(read.identities, IdentityHash::Blake3);
+        assert_eq!(serde_json::from_value::<Manifest>(json).unwrap().identities, written.identities);
+        assert_eq!(written_by_format(9, "identities").identities, IdentityHash::Blake3);
     }
 
     #[test]
     fn a_manifest_of_format_8_routed_by_hash() {
-        let mut json = serde_json::to_value(manifest(4, vec![shard_name(4, 0)])).unwrap();
-        json.as_object_mut().unwrap().remove("routing");
-        json["format"] = 8.into();
-        let read: Manifest = serde_json::from_value(json).unwrap();
-        assert_eq!(read.routing, Routing::Hashed);
+        assert_eq!(written_by_format(8, "routing").routing, Routing::Hashed);
     }
 
     #[test]
