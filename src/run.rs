@@ -338,8 +338,9 @@ impl EpochTimes {
     }
 }
 
-/// Where a start begins: the newest committed manifest, the incarnation and
-/// how resources are routed, agreed by every worker of the cluster.
+/// Where a start begins: the newest committed manifest, the incarnation, how
+/// resources are routed and how identities are fingerprinted, agreed by
+/// every worker of the cluster.
 struct Start {
     manifest: Option<Manifest>,
     previous: Option<Incarnations>,
