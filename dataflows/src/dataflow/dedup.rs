@@ -29,7 +29,7 @@ use super::pending::{Batches, Pending};
 use super::snapshots::stateful;
 use super::usage::UsageIn;
 use crate::checkpoint::{DedupPart, Part, Pieces, Record, Recorded, Recorder, RestoredSeen, SegmentId, pieces};
-use crate::event::Reason;
+use crate::event::{Partition, Reason};
 use crate::identity::{BuildFingerprintHasher, Fingerprint};
 use crate::judge::{Arrival, Claim};
 use crate::rows::{Outcomes, Progress, Rejection};
@@ -281,22 +281,43 @@ pub(crate) fn dedup<'scope>(
 }
 
 /// An epoch's claims on time first, each part in `(partition, offset)`
-/// order. A claim's key is computed once: it is one integer, compared in
-/// two instructions where a tuple of its parts took a comparison per part.
-fn in_dedup_order(claims: Batches<Claim>) -> Vec<Claim> {
-    let mut claims: Vec<Claim> = claims.into_iter().collect();
-    claims.sort_by_cached_key(dedup_order);
-    claims
+/// order.
+///
+/// A partition's claims all come from the worker that reads it, in the
+/// order it read them: offset order. They are filed by `(late, partition)`
+/// as they come, each file is sorted by offset, which checks that it is in
+/// order and does nothing more, and the files are read in key order. A
+/// sort of the whole epoch by `(late, partition, offset)` had been 4% of a
+/// worker's instructions (10,000 claims an epoch, interleaved as the
+/// partitions were read).
+fn in_dedup_order(claims: Batches<Claim>) -> impl Iterator<Item = Claim> {
+    let mut files: Vec<(FileKey, Vec<Claim>)> = Vec::new();
+    let mut index: foldhash::HashMap<FileKey, usize> = foldhash::HashMap::default();
+    // Claims of one partition come in runs as a source reads them: the
+    // last file is looked up first.
+    let mut last: Option<(FileKey, usize)> = None;
+    for claim in claims {
+        let key = (matches!(claim.arrival, Arrival::Late(_)), claim.partition);
+        let file = match last {
+            Some((held, file)) if held == key => file,
+            _ => *index.entry(key).or_insert_with(|| {
+                files.push((key, Vec::new()));
+                files.len() - 1
+            }),
+        };
+        last = Some((key, file));
+        files[file].1.push(claim);
+    }
+    files.sort_unstable_by_key(|&(key, _)| key);
+    files.into_iter().flat_map(|(_, mut file)| {
+        file.sort_unstable_by_key(|claim| claim.offset);
+        file
+    })
 }
 
-/// Orders as `(late, partition, offset)` does: a message is read once, so
-/// no two claims of an epoch share a key.
-fn dedup_order(claim: &Claim) -> u128 {
-    // Flipping the sign bit maps offsets to unsigned integers in order.
-    let offset = claim.offset.cast_unsigned() ^ (1 << 63);
-    let late = matches!(claim.arrival, Arrival::Late(_));
-    u128::from(late) << 96 | u128::from(claim.partition) << 64 | u128::from(offset)
-}
+/// What deduplication files an epoch's claims under: late or not, and
+/// their partition.
+type FileKey = (bool, Partition);
 
 #[cfg(test)]
 mod tests {
@@ -360,7 +381,6 @@ mod tests {
         let mut earlier: Vec<_> = arrived.iter().map(|&(p, o, l)| claim(p, o, l)).collect();
         let later = earlier.split_off(3);
         let ordered: Vec<_> = in_dedup_order(Batches::from(vec![earlier, later]))
-            .into_iter()
             .map(|c| (c.partition, c.offset, matches!(c.arrival, Arrival::Late(_))))
             .collect();
         let expected =
@@ -369,13 +389,43 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any interleaving of partitions each read in offset order, cut
+        /// into any batches, comes out as a sort by the whole key would
+        /// order it.
         #[test]
-        fn the_dedup_order_key_orders_as_late_partition_and_offset_do(
-            a in (proptest::bool::ANY, proptest::num::u32::ANY, proptest::num::i64::ANY),
-            b in (proptest::bool::ANY, proptest::num::u32::ANY, proptest::num::i64::ANY),
+        fn claims_come_out_as_sorted_by_late_partition_and_offset(
+            keys in proptest::collection::btree_set((0u32..6, -3i64..40), 0..60),
+            lateness in proptest::collection::vec(proptest::bool::weighted(0.2), 60),
+            order in proptest::collection::vec(proptest::num::u64::ANY, 60),
+            cuts in proptest::collection::vec(0usize..60, 0..5),
         ) {
-            let key = |(late, partition, offset)| dedup_order(&claim(partition, offset, late));
-            proptest::prop_assert_eq!(key(a).cmp(&key(b)), a.cmp(&b));
+            // Interleaved at random, each partition's offsets still ascending.
+            let mut by_partition: BTreeMap<Partition, Vec<Offset>> = BTreeMap::new();
+            for &(partition, offset) in &keys {
+                by_partition.entry(partition).or_default().push(offset);
+            }
+            let mut arrived: Vec<(u64, Partition, Offset)> = Vec::new();
+            for (partition, offsets) in by_partition {
+                let mut draws: Vec<u64> = order.iter().copied().skip(arrived.len()).take(offsets.len()).collect();
+                draws.sort_unstable();
+                arrived.extend(draws.into_iter().zip(offsets).map(|(draw, offset)| (draw, partition, offset)));
+            }
+            arrived.sort_by_key(|&(draw, ..)| draw);
+            let claims: Vec<Claim> =
+                arrived.iter().zip(&lateness).map(|(&(_, p, o), &late)| claim(p, o, late)).collect();
+            let mut expected: Vec<_> =
+                claims.iter().map(|c| (matches!(c.arrival, Arrival::Late(_)), c.partition, c.offset)).collect();
+            expected.sort_unstable();
+            let mut batches = vec![claims];
+            for cut in cuts {
+                let last = batches.last_mut().unwrap();
+                let rest = last.split_off(cut.min(last.len()));
+                batches.push(rest);
+            }
+            let ordered: Vec<_> = in_dedup_order(Batches::from(batches))
+                .map(|c| (matches!(c.arrival, Arrival::Late(_)), c.partition, c.offset))
+                .collect();
+            proptest::prop_assert_eq!(ordered, expected);
         }
     }
 
