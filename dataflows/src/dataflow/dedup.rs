@@ -296,8 +296,9 @@ fn in_dedup_order(claims: Batches<Claim>) -> impl Iterator<Item = Claim> {
     let mut claims: Vec<Option<Claim>> = claims.into_iter().map(Some).collect();
     let mut files = Files::default();
     let file_of: Vec<u32> = claims.iter().flatten().map(|claim| files.file_of(claim)).collect();
-    let mut positions = files.positions(&file_of);
-    for (_, part) in files.parts() {
+    let parts = files.parts();
+    let mut positions = files.positions(&file_of, &parts);
+    for (_, part) in parts {
         positions[part].sort_unstable_by_key(|&index| claims[index as usize].as_ref().map(|claim| claim.offset));
     }
     positions.into_iter().map(move |index| claims[index as usize].take().expect("each claim is placed once"))
@@ -337,23 +338,26 @@ impl Files {
 
     /// The files in key order: each one's number and its range of
     /// [`Files::positions`].
-    fn parts(&self) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
+    fn parts(&self) -> Vec<(usize, std::ops::Range<usize>)> {
         let mut order: Vec<usize> = (0..self.keys.len()).collect();
         order.sort_unstable_by_key(|&number| self.keys[number]);
         let mut at = 0;
-        order.into_iter().map(move |number| {
-            let part = at..at + self.counts[number];
-            at = part.end;
-            (number, part)
-        })
+        order
+            .into_iter()
+            .map(|number| {
+                let part = at..at + self.counts[number];
+                at = part.end;
+                (number, part)
+            })
+            .collect()
     }
 
-    /// The claims' indices placed file by file in key order, each file's
+    /// The claims' indices placed file by file into `parts`, each file's
     /// in the order they came.
-    fn positions(&self, file_of: &[u32]) -> Vec<u32> {
+    fn positions(&self, file_of: &[u32], parts: &[(usize, std::ops::Range<usize>)]) -> Vec<u32> {
         let mut next = vec![0; self.keys.len()];
-        for (number, part) in self.parts() {
-            next[number] = part.start;
+        for (number, part) in parts {
+            next[*number] = part.start;
         }
         let mut positions = vec![0; file_of.len()];
         for (index, &number) in (0u32..).zip(file_of) {
