@@ -37,6 +37,12 @@ impl<A> Batches<A> {
         self.0.iter().all(Vec::is_empty)
     }
 
+    /// How many records arrived: room to collect them into at once, where
+    /// a flattening's hint counts only the first batch.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+
     /// The batches, in the order they arrived.
     pub fn batches(&self) -> &[Vec<A>] {
         &self.0

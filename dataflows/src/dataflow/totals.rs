@@ -43,7 +43,8 @@ pub(crate) fn totals<'scope>(
                 let mut session = output.session(&epoch.capabilities[0]);
                 let mut written = BTreeSet::new();
                 let rewriting = !stale.is_empty();
-                let mut changes: Vec<_> = epoch.first.into_iter().collect();
+                let mut changes = Vec::with_capacity(epoch.first.len());
+                changes.extend(epoch.first);
                 changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 let mut changes = changes.into_iter().peekable();
                 while let Some((key, delta)) = changes.next() {
