@@ -96,6 +96,11 @@ fn blake3_fingerprint(length: &[u8; 8], source: &str, id: &str) -> Fingerprint {
 }
 
 impl Fingerprint {
+    /// The fingerprint's bytes.
+    pub fn bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
     /// Where the identity is exchanged to: already uniform, so its first
     /// eight bytes serve as they are.
     pub fn route(&self) -> u64 {

@@ -67,6 +67,34 @@ fn encode_in<T: Serialize + ?Sized>(value: &T, compressed: Option<Vec<u8>>, spil
     postcard::serialize_with_flavor(value, flavor).expect("plain data encodes")
 }
 
+/// Encodes in pieces what `write` writes: a postcard encoding made by
+/// hand, for values postcard would walk a byte at a time. A fingerprint,
+/// sixteen bytes, was sixteen calls through serde and the flavor: encoding
+/// a checkpoint's identities took 2.9% of a worker's instructions in the
+/// in-process bench, and written sixteen bytes at once, 1.3%.
+pub fn encode_with(write: impl FnOnce(&mut Encoder<'_>)) -> Pieces {
+    let flavor = InPieces { done: Vec::new(), done_bytes: 0, current: Vec::new(), compressed: None, spill: None };
+    let mut encoder = Encoder(postcard::Serializer { output: flavor });
+    write(&mut encoder);
+    encoder.0.output.finalize().expect("plain data encodes")
+}
+
+/// Writes a postcard encoding a piece at a time (see [`encode_with`]).
+pub struct Encoder<'a>(postcard::Serializer<InPieces<'a>>);
+
+impl Encoder<'_> {
+    /// Writes `value` as postcard encodes it.
+    pub fn value<T: Serialize + ?Sized>(&mut self, value: &T) {
+        value.serialize(&mut self.0).expect("plain data encodes");
+    }
+
+    /// Writes `bytes` as they are: how postcard encodes an array of bytes
+    /// (a tuple, so no length).
+    pub fn array(&mut self, bytes: &[u8]) {
+        self.0.output.try_extend(bytes).expect("pieces take any bytes");
+    }
+}
+
 /// `bytes`, an encoding already made, compressed as [`encode_compressed`]
 /// compresses its pieces.
 pub fn compress(bytes: &[u8]) -> Pieces {
