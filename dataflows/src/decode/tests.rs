@@ -150,12 +150,25 @@ fn the_published_schema_names_what_the_decoder_checks() {
 
 #[test]
 fn invalid_utf8_is_malformed_json_wherever_it_is() {
-    for at in [0, STARTED.len() / 2, STARTED.len() - 1] {
-        let mut bytes = STARTED.as_bytes().to_vec();
-        bytes.insert(at, 0xff);
-        let rejected = decode(&bytes, &prices(), &mut Interner::default()).unwrap_err();
-        assert_eq!(rejected.reason, Reason::MalformedJson, "0xff at {at}: {}", rejected.detail);
+    // A byte never in UTF-8, an overlong encoding, a surrogate, and a
+    // sequence cut short, each named where it starts.
+    for broken in [&[0xff][..], &[0xc0, 0x80], &[0xed, 0xa0, 0x80], &[0xe2, 0x82]] {
+        for at in [0, STARTED.len() / 2, STARTED.len() - 1, STARTED.len()] {
+            let mut bytes = STARTED.as_bytes().to_vec();
+            bytes.splice(at..at, broken.iter().copied());
+            let rejected = decode(&bytes, &prices(), &mut Interner::default()).unwrap_err();
+            assert_eq!(rejected.reason, Reason::MalformedJson, "{broken:x?} at {at}: {}", rejected.detail);
+            assert!(rejected.detail.ends_with(&format!("from index {at}")), "{}", rejected.detail);
+        }
     }
+}
+
+#[test]
+fn text_in_any_script_is_utf8() {
+    let labelled = STARTED.replace(r#""labels": {"#, r#""labels": {"équipe":"données ✓ 𝄞","#);
+    assert_ne!(labelled, STARTED);
+    let event = decode(labelled.as_bytes(), &prices(), &mut Interner::default()).unwrap();
+    assert!(event.meta.labels.contains("données ✓ 𝄞"), "{}", event.meta.labels);
 }
 
 #[test]
