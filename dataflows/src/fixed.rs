@@ -61,6 +61,11 @@ impl Quantity {
     /// Checks run in a fixed order (syntax, sign, precision, range) so that a
     /// string breaking several rules always gets the same reason.
     pub fn parse(text: &str) -> Result<Quantity, QuantityError> {
+        Quantity::short(text.as_bytes()).map_or_else(|| Quantity::general(text), Ok)
+    }
+
+    /// [`Quantity::parse`] by its rules, one after the other.
+    fn general(text: &str) -> Result<Quantity, QuantityError> {
         // Over bytes, in machine integers: most events carry two or three
         // quantities, and splitting with the string helpers and summing
         // digit by digit in an `i128` took about 290 instructions each.
@@ -94,6 +99,38 @@ impl Quantity {
         let fraction_nanos = value(fraction) * 10u64.pow(QUANTITY_SCALE - fraction.len() as u32);
         let nanos = i128::from(value(significant)) * 10i128.pow(QUANTITY_SCALE) + i128::from(fraction_nanos);
         Quantity::from_nanos(nanos).ok_or(QuantityError::OutOfRange)
+    }
+
+    /// The quantities nearly every event carries, read in one pass: up to
+    /// ten digits, then a point and one to nine digits or nothing, which
+    /// always parse and fit a `u64` of nanos. `None` for anything else,
+    /// valid or not, which [`Quantity::parse`] reads by its rules in order
+    /// (a property test holds the two to the same results). Read by those
+    /// rules, a quantity took 195 instructions, 4% of the in-process bench.
+    fn short(bytes: &[u8]) -> Option<Quantity> {
+        const TENS: [u64; 10] = [1_000_000_000, 100_000_000, 10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1];
+        let digits = |from: usize, most: usize| {
+            let (mut value, mut at) = (0u64, from);
+            while let Some(digit) = bytes.get(at).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+                if at - from == most {
+                    return None;
+                }
+                value = value * 10 + u64::from(digit);
+                at += 1;
+            }
+            (at > from).then_some((value, at))
+        };
+        let (whole, at) = digits(0, 10)?;
+        let fraction = match bytes.get(at) {
+            None => 0,
+            Some(b'.') => {
+                let (fraction, end) = digits(at + 1, 9)?;
+                (end == bytes.len()).then_some(())?;
+                fraction * TENS[end - at - 1]
+            }
+            Some(_) => return None,
+        };
+        Some(Quantity(i128::from(whole * TENS[0] + fraction)))
     }
 }
 
@@ -199,6 +236,26 @@ mod tests {
         assert_eq!(Quantity::parse("1.0000000000"), Err(QuantityError::Precision));
         assert_eq!(Quantity::parse("1000000000000"), Err(QuantityError::OutOfRange));
         assert_eq!(Quantity::parse(&"9".repeat(400)), Err(QuantityError::OutOfRange));
+    }
+
+    proptest::proptest! {
+        /// The short path reads what the rules read, and leaves to them
+        /// what it does not read: quantities of every length around its
+        /// limits, signs, points and stray bytes.
+        #[test]
+        fn short_quantities_are_what_the_rules_read(
+            text in "-?[0-9]{0,13}(\\.[0-9]{0,11})?[.x]?",
+        ) {
+            if let Some(short) = Quantity::short(text.as_bytes()) {
+                let without = text.parse::<rust_decimal::Decimal>().map(|d| d * rust_decimal::Decimal::from(1_000_000_000));
+                proptest::prop_assert_eq!(Some(short.nanos()), without.ok().map(|n| i128::try_from(n).unwrap()), "{}", text);
+            }
+            let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+            let usual = !text.starts_with('-') && (1..=10).contains(&whole.len()) && whole.bytes().all(|b| b.is_ascii_digit())
+                && (!text.contains('.') || ((1..=9).contains(&fraction.len()) && fraction.bytes().all(|b| b.is_ascii_digit())));
+            proptest::prop_assert_eq!(Quantity::short(text.as_bytes()).is_some(), usual, "{}", text);
+            proptest::prop_assert_eq!(Quantity::parse(&text), Quantity::general(&text), "{}", text);
+        }
     }
 
     #[test]
