@@ -495,9 +495,7 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(ordered, expected);
         }
-    }
 
-    proptest::proptest! {
         /// Segments written by hand are what postcard writes,
         /// lengths and hours of any varint width (a run past 127 takes
         /// two bytes), far into the past included.
