@@ -318,6 +318,7 @@ fn quantities<'a>(
     Ok(quantities)
 }
 
+mod quotes;
 mod scan;
 #[cfg(test)]
 mod tests;

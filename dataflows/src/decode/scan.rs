@@ -18,12 +18,15 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
+use super::quotes::Quotes;
 use super::{Quantities, RawData, RawEvent, Text};
 
 /// Reads the fields of `text` into `event` (its default) if it is an event
 /// of the usual shape; `None` otherwise, leaving `event` partly read.
 pub(super) fn event<'a>(text: &'a str, event: &mut RawEvent<'a>) -> Option<()> {
-    let mut cursor = Cursor { text, at: 0 };
+    let mut quotes = Quotes::new();
+    let quotes = quotes.find(text.as_bytes()).then_some(&quotes);
+    let mut cursor = Cursor { text, at: 0, quotes };
     cursor.members(
         |cursor| cursor.key(&EVENT_KEYS),
         |cursor, key| {
@@ -134,12 +137,14 @@ fn put<T>(slot: &mut Option<T>, value: T) -> Option<()> {
     }
 }
 
-struct Cursor<'a> {
+struct Cursor<'a, 'q> {
     text: &'a str,
     at: usize,
+    /// The text's quotes, when every string in it runs to the next quote.
+    quotes: Option<&'q Quotes>,
 }
 
-impl<'a> Cursor<'a> {
+impl<'a> Cursor<'a, '_> {
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.text.as_bytes().get(self.at) {
             self.at += 1;
@@ -171,7 +176,10 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let start = self.at;
-        self.at += plain_run(&self.text.as_bytes()[start..]);
+        self.at = match self.quotes {
+            Some(quotes) => quotes.next(start)?,
+            None => start + plain_run(&self.text.as_bytes()[start..]),
+        };
         match *self.text.as_bytes().get(self.at)? {
             b'"' => {
                 let string = self.text.get(start..self.at)?;
@@ -272,7 +280,7 @@ impl<'a> Cursor<'a> {
 /// that the fast path read.
 pub(super) fn labels(text: &str) -> Vec<(Text<'_>, Text<'_>)> {
     let mut pairs = Vec::new();
-    Cursor { text, at: 0 }
+    Cursor { text, at: 0, quotes: None }
         .strings(|key, value| {
             pairs.push((Text(Cow::Borrowed(key)), Text(Cow::Borrowed(value))));
             Some(())
