@@ -104,9 +104,9 @@ fn lifecycle(c: &mut Criterion) {
                         from = from.min(resource.insert(event));
                     }
                     let nothing_yet = Emitted { windows: Windows::default(), prices: &prices };
-                    let changes =
-                        resource.refresh(&key, nothing_yet, (from, end), Some(end), &prices).expect("no overflow");
-                    rows += changes.len();
+                    resource
+                        .refresh(&key, nothing_yet, ((from, end), Some(end)), &prices, |_| rows += 1)
+                        .expect("no overflow");
                     resource.fold(end - HOUR);
                 }
                 rows

@@ -81,8 +81,9 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
     let mut rows = 0;
     for (key, from) in dirty {
         let emitted = Emitted { windows: Windows::default(), prices };
-        let changes = resources[&key].refresh(&key, emitted, (from, until), Some(until), prices);
-        rows += changes.map_or(0, |changes| changes.len());
+        resources[&key]
+            .refresh(&key, emitted, ((from, until), Some(until)), prices, |_| rows += 1)
+            .expect("no overflow");
     }
     let final_before = window_start(until - Settings::default().allowed_lateness - 1);
     resources.retain(|_, resource| {

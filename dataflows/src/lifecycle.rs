@@ -254,17 +254,18 @@ impl Resource {
     }
 
     /// Recomputes the rows of the windows starting in `from..=through`, accrued
-    /// to `accrued_to` and rated with `prices`, and returns those that differ
-    /// from the rows `emitted` yields.
+    /// to `accrued_to` and rated with `prices`, and gives `changed` those that
+    /// differ from the rows `emitted` yields, in window and SKU order. Given,
+    /// not returned: collected into a vector of their own, they were grown
+    /// and moved once more on their way to the epoch's output.
     pub fn refresh(
         &self,
         key: &ResourceKey,
         emitted: Emitted<'_>,
-        (from, through): (Millis, Millis),
-        accrued_to: Option<Millis>,
+        ((from, through), accrued_to): ((Millis, Millis), Option<Millis>),
         prices: &PriceList,
-    ) -> Result<Vec<RowChange>, Overflow> {
-        let mut changes = Vec::new();
+        mut changed: impl FnMut(RowChange),
+    ) -> Result<(), Overflow> {
         let mut start = window_start(from);
         let mut old_windows = emitted.windows.0.into_iter();
         while start <= through {
@@ -273,12 +274,12 @@ impl Resource {
             for (sku, old_usage, new_usage) in side_by_side(old, new) {
                 let old = ((old_usage, &old_meta), emitted.prices);
                 if let Some(change) = change(key, start, sku, old, ((new_usage, &meta), prices))? {
-                    changes.push(change);
+                    changed(change);
                 }
             }
             start += HOUR;
         }
-        Ok(changes)
+        Ok(())
     }
 
     /// The windows starting in `from..=through`, accrued to `accrued_to`, as

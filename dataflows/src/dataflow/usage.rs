@@ -404,17 +404,12 @@ fn refresh(key: &ResourceKey, resource: &mut Arc<Resource>, events: Vec<Event>, 
     let Some((range, emitted)) = emitted else {
         return;
     };
-    let changes = emitted.and_then(|windows| {
+    let refreshed = emitted.and_then(|windows| {
         let emitted = Emitted { windows, prices: emitted_prices };
-        resource.refresh(key, emitted, range, next.accrued_to, prices)
+        resource.refresh(key, emitted, (range, next.accrued_to), prices, |change| out.change(change))
     });
-    match changes {
-        Ok(changes) => {
-            for change in changes {
-                out.change(change);
-            }
-        }
-        Err(overflow) => out.items.push(UsageOut::Overflow(overflow)),
+    if let Err(overflow) = refreshed {
+        out.items.push(UsageOut::Overflow(overflow));
     }
 }
 

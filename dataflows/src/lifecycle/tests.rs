@@ -44,7 +44,10 @@ impl LastEmitted {
         prices: &PriceList,
     ) -> Vec<RowChange> {
         let emitted = Emitted { windows: self.0.windows((from, through), self.1).unwrap(), prices };
-        let changes = resource.refresh(&key(), emitted, (from, through), accrued_to, prices).unwrap();
+        let mut changes = Vec::new();
+        resource
+            .refresh(&key(), emitted, ((from, through), accrued_to), prices, |change| changes.push(change))
+            .unwrap();
         *self = LastEmitted(resource.clone(), accrued_to);
         changes
     }
