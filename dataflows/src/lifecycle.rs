@@ -255,9 +255,10 @@ impl Resource {
 
     /// Recomputes the rows of the windows starting in `from..=through`, accrued
     /// to `accrued_to` and rated with `prices`, and gives `changed` those that
-    /// differ from the rows `emitted` yields, in window and SKU order. Given,
-    /// not returned: collected into a vector of their own, they were grown
-    /// and moved once more on their way to the epoch's output.
+    /// differ from the rows `emitted` yields, in window and SKU order; an
+    /// overflow ends it after the rows before it were given. Given, not
+    /// returned: collected into a vector of their own, they were grown and
+    /// moved once more on their way to the epoch's output.
     pub fn refresh(
         &self,
         key: &ResourceKey,
