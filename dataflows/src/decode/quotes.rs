@@ -101,6 +101,23 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn quotes_at_the_ends_of_words_and_messages_are_found() {
+        for len in [1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 1023, 1024] {
+            for quoted in [0, len / 2, len - 1] {
+                let mut bytes = vec![b'a'; len];
+                bytes[quoted] = b'"';
+                bytes[len - 1] = b'"';
+                let mut quotes = Quotes::new();
+                assert!(quotes.find(&bytes), "{len} bytes");
+                assert_eq!(quotes.next(0), Some(quoted), "{len} bytes, a quote at {quoted}");
+                assert_eq!(quotes.next(quoted + 1), (quoted + 1 < len).then_some(len - 1), "{len} bytes");
+                assert_eq!(quotes.next(len), None, "{len} bytes");
+            }
+        }
+        assert!(!Quotes::new().find(&[b'"'; MAX_BYTES + 1]), "longer than an index holds");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
 
