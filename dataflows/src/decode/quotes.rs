@@ -20,8 +20,8 @@ pub(super) struct Quotes {
 }
 
 impl Quotes {
-    /// Room for the quotes of one message; filled in place, as 136 bytes
-    /// moved for every message cost more than the index saves.
+    /// Room for the quotes of one message, to be filled in place: returned
+    /// by value, the index was copied, 136 bytes, for every message.
     pub(super) fn new() -> Quotes {
         Quotes { words: [0; MAX_BYTES / 64 + 1] }
     }
@@ -31,7 +31,7 @@ impl Quotes {
     /// index is not to be used) otherwise, and where SSE2 is not there to
     /// find them.
     pub(super) fn find(&mut self, bytes: &[u8]) -> bool {
-        bytes.len() <= MAX_BYTES && find(bytes, self)
+        bytes.len() <= MAX_BYTES && mark(bytes, self)
     }
 
     /// The first quote at or after `from`, if there is one.
@@ -52,8 +52,10 @@ impl Quotes {
     }
 }
 
+/// Marks the quotes of `bytes` (at most [`MAX_BYTES`]) in `quotes`; false
+/// if it has a backslash or a control character.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-fn find(bytes: &[u8], quotes: &mut Quotes) -> bool {
+fn mark(bytes: &[u8], quotes: &mut Quotes) -> bool {
     use safe_arch::{
         bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, min_u8_m128i, move_mask_i8_m128i, set_splat_i8_m128i,
     };
@@ -91,7 +93,7 @@ fn find(bytes: &[u8], quotes: &mut Quotes) -> bool {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-fn find(_: &[u8], _: &mut Quotes) -> bool {
+fn mark(_: &[u8], _: &mut Quotes) -> bool {
     false
 }
 
