@@ -255,10 +255,15 @@ fn validate(raw: &mut RawEvent<'_>, prices: &PriceList, interner: &mut Interner)
     })
 }
 
+// This and the two checks below are inlined: called for nearly every field
+// of every event, each result (a text, or an error with its detail) went
+// through memory.
+#[inline(always)]
 fn required<'a>(value: Option<Text<'a>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
     value.map(|Text(text)| text).ok_or_else(|| invalid(Reason::Schema, format!("{field}: missing")))
 }
 
+#[inline(always)]
 fn non_empty<'a>(value: Option<Text<'a>>, field: &str) -> Result<Cow<'a, str>, Invalid> {
     let value = required(value, field)?;
     if value.is_empty() {
@@ -267,6 +272,7 @@ fn non_empty<'a>(value: Option<Text<'a>>, field: &str) -> Result<Cow<'a, str>, I
     Ok(value)
 }
 
+#[inline(always)]
 fn check_length(value: &str, field: &str, max: usize) -> Result<(), Invalid> {
     if value.is_empty() || value.len() > max {
         return Err(invalid(Reason::Schema, format!("{field}: must be 1 to {max} bytes, found {}", value.len())));
