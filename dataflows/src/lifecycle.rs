@@ -70,7 +70,9 @@ impl Counted {
 
     fn add(&mut self, quantities: &[(SkuId, Quantity)]) {
         for &(sku, quantity) in quantities {
-            let units = quantity.nanos().saturating_mul(1000);
+            // Below 10^21 nanos, a quantity is below 10^24 at scale 12: the
+            // product fits, and only the sums need saturating.
+            let units = quantity.nanos() * 1000;
             match self.sums.binary_search_by_key(&sku, |&(s, _)| s) {
                 Ok(index) => self.sums[index].1 = self.sums[index].1.saturating_add(units),
                 Err(index) => {

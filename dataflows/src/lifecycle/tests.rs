@@ -369,3 +369,18 @@ fn a_window_of_counters_holds_room_for_the_skus_it_saw_only() {
     counted.insert(order("c"), &one("api.requests"), Arc::default(), window);
     assert_eq!((counted.sums.len(), counted.sums.capacity()), (2, 2));
 }
+
+#[test]
+fn the_largest_counter_quantities_are_summed_exactly() {
+    let prices = prices();
+    let (egress, _) = prices.lookup("network.egress_gib").unwrap();
+    let largest = Quantity::parse("999999999999.999999999").unwrap();
+    let mut resource = Resource::default();
+    for id in ["a", "b"] {
+        let mut event = event(&prices, id, "2026-11-23T10:10:00Z", EventKind::Recorded, None);
+        event.quantities = [(egress, largest)].into();
+        resource.insert(event);
+    }
+    let counted = resource.counted.get(&at("2026-11-23T10:00:00Z")).unwrap();
+    assert_eq!(counted.sums, [(egress, 2 * 999_999_999_999_999_999_999_000)]);
+}
