@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tally_dataflows::checkpoint::{Cadence, Recovery, Restored, SnapshotsHandle, Stale};
-use tally_dataflows::dataflow::{ROWS_PER_STEP, billing};
+use tally_dataflows::dataflow::{EPOCHS_IN_FLIGHT, ROWS_PER_STEP, billing};
 use tally_dataflows::identity::{self, IdentityHash};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::routing::Routing;
@@ -33,8 +33,6 @@ use crate::sink::clickhouse::{Warehouse, await_earlier_inserts, has_progress, st
 use crate::sink::{self, AppendedHandle, Checkpointing, OffsetsHandle, ProcessRows, Target, Versions};
 use crate::source::kafka::{self, PartitionReader, SourceError};
 
-/// Epochs the source may run ahead of the last one fully written.
-pub const EPOCHS_IN_FLIGHT: u64 = 2;
 /// An epoch also ends after this many messages on a worker, so that a
 /// backlog read faster than `checkpoint.epoch_interval` still advances in steps:
 /// windows turn final and fold away while a drain goes on.

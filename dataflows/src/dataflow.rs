@@ -82,6 +82,11 @@ pub struct Streams<'scope> {
 /// megabytes of rows; and a step is short next to an insert of them.
 pub const ROWS_PER_STEP: usize = 1 << 16;
 
+/// Epochs a source may run ahead of the last one fully worked downstream
+/// (for `tally run`, written to ClickHouse): reading stalls behind a slow
+/// stage instead of piling up messages, and the rows they make, in memory.
+pub const EPOCHS_IN_FLIGHT: u64 = 2;
+
 /// Builds the billing dataflow over each worker's source items, starting from
 /// the state `recovery` restores (if any) and recording snapshots into it.
 /// The source must start at [`Recovery::first_epoch`]; resources go to

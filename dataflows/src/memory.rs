@@ -5,20 +5,25 @@
 //! worker reads the partitions `p` with `p mod workers == index`, in that
 //! order, so any cut and any worker count are a legitimate run over the same
 //! input. At the end every partition is marked exhausted.
+//!
+//! As `tally run`'s source does, a worker starts an epoch only while it is
+//! at most [`EPOCHS_IN_FLIGHT`] epochs ahead of the last one its dataflow
+//! has fully worked, and works the dataflow until it is: a run holds a few
+//! epochs' messages and events at a time, not all of them.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use timely::dataflow::InputHandleVec;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::{Input, Operator};
+use timely::dataflow::operators::{Input, Operator, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 use crate::checkpoint::{
     self, Cadence, ChunkId, ChunkStore, Encoded, Part, Pieces, Recovery, Restored, SegmentId, ShardParts, Shared,
     SnapshotsHandle, Stale, pieces,
 };
-use crate::dataflow::billing;
+use crate::dataflow::{EPOCHS_IN_FLIGHT, billing};
 use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
 use crate::identity::{self, IdentityHash};
@@ -287,6 +292,7 @@ fn execute(
         let resume =
             restore.as_ref().and_then(|r| r.checkpoint.as_ref()).map(|c| c.next_offsets.clone()).unwrap_or_default();
         let mut input = InputHandleVec::<u64, SourceItem>::new();
+        let worked = ProbeHandle::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let streams = billing(
                 scope.input_from(&mut input),
@@ -295,12 +301,18 @@ fn execute(
                 recovery,
                 shape.rows_per_step,
             );
-            collect(streams.breakdowns, &sink, |c, t, rows| c.breakdowns.extend(rows.iter().map(|r| (t, r.clone()))));
-            collect(streams.totals, &sink, |c, t, rows| c.totals.extend(rows.iter().map(|r| (t, r.clone()))));
-            collect(streams.rejections, &sink, |c, t, rows| c.rejections.extend(rows.iter().map(|r| (t, r.clone()))));
-            collect(streams.errors, &sink, |c, _, rows| c.errors.extend(rows.iter().cloned()));
-            collect(streams.outcomes, &sink, |c, t, rows| c.outcomes.extend(rows.iter().map(|o| (t, *o))));
-            collect(streams.progress, &sink, |c, t, rows| c.progress.extend(rows.iter().map(|p| (t, *p))));
+            collect(streams.breakdowns, (&sink, &worked), |c, t, rows| {
+                c.breakdowns.extend(rows.iter().map(|r| (t, r.clone())))
+            });
+            collect(streams.totals, (&sink, &worked), |c, t, rows| {
+                c.totals.extend(rows.iter().map(|r| (t, r.clone())))
+            });
+            collect(streams.rejections, (&sink, &worked), |c, t, rows| {
+                c.rejections.extend(rows.iter().map(|r| (t, r.clone())))
+            });
+            collect(streams.errors, (&sink, &worked), |c, _, rows| c.errors.extend(rows.iter().cloned()));
+            collect(streams.outcomes, (&sink, &worked), |c, t, rows| c.outcomes.extend(rows.iter().map(|o| (t, *o))));
+            collect(streams.progress, (&sink, &worked), |c, t, rows| c.progress.extend(rows.iter().map(|p| (t, *p))));
         });
         input.advance_to(first_epoch);
         for &partition in partitions.iter().filter(|&&p| mine(p)) {
@@ -313,6 +325,9 @@ fn execute(
             if message_epoch > epoch {
                 epoch = message_epoch;
                 input.advance_to(epoch);
+                while worked.less_than(&epoch.saturating_sub(EPOCHS_IN_FLIGHT)) {
+                    worker.step_or_park(None);
+                }
             }
             if mine(message.partition) {
                 input.send(SourceItem::Message((*message).clone()));
@@ -417,13 +432,14 @@ fn materialize(incarnations: Vec<Collected>) -> Ledger {
     ledger
 }
 
+/// Collects `stream` into `sink` with `add`, and has `worked` follow it.
 fn collect<'scope, D: Clone + 'static>(
     stream: timely::dataflow::StreamVec<'scope, u64, D>,
-    sink: &Arc<Mutex<Collected>>,
+    (sink, worked): (&Arc<Mutex<Collected>>, &ProbeHandle<u64>),
     mut add: impl FnMut(&mut Collected, u64, &[D]) + 'static,
 ) {
     let sink = Arc::clone(sink);
-    stream.sink(Pipeline, "Collect", move |(input, _)| {
+    stream.probe_with(worked).sink(Pipeline, "Collect", move |(input, _)| {
         input.for_each(|cap, data| {
             if let Some(&epoch) = cap.least() {
                 add(&mut sink.lock().expect("no worker panicked holding the lock"), epoch, data);
