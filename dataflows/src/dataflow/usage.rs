@@ -393,6 +393,7 @@ fn rewrite_stale(
 /// its events go in.
 fn refresh(key: &ResourceKey, resource: &mut Arc<Resource>, events: Vec<Event>, step: &Step<'_>, out: &mut EpochOut) {
     let Step { previous, next, emitted_prices, prices } = step;
+    ask_for_quantities(&events);
     let emitted =
         rows_to_refresh(resource, &events, step).map(|range| (range, resource.windows(range, previous.accrued_to)));
     if !events.is_empty() {
@@ -411,6 +412,21 @@ fn refresh(key: &ResourceKey, resource: &mut Arc<Resource>, events: Vec<Event>, 
     if let Err(overflow) = refreshed {
         out.items.push(UsageOut::Overflow(overflow));
     }
+}
+
+/// Asks for the memory holding `events`' quantities before they are counted.
+/// A counter's quantities were allocated when the event was decoded, an
+/// epoch's worth of memory before, and counting them one event after
+/// another waited for each in turn: `Counted::add` took 5.9% of a worker's
+/// time, nearly all of it on the load of a quantity. Asked for all at once,
+/// they are on their way together.
+fn ask_for_quantities(events: &[Event]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    for first in events.iter().filter_map(|event| event.quantities.first()) {
+        safe_arch::prefetch_t0(first);
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    let _ = events;
 }
 
 /// The windows whose rows `events`, the accrual move and a change of prices
