@@ -13,11 +13,13 @@ use crate::prices::SkuKind;
 /// Seconds in the hour a gauge's unit price is quoted per.
 const SECONDS_PER_HOUR: i128 = 3600;
 
-/// 10^scale for every scale a `Decimal` has, 0 to 28: raised by squaring
-/// in 128 bits, a price's power of ten was 80 of the 200 instructions a
-/// cost took.
-const POWERS_OF_TEN: [i128; 29] = {
-    let mut powers = [1; 29];
+/// How many scales a `Decimal` has: 0 to 28.
+const SCALES: usize = Decimal::MAX_SCALE as usize + 1;
+
+/// 10^scale for every scale a `Decimal` has: raised by squaring in 128
+/// bits, a price's power of ten was 80 of the 200 instructions a cost took.
+const POWERS_OF_TEN: [i128; SCALES] = {
+    let mut powers = [1; SCALES];
     let mut scale = 1;
     while scale < powers.len() {
         powers[scale] = powers[scale - 1] * 10;
