@@ -182,8 +182,7 @@ fn checkpoint_encoding(c: &mut Criterion) {
     let prices = prices();
     let mut resources = Resources::default();
     for event in events(200_000, &prices) {
-        let resource = resources.entry(event.resource.clone()).or_default();
-        Arc::make_mut(resource).insert(event);
+        resources.get_or_default(&event.resource).resource_mut().insert(event);
     }
     let plain = pieces::joined(&pieces::encode(&Stored(&resources)));
     let compressed = pieces::joined(&Stored(&resources).compressed());

@@ -70,7 +70,7 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
     for message in messages {
         let Ok(mut event) = decode(&message.payload, prices, &mut interner) else { continue };
         let key = std::mem::take(&mut event.resource);
-        let from = Arc::make_mut(resources.entry(key.clone()).or_default()).insert(event);
+        let from = resources.get_or_default(&key).resource_mut().insert(event);
         latest_from = latest_from.max(from);
         let earliest = dirty.entry(key).or_insert(from);
         *earliest = (*earliest).min(from);
@@ -86,15 +86,15 @@ fn measure(prices: &PriceList, fleet: u32, events_per_resource: u64) {
             .expect("no overflow");
     }
     let final_before = window_start(until - Settings::default().allowed_lateness - 1);
-    resources.retain(|_, resource| {
-        Arc::make_mut(resource).fold(final_before);
-        !resource.is_dormant()
+    resources.retain(|held| {
+        held.resource_mut().fold(final_before);
+        !held.resource().is_dormant()
     });
-    resources.shrink_to_fit();
-    let entries: usize = resources.values().map(|resource| resource.entries_held()).sum();
+    resources.shrink_to(resources.len());
+    let entries: usize = resources.iter().map(|held| held.resource().entries_held()).sum();
     drop(interner);
     let held = HELD.load(Ordering::Relaxed) - start;
-    let running = resources.values().filter(|r| r.is_running()).count();
+    let running = resources.iter().filter(|held| held.resource().is_running()).count();
     let checkpointed = pieces::joined(&Stored(&resources).compressed()).len();
     println!(
         "fleet {fleet}, {events_per_resource} events per resource: {} resources ({running} running), {entries} entries held (gauge events, windows of counters), \

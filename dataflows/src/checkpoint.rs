@@ -696,7 +696,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::lifecycle::Resource;
 
     fn map(entries: &[(&str, i64)]) -> BTreeMap<String, i64> {
         entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -749,7 +749,7 @@ mod tests {
     /// `count` resources of as many accounts, with nothing in them.
     fn empty_resources(count: usize) -> Resources {
         let key = |i| ResourceKey { account: format!("acc-{i}").into(), resource: format!("vm-{i}").into() };
-        (0..count).map(|i| (key(i), Arc::default())).collect()
+        (0..count).map(|i| (key(i), Resource::default())).collect()
     }
 
     #[test]
@@ -760,7 +760,7 @@ mod tests {
         for worker in 0..3 {
             let mut restored = Restored::new(7, Shared::default());
             restored.add_shard(&parts, (&BTreeMap::new(), &BTreeMap::new()), worker, (3, Routing::Hashed)).unwrap();
-            assert!(restored.resources.keys().all(|key| owner(route(key), 3) == worker));
+            assert!(restored.resources.iter().all(|held| owner(route(held.key()), 3) == worker));
             assert_eq!(restored.usage_part, None, "a part of which the worker keeps some keys is encoded anew");
             total += restored.resources.len();
         }

@@ -128,20 +128,6 @@ pub struct RowChange {
     pub delta: Delta,
 }
 
-/// A worker's resources by key. Hashed: a B-tree compared key strings a
-/// dozen times or more per lookup. Their order, which changes from run to
-/// run, reaches only the order of an epoch's rows (each row once per epoch,
-/// all at one version) and of a snapshot's entries (restore files each by
-/// its key); the totals stage sorts what it sums. The hasher is seeded per
-/// process, as the standard one, and several times faster on short strings.
-///
-/// Each resource sits behind an `Arc` so that a snapshot is a copy of the
-/// map's entries ([`Copied`]), not of the resources: a checkpoint encodes
-/// that copy on a thread of its own while the usage stage goes on, and a
-/// resource the stage changes before the snapshot has written it is copied
-/// then, once (`Arc::make_mut`), the others never.
-pub type Resources = foldhash::HashMap<ResourceKey, Arc<Resource>>;
-
 /// One resource's state: see the module docs. Checkpoints hold it as a
 /// [`Stored`] writes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -516,9 +502,11 @@ impl Usage {
     }
 }
 
+mod resources;
 mod snapshot;
 mod sorted;
 #[cfg(test)]
 mod tests;
 
+pub use resources::{Held, Resources};
 pub use snapshot::{Copied, Loaded, Loading, Stored, copied, encode_letting_go};

@@ -32,7 +32,7 @@ use crate::checkpoint::pieces::Spill;
 use crate::checkpoint::{ChunkId, ChunkStore, Part, Pieces, Recorded, Recorder, usage_part};
 use crate::event::{Event, ReadAt, ResourceKey};
 use crate::fixed::Overflow;
-use crate::lifecycle::{Copied, Emitted, Resource, Resources, RowChange, copied, encode_letting_go};
+use crate::lifecycle::{Copied, Emitted, Held, Resource, Resources, RowChange, copied, encode_letting_go};
 use crate::offload::Offload;
 use crate::prices::PriceList;
 use crate::routing::Routing;
@@ -166,7 +166,7 @@ pub(crate) fn usage<'scope>(
 /// [`Due`]). The resources are the largest state a worker holds: encoding them
 /// took the worker 0.4 to 1.2 s per checkpoint in a live run, during which
 /// the checkpoint epoch's rows waited, and on a thread of its own up to
-/// 4 s, longer than an epoch. The thread encodes a copy of the entries, whose
+/// 4 s, longer than an epoch. The thread encodes a copy of the handles, whose
 /// resources it shares with the stage until the stage changes them (see
 /// [`Resources`]), and lets go of each once written. Given a chunk store,
 /// it writes the encoding there a chunk at a time as it goes (see
@@ -273,9 +273,7 @@ impl Working {
             match touched.get_mut(&event.resource) {
                 Some(events) => events.push(event),
                 None => {
-                    if !resources.contains_key(&event.resource) {
-                        resources.insert(event.resource.clone(), Arc::default());
-                    }
+                    resources.get_or_default(&event.resource);
                     touched.insert(event.resource.clone(), vec![event]);
                 }
             }
@@ -298,13 +296,13 @@ impl Working {
         let step = Step { previous, next, emitted_prices, prices };
         if let Some(walked_so_far) = walked {
             // Walk the resources in place rather than listing their keys.
-            for (key, resource) in resources.iter_mut().skip(*walked_so_far) {
+            for held in resources.iter_mut().skip(*walked_so_far) {
                 if out.items.len() >= rows_per_step {
                     return false;
                 }
                 *walked_so_far += 1;
-                let events = touched.remove(key).unwrap_or_default();
-                refresh(key, resource, events, &step, out);
+                let events = touched.remove(held.key()).unwrap_or_default();
+                refresh(held, events, &step, out);
             }
             *walked = None;
             rest.extend(touched.drain());
@@ -313,8 +311,8 @@ impl Working {
             let Some((key, events)) = rest.pop() else {
                 return true;
             };
-            let resource = resources.get_mut(&key).expect("an epoch's resources are in the map from its start");
-            refresh(&key, resource, events, &step, out);
+            let held = resources.get_mut(&key).expect("an epoch's resources are in the map from its start");
+            refresh(held, events, &step, out);
         }
         rest.is_empty()
     }
@@ -345,11 +343,11 @@ impl Working {
         if let Some(boundary) = next.final_before
             && next.final_before > previous.final_before
         {
-            resources.retain(|_, resource| {
-                if resource.holds_before(boundary) {
-                    Arc::make_mut(resource).fold(boundary);
+            resources.retain(|held| {
+                if held.resource().holds_before(boundary) {
+                    held.resource_mut().fold(boundary);
                 }
-                !resource.is_dormant()
+                !held.resource().is_dormant()
             });
             release_room(resources);
         }
@@ -391,13 +389,13 @@ fn rewrite_stale(
 /// earliest of those on, after `previous` and up to `next` progress. Queues
 /// those that differ from the rows emitted, read from the resource before
 /// its events go in.
-fn refresh(key: &ResourceKey, resource: &mut Arc<Resource>, events: Vec<Event>, step: &Step<'_>, out: &mut EpochOut) {
+fn refresh(held: &mut Held, events: Vec<Event>, step: &Step<'_>, out: &mut EpochOut) {
     let Step { previous, next, emitted_prices, prices } = step;
     ask_for_quantities(&events);
-    let emitted =
-        rows_to_refresh(resource, &events, step).map(|range| (range, resource.windows(range, previous.accrued_to)));
+    let emitted = rows_to_refresh(held.resource(), &events, step)
+        .map(|range| (range, held.resource().windows(range, previous.accrued_to)));
     if !events.is_empty() {
-        let resource = Arc::make_mut(resource);
+        let resource = held.resource_mut();
         for event in events {
             resource.insert(event);
         }
@@ -405,6 +403,7 @@ fn refresh(key: &ResourceKey, resource: &mut Arc<Resource>, events: Vec<Event>, 
     let Some((range, emitted)) = emitted else {
         return;
     };
+    let (key, resource) = (held.key(), held.resource());
     let refreshed = emitted.and_then(|windows| {
         let emitted = Emitted { windows, prices: emitted_prices };
         resource.refresh(key, emitted, (range, next.accrued_to), prices, |change| out.change(change))
@@ -521,10 +520,10 @@ mod tests {
         let mut resources = Resources::default();
         for i in 0..100_000 {
             let key = ResourceKey { account: "acc".into(), resource: format!("vm-{i:06}").into() };
-            resources.insert(key, Arc::default());
+            resources.insert(key, Resource::default());
         }
         let peak = resources.capacity();
-        resources.retain(|key, _| key.resource.ends_with("00"));
+        resources.retain(|held| held.key().resource.ends_with("00"));
         release_room(&mut resources);
         assert_eq!(resources.len(), 1_000);
         assert!(resources.capacity() <= peak / 8, "capacity {} after a peak of {peak}", resources.capacity());

@@ -22,7 +22,7 @@ use serde::de::{Deserialize, DeserializeSeed, Deserializer, Error as _, SeqAcces
 use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};
 
 use super::sorted::SortedMap;
-use super::{Counted, Entry, Resource, Resources};
+use super::{Counted, Entry, Held, Resource, Resources};
 use crate::checkpoint::pieces::{self, Pieces, Spill};
 use crate::event::{EventKind, EventOrder, Meta, Quantities, ResourceKey};
 use crate::fixed::{Amount, Quantity};
@@ -43,24 +43,24 @@ impl Stored<'_> {
 
 impl Serialize for Stored<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let places = Places::gather(self.0.values());
+        let places = Places::gather(self.0.iter().map(Held::resource));
         write(&places, Entries::new(self.0.iter(), self.0.len(), &places), serializer)
     }
 }
 
-/// A copy of a worker's resources, taken for a snapshot: the entries
-/// without the map's spare room, sharing their resources with the worker's
+/// A copy of a worker's resources, taken for a snapshot: their handles
+/// without the map's spare room, sharing the resources with the worker
 /// until the worker changes them.
 ///
-/// The entries are copied in pieces of [`COPIED_PIECE`], and the encoding
-/// lets go of each piece once it has written it: in one vector, a worker's
-/// 625,000 entries (35 MB) were held until the last of them was written.
+/// The handles are copied in pieces of [`COPIED_PIECE`], and the encoding
+/// lets go of each piece once it has written it, so that the resources of
+/// a piece written are the worker's alone again.
 pub struct Copied {
-    pieces: Vec<Vec<(ResourceKey, Arc<Resource>)>>,
+    pieces: Vec<Vec<Held>>,
     len: usize,
 }
 
-/// Entries in a piece of a [`Copied`]: under a mebibyte each.
+/// Handles in a piece of a [`Copied`]: 128 KiB each.
 const COPIED_PIECE: usize = 16_384;
 
 impl Copied {
@@ -74,14 +74,14 @@ impl Copied {
         self.len == 0
     }
 
-    fn resources(&self) -> impl Iterator<Item = &Arc<Resource>> {
-        self.pieces.iter().flatten().map(|(_, resource)| resource)
+    fn resources(&self) -> impl Iterator<Item = &Resource> {
+        self.pieces.iter().flatten().map(Held::resource)
     }
 }
 
-/// The entries of `resources`, copied for a snapshot.
+/// The handles of `resources`, copied for a snapshot.
 pub fn copied(resources: &Resources) -> Copied {
-    let mut entries = resources.iter().map(|(key, resource)| (key.clone(), Arc::clone(resource)));
+    let mut entries = resources.iter().cloned();
     let pieces = std::iter::from_fn(|| Some(entries.by_ref().take(COPIED_PIECE).collect::<Vec<_>>()))
         .take_while(|piece| !piece.is_empty())
         .collect();
@@ -132,7 +132,7 @@ struct Places {
 
 impl Places {
     /// The table of every metadata `resources` hold.
-    fn gather<'r>(resources: impl Iterator<Item = &'r Arc<Resource>>) -> Places {
+    fn gather<'r>(resources: impl Iterator<Item = &'r Resource>) -> Places {
         let mut places = Places::default();
         for resource in resources {
             resource.base_meta.iter().for_each(|meta| places.add(meta));
@@ -202,18 +202,18 @@ impl<'p, I> Entries<'p, I> {
     }
 }
 
-impl<I, K, R> Serialize for Entries<'_, I>
+impl<I, K> Serialize for Entries<'_, I>
 where
-    I: Iterator<Item = (K, R)>,
-    K: Borrow<ResourceKey>,
-    R: Borrow<Arc<Resource>>,
+    I: Iterator<Item = K>,
+    K: Borrow<Held>,
 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let entries = self.entries.take().expect("resources are written once");
         let places = self.places;
         let mut seq = serializer.serialize_seq(Some(self.len))?;
-        for (key, resource) in entries {
-            let (key, r): (&ResourceKey, &Arc<Resource>) = (key.borrow(), resource.borrow());
+        for held in entries {
+            let held: &Held = held.borrow();
+            let (key, r) = (held.key(), held.resource());
             let written: Written<'_> = (
                 &r.base[..],
                 r.base_meta.as_ref().map(|meta| places.of(meta)),
@@ -228,7 +228,7 @@ where
 
 /// Resources read back from what [`Stored`] wrote, sharing their metadata
 /// and gauge quantities.
-pub struct Loaded(pub Vec<(ResourceKey, Arc<Resource>)>);
+pub struct Loaded(pub Vec<(ResourceKey, Resource)>);
 
 impl<'de> Deserialize<'de> for Loaded {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -309,7 +309,7 @@ impl<'de, F: Fn(&ResourceKey) -> bool> Visitor<'de> for EachResource<'_, '_, F> 
             read += 1;
             if keep(&key) {
                 let resource = made(self.table, &mut shapes, resource).map_err(A::Error::custom)?;
-                into.insert(key, Arc::new(resource));
+                into.insert(key, resource);
             }
         }
         Ok(read)
@@ -323,7 +323,7 @@ impl Loaded {
         let mut shapes = Interner::default();
         let mut resources = Vec::with_capacity(read.len());
         for (key, resource) in read {
-            resources.push((key, Arc::new(made(&table, &mut shapes, resource)?)));
+            resources.push((key, made(&table, &mut shapes, resource)?));
         }
         Ok(Loaded(resources))
     }
@@ -425,7 +425,7 @@ impl Loaded {
             let base = shapes.quantities(&base);
             let resource =
                 Resource::of_events(base, base_meta.map(&mut meta), events).ok_or(postcard::Error::SerdeDeCustom)?;
-            resources.push((key, Arc::new(resource)));
+            resources.push((key, resource));
         }
         Ok(Loaded(resources))
     }
@@ -453,7 +453,7 @@ impl Loaded {
             let resource = events
                 .and_then(|events| Resource::of_events(base, base_meta, events))
                 .ok_or(postcard::Error::SerdeDeCustom)?;
-            resources.push((key, Arc::new(resource)));
+            resources.push((key, resource));
         }
         Ok(Loaded(resources))
     }

@@ -158,8 +158,7 @@ fn events_with_equal_metadata_share_one_copy_inserted_and_restored() {
     other.insert(started);
     other.fold(at("2026-11-23T10:00:00Z"));
     let other_key = ResourceKey { account: "acc".into(), resource: "vm-2".into() };
-    let resources: Resources =
-        [(key(), Arc::new(resource)), (other_key.clone(), Arc::new(other))].into_iter().collect();
+    let resources: Resources = [(key(), resource), (other_key.clone(), other)].into_iter().collect();
 
     let bytes = postcard::to_stdvec(&Stored(&resources)).unwrap();
     let Loaded(loaded) = postcard::from_bytes(&bytes).unwrap();
@@ -191,17 +190,17 @@ fn format_2_fixture_resources() -> Resources {
     second.insert(with("d", "2026-11-23T10:05:00Z", EventKind::Started, Some("1"), &shared));
     let second_key = ResourceKey { account: "acc".into(), resource: "vm-2".into() };
     first.fold(at("2026-11-23T10:00:00Z"));
-    [(key(), Arc::new(first)), (second_key, Arc::new(second))].into_iter().collect()
+    [(key(), first), (second_key, second)].into_iter().collect()
 }
 
 #[test]
 fn a_snapshot_letting_go_writes_what_stored_writes_and_leaves_the_resources_unshared() {
     let resources = format_2_fixture_resources();
     let copy = copied(&resources);
-    assert!(resources.values().all(|r| Arc::strong_count(r) == 2), "the copy shares the resources");
+    assert!(resources.iter().all(|held| held.holders() == 2), "the copy shares the resources");
     let letting_go = pieces::joined(&encode_letting_go(copy, None));
     assert_eq!(letting_go, pieces::joined(&Stored(&resources).compressed()));
-    assert!(resources.values().all(|r| Arc::strong_count(r) == 1), "the snapshot let go of every resource");
+    assert!(resources.iter().all(|held| held.holders() == 1), "the snapshot let go of every resource");
     let plain = pieces::decompressed(&letting_go).unwrap();
     assert_eq!(plain, postcard::to_stdvec(&Stored(&resources)).unwrap());
     let Loaded(loaded) = postcard::from_bytes(&plain).unwrap();
@@ -215,14 +214,14 @@ fn a_snapshot_copied_in_pieces_writes_every_resource_once() {
         .map(|i| {
             let mut resource = Resource::default();
             resource.insert(event(&prices, &format!("e{i}"), "2026-11-23T10:05:00Z", EventKind::Started, Some("1")));
-            (ResourceKey { account: "acc".into(), resource: format!("vm-{i}").into() }, Arc::new(resource))
+            (ResourceKey { account: "acc".into(), resource: format!("vm-{i}").into() }, resource)
         })
         .collect();
     let copy = copied(&resources);
     assert_eq!(copy.len(), resources.len());
     let letting_go = pieces::joined(&encode_letting_go(copy, None));
     assert_eq!(letting_go, pieces::joined(&Stored(&resources).compressed()));
-    assert!(resources.values().all(|r| Arc::strong_count(r) == 1), "the snapshot let go of every resource");
+    assert!(resources.iter().all(|held| held.holders() == 1), "the snapshot let go of every resource");
     assert!(copied(&Resources::default()).is_empty());
 }
 
@@ -266,7 +265,7 @@ fn format_4_fixture_resources() -> Resources {
     second.insert(counter("h", "2026-11-23T11:00:00Z", vec![(requests, "1")]));
     let second_key = ResourceKey { account: "acc".into(), resource: "bucket".into() };
     first.fold(at("2026-11-23T10:00:00Z"));
-    [(key(), Arc::new(first)), (second_key, Arc::new(second))].into_iter().collect()
+    [(key(), first), (second_key, second)].into_iter().collect()
 }
 
 #[test]
