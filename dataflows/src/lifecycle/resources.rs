@@ -27,6 +27,7 @@ use std::hash::BuildHasher;
 use std::ops::Index;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use triomphe::Arc;
 
 use super::Resource;
@@ -127,11 +128,11 @@ impl Resources {
         let hasher = &self.hasher;
         let hash = hasher.hash_one(&key);
         let entry = self.table.entry(hash, |held| *held.key() == key, |held| hasher.hash_one(held.key()));
-        let keyed = Held::new(key, resource);
+        let new = Held::new(key, resource);
         match entry {
-            hashbrown::hash_table::Entry::Occupied(mut held) => *held.get_mut() = keyed,
-            hashbrown::hash_table::Entry::Vacant(room) => {
-                room.insert(keyed);
+            Entry::Occupied(mut held) => *held.get_mut() = new,
+            Entry::Vacant(room) => {
+                room.insert(new);
             }
         }
     }
