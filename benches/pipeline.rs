@@ -74,7 +74,8 @@ fn dataflow(c: &mut Criterion) {
 /// bench's own thread and the tables merged on one thread after it (which
 /// stand in for the source and for ClickHouse's `FINAL`). Each worker still
 /// copies the messages it reads, as the source copies them out of
-/// librdkafka, and collects the rows it emits.
+/// librdkafka, and counts the rows it emits as they leave, letting them go
+/// as the ClickHouse writer does once it has encoded them.
 fn dataflow_alone(c: &mut Criterion) {
     let prices = prices();
     for (fleet, suffix) in [(20_000, ""), (2_000, "_2000_resources")] {
