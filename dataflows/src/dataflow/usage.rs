@@ -134,7 +134,7 @@ pub(crate) fn usage<'scope>(
                         let emitted = (progress, rated_with.take().unwrap_or_else(|| Arc::clone(&prices)));
                         let stale = std::mem::take(&mut stale);
                         let queue = std::mem::take(&mut queue);
-                        working.insert(Working::begin(epoch, &mut resources, emitted, &prices, (stale, queue)))
+                        working.insert(Working::begin(epoch, emitted, &prices, (stale, queue)))
                     }
                 };
                 let walked = work.walk(&mut resources, &prices, rows_per_step);
@@ -219,10 +219,11 @@ fn release_room(resources: &mut Resources) {
 /// were read as the rows last emitted. Inserted all at once beforehand,
 /// each resource they changed had to be kept as it was until the walk
 /// reached it: a copy of every resource an epoch touched, made and freed
-/// again in every epoch. The map's keys are all in before the walk
-/// (a new resource's entry is made, empty, when the epoch begins) and
-/// windows fold after it, so the map's order holds while the walk goes on
-/// and it resumes where it stopped.
+/// again in every epoch. Resources new in the epoch go into the map only
+/// once the walk over it is done, and windows fold after it, so the map's
+/// order holds while the walk goes on and it resumes where it stopped.
+/// Filing events does not look the map up: with a resource's first event
+/// of an epoch, that read its allocation (its key) once more, cold.
 struct Working {
     capability: Capability<u64>,
     previous: Progress,
@@ -247,7 +248,6 @@ impl Working {
     /// `queue`, empty.
     fn begin(
         epoch: Epoch<UsageIn, Progress>,
-        resources: &mut Resources,
         (previous, emitted_prices): (Progress, Arc<PriceList>),
         prices: &Arc<PriceList>,
         (stale, queue): (Vec<BreakdownKey>, Vec<UsageOut>),
@@ -262,8 +262,8 @@ impl Working {
             })
             .collect();
         // Events are filed under their own keys, looked up by reference: a
-        // key is copied, and the map of resources looked up, once per
-        // resource an epoch.
+        // key is copied once per resource an epoch. The map of resources is
+        // not looked at: the walk finds the resources it holds.
         let mut touched: foldhash::HashMap<ResourceKey, Vec<Event>> = foldhash::HashMap::default();
         for item in epoch.first {
             let UsageIn::Event(event) = item else { continue };
@@ -273,7 +273,6 @@ impl Working {
             match touched.get_mut(&event.resource) {
                 Some(events) => events.push(event),
                 None => {
-                    resources.get_or_default(&event.resource);
                     touched.insert(event.resource.clone(), vec![event]);
                 }
             }
@@ -311,7 +310,9 @@ impl Working {
             let Some((key, events)) = rest.pop() else {
                 return true;
             };
-            let held = resources.get_mut(&key).expect("an epoch's resources are in the map from its start");
+            // A resource new this epoch goes into the map here, once no
+            // walk is under way over it.
+            let held = resources.get_or_default(&key);
             refresh(held, events, &step, out);
         }
         rest.is_empty()
