@@ -110,11 +110,6 @@ impl Resources {
         self.table.find(self.hasher.hash_one(key), |held| *held.key() == *key).map(|held| held.resource())
     }
 
-    /// The resource of `key` with its key, to change.
-    pub fn get_mut(&mut self, key: &ResourceKey) -> Option<&mut Held> {
-        self.table.find_mut(self.hasher.hash_one(key), |held| *held.key() == *key)
-    }
-
     /// The resource of `key`, made empty if there is none.
     pub fn get_or_default(&mut self, key: &ResourceKey) -> &mut Held {
         let hasher = &self.hasher;
@@ -208,9 +203,9 @@ mod tests {
         assert_eq!(resources.len(), 1_000);
         assert!(resources.capacity() < 4_000, "room given back");
         assert!((0..10_000).all(|i| resources.get(&key(i)).is_some() == (i % 10 == 0)));
-        let found = resources.get_mut(&key(20)).expect("kept");
+        let found = resources.get_or_default(&key(20));
         assert_eq!(*found.key(), key(20));
-        assert!(resources.get_mut(&key(21)).is_none());
+        assert_eq!(resources.len(), 1_000, "a key held is found, not made again");
     }
 
     #[test]
