@@ -222,8 +222,8 @@ fn release_room(resources: &mut Resources) {
 /// again in every epoch. Resources new in the epoch go into the map only
 /// once the walk over it is done, and windows fold after it, so the map's
 /// order holds while the walk goes on and it resumes where it stopped.
-/// Filing events does not look the map up: with a resource's first event
-/// of an epoch, that read its allocation (its key) once more, cold.
+/// Filing events does not look the map up: doing so read each touched
+/// resource's allocation (for its key) once more an epoch, cold.
 struct Working {
     capability: Capability<u64>,
     previous: Progress,
