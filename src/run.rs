@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tally_dataflows::checkpoint::{Cadence, Recovery, Restored, SnapshotsHandle, Stale};
-use tally_dataflows::dataflow::{EPOCHS_IN_FLIGHT, ROWS_PER_STEP, billing};
+use tally_dataflows::dataflow::{EPOCHS_IN_FLIGHT, MESSAGES_PER_STEP, ROWS_PER_STEP, billing};
 use tally_dataflows::identity::{self, IdentityHash};
 use tally_dataflows::prices::PriceList;
 use tally_dataflows::routing::Routing;
@@ -261,7 +261,7 @@ fn work(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<(), Stri
         if reader.drained() {
             break;
         }
-        reader.poll(10_000, Duration::from_millis(10), &mut items).map_err(|e| e.to_string())?;
+        reader.poll(MESSAGES_PER_STEP, Duration::from_millis(10), &mut items).map_err(|e| e.to_string())?;
         epoch_messages += items.len();
         for item in items.drain(..) {
             input.send(item);

@@ -82,6 +82,13 @@ pub struct Streams<'scope> {
 /// megabytes of rows; and a step is short next to an insert of them.
 pub const ROWS_PER_STEP: usize = 1 << 16;
 
+/// Messages a source gives its worker's dataflow before the worker steps it.
+/// The partition stage decodes messages as they arrive: a few hundred at a
+/// time (about 100 KB) are decoded while the source's copies of them are
+/// still in the core's cache, where the first of 10,000 given at once had
+/// left it by the time they were decoded.
+pub const MESSAGES_PER_STEP: usize = 256;
+
 /// Epochs a source may run ahead of the last one fully worked downstream
 /// (for `tally run`, written to ClickHouse): reading stalls behind a slow
 /// stage instead of piling up messages, and the rows they make, in memory.

@@ -6,10 +6,11 @@
 //! order, so any cut and any worker count are a legitimate run over the same
 //! input. At the end every partition is marked exhausted.
 //!
-//! As `tally run`'s source does, a worker starts an epoch only while it is
-//! at most [`EPOCHS_IN_FLIGHT`] epochs ahead of the last one its dataflow
-//! has fully worked, and works the dataflow until it is: a run holds a few
-//! epochs' messages and events at a time, not all of them.
+//! As `tally run`'s source does, a worker steps its dataflow after every
+//! [`MESSAGES_PER_STEP`] messages it gives, and starts an epoch only while
+//! it is at most [`EPOCHS_IN_FLIGHT`] epochs ahead of the last one its
+//! dataflow has fully worked, and works the dataflow until it is: a run
+//! holds a few epochs' messages and events at a time, not all of them.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -23,7 +24,7 @@ use crate::checkpoint::{
     self, Cadence, ChunkId, ChunkStore, Encoded, Part, Pieces, Recovery, Restored, SegmentId, ShardParts, Shared,
     SnapshotsHandle, Stale, pieces,
 };
-use crate::dataflow::{EPOCHS_IN_FLIGHT, billing};
+use crate::dataflow::{EPOCHS_IN_FLIGHT, MESSAGES_PER_STEP, billing};
 use crate::event::{Message, Offset, Partition};
 use crate::fixed::Overflow;
 use crate::identity::{self, IdentityHash};
@@ -345,6 +346,7 @@ fn execute(
         let unread = |m: &&Message| resume.get(&m.partition).is_none_or(|&next| m.offset >= next);
         let remaining: Vec<&Message> = messages.iter().filter(unread).collect();
         let mut epoch = first_epoch;
+        let mut given = 0usize;
         for (message, message_epoch) in remaining.iter().zip(epochs(remaining.len(), &shape, first_epoch)) {
             if message_epoch > epoch {
                 epoch = message_epoch;
@@ -355,6 +357,10 @@ fn execute(
             }
             if mine(message.partition) {
                 input.send(SourceItem::Message((*message).clone()));
+                given += 1;
+                if given.is_multiple_of(MESSAGES_PER_STEP) {
+                    worker.step();
+                }
             }
         }
         input.advance_to(epoch + 1);

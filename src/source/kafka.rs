@@ -64,8 +64,13 @@ const DRAIN_FETCH: &[(&str, &str)] = &[("fetch.wait.max.ms", "50")];
 
 /// Append times are counted in steps of this many milliseconds, for freshness.
 const APPEND_STEP: Millis = 100;
-/// Messages fetched ahead per partition, for the merge by timestamp.
-const LOOKAHEAD: usize = 512;
+/// Messages fetched ahead per partition, for the merge by timestamp. Each is
+/// copied out of librdkafka when fetched ahead: a few hundred over a
+/// worker's partitions are still in the core's cache when the partition
+/// stage decodes them (see [`MESSAGES_PER_STEP`]).
+///
+/// [`MESSAGES_PER_STEP`]: tally_dataflows::dataflow::MESSAGES_PER_STEP
+const LOOKAHEAD: usize = 128;
 /// How far past the next partition's head the merge keeps taking from one
 /// partition.
 const MERGE_SLACK: Millis = 1_000;
