@@ -68,7 +68,9 @@ bench_record() {
 }
 
 # A bench that fails or is interrupted leaves no tally running and none of its
-# checkpoint store (hundreds of MB) or log behind.
+# checkpoint store (hundreds of MB) or log behind; and no bench leaves its
+# topic: the local broker keeps every message in memory, and a session's
+# worth of 10M-event benches filled 24 GiB until the kernel killed it.
 bench_cleanup() {
   local job
   for job in $(jobs -p); do
@@ -76,6 +78,11 @@ bench_cleanup() {
     kill "$job" 2>/dev/null || true
   done
   rm -rf "$store" "${log:-}" "${report:-}"
+  local nisshi="${TALLY_LOCAL_DIR:-$HOME/.tally-local}/bin/nisshi"
+  if "$nisshi" topic list 2>/dev/null | grep -q "\"name\":\"$TALLY_KAFKA_TOPIC\""; then
+    "$nisshi" topic delete "$TALLY_KAFKA_TOPIC" >/dev/null 2>&1 ||
+      echo "could not delete topic $TALLY_KAFKA_TOPIC from the local broker" >&2
+  fi
 }
 
 bench_metrics_port() {
