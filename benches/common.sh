@@ -13,6 +13,9 @@
 #                        BENCHMARKS.md under "Recorded runs", with the date,
 #                        the command, the commit, the machine and the
 #                        versions of tally's services (BENCH_RECORD=0: not)
+#   $services            the folder deploy/local/up.sh keeps the services in
+
+services="${TALLY_LOCAL_DIR:-$HOME/.tally-local}"
 
 bench_setup() {
   local name=$1
@@ -78,7 +81,7 @@ bench_cleanup() {
     kill "$job" 2>/dev/null || true
   done
   rm -rf "$store" "${log:-}" "${report:-}"
-  local nisshi="${TALLY_LOCAL_DIR:-$HOME/.tally-local}/bin/nisshi"
+  local nisshi="$services/bin/nisshi"
   if "$nisshi" topic list 2>/dev/null | grep -q "\"name\":\"$TALLY_KAFKA_TOPIC\""; then
     "$nisshi" topic delete "$TALLY_KAFKA_TOPIC" >/dev/null 2>&1 ||
       echo "could not delete topic $TALLY_KAFKA_TOPIC from the local broker" >&2

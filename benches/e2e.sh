@@ -20,7 +20,6 @@ bench_setup e2e "$@"
 log=$(mktemp)
 # The services share the machine: their CPU over the drain, from /proc, by
 # the pid files deploy/local/up.sh writes (0 for a service it did not start).
-services="${TALLY_LOCAL_DIR:-$HOME/.tally-local}"
 clickhouse_pid=$(cat "$services/clickhouse.pid" 2>/dev/null || true)
 broker_pid=$(cat "$services/broker.pid" 2>/dev/null || true)
 cpu_ms() {
